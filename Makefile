@@ -1,0 +1,29 @@
+# masktok: `make demo` and `make test` are all a newcomer needs; both install first.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+DEMO_DIR ?= demo-job
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+# Rebuilt only when the dependency declarations change; torch/torchvision are pinned in
+# constraints.txt (the CUDA build of 2.14.1 is the one with a working torchvision, on CPU too).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(VENV)/bin/masktok demo $(DEMO_DIR)
+
+bench: install
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,1 @@
+"""The job: planning, the Ray execution graph, commit/resume and the command line."""

@@ -1,0 +1,102 @@
+"""The `masktok` command line. Each command is a thin shell over a function of pipeline/;
+every expected problem (bad spec, bad corpus, refused job) is one line on stderr and
+exit status 1, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..jobs import BUNDLED, bundled_spec
+from ..schemas.manifest import ManifestError
+from ..schemas.spec import CORPUS_KINDS, SpecError, apply_overrides, read_toml, set_value, spec_from_dict
+from .corpus import CorpusError
+from .plan import PlanError, plan_job
+
+USER_ERRORS = (SpecError, PlanError, CorpusError, ManifestError)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version("masktok"), prog_name="masktok")
+def main() -> None:
+    """Precompute Mask-LLaVA visual tokens (global, pooled patch and object tokens) for
+    whole corpora, and train from the cache.
+
+    A job lives in one directory: `masktok plan` writes its spec (job.toml) and its
+    manifest (one row per unique image); later commands fill and read it.
+    """
+
+
+def spec_document(spec: str | None) -> tuple[dict[str, Any], str]:
+    """Read --spec: a TOML file, or the name of a bundled spec."""
+    if spec is None:
+        return {}, "job spec"
+    name = spec.replace("-", "_")
+    if not Path(spec).exists() and name in BUNDLED:
+        path = bundled_spec(name)
+        return read_toml(path), f"bundled spec '{name}'"
+    return read_toml(Path(spec)), spec
+
+
+@main.command()
+@click.argument("jobdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--corpus", "kind", type=click.Choice(CORPUS_KINDS),
+              help="Corpus format: a LLaVA JSON file, or a folder of images.")
+@click.option("--source", type=click.Path(path_type=Path),
+              help="The corpus JSON file, or the image folder.")
+@click.option("--image-root", type=click.Path(path_type=Path),
+              help="Folder the JSON's 'image' paths are relative to (LLaVA corpora).")
+@click.option("--spec", "spec", metavar="FILE|NAME",
+              help=f"Job spec TOML, or a bundled one: {', '.join(BUNDLED)}. Default: the paper's settings.")
+@click.option("--shard-size", type=int, help="Images per shard (spec shards.size).")
+@click.option("--sample", type=int, help="Plan a seeded random subset of N images (spec corpus.sample, corpus.seed).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override any spec key, e.g. --set detect.top_k=50 --set corpus.check_files=false.")
+@click.option("--force", is_flag=True, help="Replace a different job already in JOBDIR (its results are deleted).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary.")
+def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path | None, spec: str | None,
+         shard_size: int | None, sample: int | None, overrides: tuple[str, ...], force: bool, quiet: bool) -> None:
+    """Plan a job: read the corpus, check and deduplicate its images, write JOBDIR/job.toml
+    and JOBDIR/manifest.parquet (one row per unique image, sorted by image id, in shards).
+
+    \b
+    Examples:
+      masktok plan jobs/pretrain --corpus llava-pretrain \\
+          --source blip_laion_cc_sbu_558k.json --image-root images/ --spec llava_pretrain
+      masktok plan jobs/smoke --corpus llava-instruct --source llava_v1_5_mix665k.json \\
+          --image-root data/ --spec llava_instruct --sample 200
+      masktok plan jobs/photos --corpus folder --source ~/photos --spec demo
+    """
+    doc, origin = spec_document(spec)
+    for key, value in (("corpus.kind", kind), ("corpus.source", source), ("corpus.image_root", image_root),
+                       ("shards.size", shard_size), ("corpus.sample", sample)):
+        if value is not None:
+            set_value(doc, key, str(value) if isinstance(value, Path) else value)
+    doc = apply_overrides(doc, list(overrides))
+    job_spec = spec_from_dict(doc, origin=origin)
+    summary = plan_job(jobdir, job_spec, force=force, progress=not quiet and sys.stderr.isatty())
+    if quiet:
+        return
+    for line in summary.lines():
+        click.echo(line)
+    if summary.outcome == "unchanged":
+        click.echo(f"{jobdir} already holds this exact job: nothing rewritten.")
+    else:
+        replaced = " (the previous job and its results were replaced)" if summary.outcome == "replanned" else ""
+        click.echo(f"wrote {jobdir / 'job.toml'} and {jobdir / 'manifest.parquet'}{replaced}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,194 @@
+"""Reading corpora: the LLaVA conversation JSON files and plain image folders.
+
+A LLaVA file is one JSON array of up to a million records (about 1 GB for the 665K
+instruct mix). It is read as a stream: the array is cut into records with the standard
+library's decoder, one record at a time, so memory holds one chunk of text and the few
+fields planning keeps, never the whole document. A syntax error names its line and column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, TextIO
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+_WS = re.compile(r"[ \t\n\r]*")
+EXAMPLES_KEPT = 5
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be read at all; the message says where and why."""
+
+
+@dataclass
+class CorpusScan:
+    """What a corpus holds, before any file-system check."""
+
+    records_read: int = 0
+    text_only: int = 0
+    invalid: int = 0
+    invalid_examples: list[str] = field(default_factory=list)
+    rejected: int = 0
+    rejected_examples: list[str] = field(default_factory=list)
+    references: dict[str, list[int]] = field(default_factory=dict)  # image_id -> corpus rows
+
+    def note_invalid(self, row: int, reason: str) -> None:
+        self.invalid += 1
+        if len(self.invalid_examples) < EXAMPLES_KEPT:
+            self.invalid_examples.append(f"record {row}: {reason}")
+
+    def note_rejected(self, image_id: str, reason: str) -> None:
+        self.rejected += 1
+        if len(self.rejected_examples) < EXAMPLES_KEPT:
+            self.rejected_examples.append(f"{image_id!r} ({reason})")
+
+
+class _ArrayStream:
+    """Cursor over a JSON text read in chunks; keeps line/column for error messages."""
+
+    def __init__(self, fh: TextIO, path: Path, chunk_chars: int, on_read: Callable[[int], None]):
+        self.fh, self.path, self.chunk, self.on_read = fh, path, chunk_chars, on_read
+        self.buf, self.pos, self.eof = "", 0, False
+        self.line, self.col0 = 1, 0  # line and column of buf[0]
+
+    def fill(self) -> bool:
+        """Drop what was consumed and append one chunk; False at end of file."""
+        done = self.buf[: self.pos]
+        newline = done.rfind("\n")
+        self.line += done.count("\n")
+        self.col0 = len(done) - newline - 1 if newline >= 0 else self.col0 + len(done)
+        try:
+            more = self.fh.read(self.chunk)
+        except UnicodeDecodeError as exc:
+            raise CorpusError(f"{self.path}: not UTF-8 text ({exc.reason})") from None
+        self.on_read(len(more))
+        self.buf, self.pos = self.buf[self.pos :] + more, 0
+        self.eof = not more
+        return bool(more)
+
+    def skip_ws(self) -> str:
+        """Skip whitespace; return the next character ('' at end of file)."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.fill():
+                return ""
+
+    def where(self, pos: int) -> str:
+        newline = self.buf.rfind("\n", 0, pos)
+        line = self.line + self.buf.count("\n", 0, pos)
+        col = pos - newline if newline >= 0 else self.col0 + pos + 1
+        return f"line {line}, column {col}"
+
+    def fail(self, pos: int, what: str) -> CorpusError:
+        return CorpusError(f"{self.path}: malformed JSON at {self.where(pos)}: {what}")
+
+    def value(self, decoder: json.JSONDecoder) -> Any:
+        while True:
+            try:
+                obj, end = decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                if self.eof:
+                    raise self.fail(exc.pos, exc.msg) from None
+                self.fill()  # perhaps the record goes on in the next chunk: decode again
+                continue
+            after = _WS.match(self.buf, end).end()
+            if not self.eof and (after == len(self.buf) or self.buf[after] not in ",]"):
+                # A number cut by the chunk end decodes as a shorter number ("-1.5" of
+                # "-1.5e-7"): unless a separator follows, decode again with more text.
+                self.fill()
+                continue
+            self.pos = end
+            return obj
+
+
+def iter_json_array(path: Path, chunk_chars: int = 1 << 24, on_read: Callable[[int], None] = lambda n: None) -> Iterator[Any]:
+    """Yield the elements of the JSON array in ``path`` one at a time."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8-sig") as fh:
+        s = _ArrayStream(fh, path, chunk_chars, on_read)
+        first = s.skip_ws()
+        if first == "":
+            raise CorpusError(f"{path}: the file is empty")
+        if first != "[":
+            raise s.fail(s.pos, f"expected a JSON array of records, found {first!r}")
+        s.pos += 1
+        if s.skip_ws() == "]":
+            s.pos += 1
+        else:
+            while True:
+                if s.skip_ws() == "":
+                    raise s.fail(s.pos, "the array is not closed")
+                yield s.value(decoder)
+                sep = s.skip_ws()
+                if sep == "]":
+                    s.pos += 1
+                    break
+                if sep != ",":
+                    raise s.fail(s.pos, "expected ',' or ']' after a record")
+                s.pos += 1
+        if s.skip_ws() != "":
+            raise s.fail(s.pos, "extra data after the array")
+
+
+def lexical_reject(image_id: str) -> str | None:
+    """Why a corpus path may not be used, judged from the string alone (None: fine)."""
+    if not image_id or image_id.strip() != image_id:
+        return "empty or padded with spaces"
+    if "\x00" in image_id:
+        return "contains a NUL byte"
+    p = PurePosixPath(image_id)
+    if p.is_absolute() or re.match(r"^[A-Za-z]:[\\/]", image_id):
+        return "absolute path"
+    if ".." in p.parts or ".." in image_id.split("\\"):
+        return "'..' leaves the image root"
+    if p.parts in ((), (".",)):
+        return "names the image root itself"
+    return None
+
+
+def scan_llava(path: Path, on_read: Callable[[int], None] = lambda n: None) -> CorpusScan:
+    """Read a LLaVA-Pretrain or LLaVA-Instruct JSON file into a CorpusScan."""
+    scan = CorpusScan()
+    refs = scan.references
+    for row, record in enumerate(iter_json_array(path, on_read=on_read)):
+        scan.records_read += 1
+        if not isinstance(record, dict):
+            scan.note_invalid(row, f"must be an object, got {type(record).__name__}")
+            continue
+        if not isinstance(record.get("conversations"), list):
+            scan.note_invalid(row, "no 'conversations' list")
+            continue
+        if "image" not in record:
+            scan.text_only += 1
+            continue
+        image = record["image"]
+        if not isinstance(image, str):
+            scan.note_invalid(row, f"'image' must be a string, got {type(image).__name__}")
+            continue
+        reason = lexical_reject(image)
+        if reason:
+            scan.note_rejected(image, reason)
+            continue
+        refs.setdefault(image, []).append(row)
+    return scan
+
+
+def scan_folder(root: Path) -> CorpusScan:
+    """Every image file under ``root`` (by suffix, any case); symlinked folders are not
+    followed and symlinked files are checked later like any other path."""
+    scan = CorpusScan()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        rel_dir = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                scan.records_read += 1
+                scan.references[str(rel_dir / name) if rel_dir.parts else name] = []
+    return scan

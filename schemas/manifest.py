@@ -1,0 +1,62 @@
+"""The manifest: one row per unique image of a job, the index every other file keys on.
+
+Rows are sorted by ``image_id``; ``index`` is the row number (the first axis of every
+Zarr array, and the WebDataset sample key); ``shard`` is ``index // shards.size``.
+``corpus_rows`` lists the positions (0-based) in the corpus JSON of the records that name
+the image, so the trainer can join conversations back; it is empty for folder corpora.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .versions import MANIFEST_SCHEMA_VERSION
+
+VERSION = MANIFEST_SCHEMA_VERSION
+
+SCHEMA = pa.schema(
+    [
+        pa.field("index", pa.int64(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("corpus_rows", pa.list_(pa.int64()), nullable=False),
+    ],
+    metadata={"masktok.manifest_version": str(VERSION)},
+)
+
+
+class ManifestError(ValueError):
+    pass
+
+
+def build_table(image_ids: list[str], paths: list[str], corpus_rows: list[list[int]], shard_size: int) -> pa.Table:
+    """Assemble a manifest from rows already sorted by image_id."""
+    n = len(image_ids)
+    index = pa.array(range(n), pa.int64())
+    shard = pa.array([i // shard_size for i in range(n)], pa.int32())
+    return pa.Table.from_arrays(
+        [index, pa.array(image_ids, pa.string()), pa.array(paths, pa.string()), shard,
+         pa.array(corpus_rows, pa.list_(pa.int64()))],
+        schema=SCHEMA,
+    )
+
+
+def encode_manifest(table: pa.Table) -> bytes:
+    """The manifest as Parquet bytes (the caller writes them atomically)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.cast(SCHEMA), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def read_manifest(path: Path, columns: list[str] | None = None) -> pa.Table:
+    if not path.exists():
+        raise ManifestError(f"no manifest at {path}: plan the job first (masktok plan)")
+    table = pq.read_table(path, columns=columns)
+    version = (pq.read_schema(path).metadata or {}).get(b"masktok.manifest_version", b"?").decode()
+    if version != str(VERSION):
+        raise ManifestError(f"{path}: manifest version {version}, this masktok reads version {VERSION}")
+    return table

@@ -1,0 +1,84 @@
+"""The record: the arrays one image contributes to ``tokens.zarr`` and to a WebDataset sample.
+
+This module is the one source of truth that writers (stages/write) and readers (trainer/,
+verify, inspect) import. Shapes are written with symbolic axes:
+
+    N  manifest rows (images)            K  max objects per image, background included
+    D  CLIP embedding dim                C  CLIP vision width            P  pooled patches (36)
+
+Object rows are ordered as the stages produced them (detector confidence order, then the
+background mask last); ``keep_rank`` gives the order after IoU/confidence filtering and -1
+for a suppressed row. Rows past ``num_objects`` are padding (zeros, keep_rank -1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from .versions import RECORD_SCHEMA_VERSION
+
+POOLED_PATCHES = 36  # 24x24 ViT-L/14-336 patch grid average-pooled 4x4 -> 6x6
+VERSION = RECORD_SCHEMA_VERSION
+
+
+class Status(IntEnum):
+    PENDING = 0
+    OK = 1
+    FAILED = 2
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    name: str
+    axes: tuple[str, ...]  # symbolic; the first is always "N"
+    dtype: str  # numpy dtype name; "str" is a variable-length string
+    fill: object  # value of a row that was never written
+    meaning: str
+
+    def shape(self, n: int, dims: dict[str, int]) -> tuple[int, ...]:
+        """Concrete shape for ``n`` rows; ``dims`` gives K, D, C and optionally P."""
+        sizes = {"N": n, "P": POOLED_PATCHES, **dims}
+        missing = [a for a in self.axes if a not in sizes and not a.isdigit()]
+        if missing:
+            raise KeyError(f"array {self.name!r} needs dims {missing}")
+        return tuple(int(a) if a.isdigit() else sizes[a] for a in self.axes)
+
+    def numpy_dtype(self) -> np.dtype:
+        return np.dtype(object) if self.dtype == "str" else np.dtype(self.dtype)
+
+
+ARRAYS: tuple[ArraySpec, ...] = (
+    ArraySpec("image_id", ("N",), "str", "", "path relative to the image root, as the corpus names it"),
+    ArraySpec("status", ("N",), "uint8", int(Status.PENDING), "0 pending, 1 ok, 2 failed"),
+    ArraySpec("width", ("N",), "int32", 0, "original image width in pixels"),
+    ArraySpec("height", ("N",), "int32", 0, "original image height in pixels"),
+    ArraySpec("num_objects", ("N",), "int16", 0, "valid rows along K (background included)"),
+    ArraySpec("object_tokens", ("N", "K", "D"), "float16", 0.0, "MaskInversion tokens, background last"),
+    ArraySpec("boxes", ("N", "K", "4"), "float32", 0.0, "xyxy in original pixels; background: whole image"),
+    ArraySpec("scores", ("N", "K"), "float32", 0.0, "detector confidence; background: 0"),
+    ArraySpec("keep_rank", ("N", "K"), "int16", -1, "order after IoU/confidence filtering, -1 if suppressed"),
+    ArraySpec("inversion_loss", ("N", "K"), "float32", 0.0, "final dice loss of each inversion"),
+    ArraySpec("global_token", ("N", "D"), "float16", 0.0, "CLIP image embedding"),
+    ArraySpec("patch_tokens", ("N", "P", "C"), "float16", 0.0, "penultimate-layer patch tokens pooled 4x4"),
+    ArraySpec("patch_norm_mean", ("N",), "float32", 0.0, "mean of the 576 patch-token norms"),
+    ArraySpec("patch_norm_std", ("N",), "float32", 0.0, "std of the 576 patch-token norms"),
+)
+BY_NAME = {a.name: a for a in ARRAYS}
+
+# Per-image members of a WebDataset sample: scalars go in the sample's .json, the rest
+# are .npy members named after the array.
+SCALARS = ("image_id", "status", "width", "height", "num_objects", "patch_norm_mean", "patch_norm_std")
+TENSORS = tuple(a.name for a in ARRAYS if a.name not in SCALARS)
+
+
+def sample_key(index: int) -> str:
+    """WebDataset key of manifest row ``index`` (image ids hold dots and slashes)."""
+    return f"{index:09d}"
+
+
+def record_shapes(dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    """Per-image shapes (the N axis dropped) for the given K, D, C."""
+    return {a.name: a.shape(1, dims)[1:] for a in ARRAYS}

@@ -1,0 +1,274 @@
+"""The job spec: what a job computes and how it is run, typed and validated.
+
+A spec is TOML. Every table and key is declared below; an unknown key or a value of the
+wrong type is a `SpecError` naming the dotted key (``detect.top_k``). Defaults are the
+paper's settings (Deformable-DETR top 100 boxes, SAM ViT-H, CLIP ViT-L/14-336).
+
+Checkpoint paths may name environment variables as ``${VAR}``; they are expanded when a
+job is planned, so ``job.toml`` holds the paths the job really used. The value ``"tiny"``
+selects the project's tiny randomly initialised preset of that model (tests, demo).
+
+Which fields change results: everything except the ``job`` table (name, description) and
+the ``resources`` sub-table of each stage (actors, CPUs, GPUs, batch size), which only
+decide how fast a job runs. Those are left out of the fingerprint.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION, SPEC_VERSION
+
+CORPUS_KINDS = ("llava-pretrain", "llava-instruct", "folder")
+TINY = "tiny"
+_NOT_IN_FINGERPRINT = {"job", "resources", "meta"}
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    # strict: TOML is typed, so "5" is not an integer; floats still accept integers.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Resources(_Section):
+    """How one stage is scheduled on Ray. Never changes results."""
+
+    actors: int = Field(1, ge=1, description="concurrent actors of this stage")
+    cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor (fractions allowed)")
+    gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions pack stages on one GPU)")
+    batch_size: int = Field(4, ge=1, description="images per batch handed to the stage")
+
+
+class JobInfo(_Section):
+    name: str = "masktok-job"
+    description: str = ""
+
+
+class CorpusSpec(_Section):
+    kind: Literal["llava-pretrain", "llava-instruct", "folder"] = "folder"
+    source: str = ""
+    image_root: str = ""
+    check_files: bool = True
+    sample: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class ShardSpec(_Section):
+    size: int = Field(1000, ge=1)
+
+
+class DecodeSpec(_Section):
+    max_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb guard")
+    resources: Resources = Resources(cpus=1.0, batch_size=16)
+
+
+class DetectSpec(_Section):
+    checkpoint: str = "${MASKTOK_DETR_CHECKPOINT}"
+    top_k: int = Field(100, ge=1)
+    resources: Resources = Resources(gpus=1.0, batch_size=8)
+
+
+class MasksSpec(_Section):
+    source: Literal["sam", "boxes", "tiles"] = "sam"
+
+
+class SegmentSpec(_Section):
+    checkpoint: str = "${MASKTOK_SAM_CHECKPOINT}"
+    model_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
+    resources: Resources = Resources(gpus=1.0, batch_size=4)
+
+
+class FilterSpec(_Section):
+    iou_threshold: float = Field(0.8, gt=0, le=1)
+    max_objects: int | None = Field(None, ge=1)
+
+
+class InvertSpec(_Section):
+    model: str = "ViT-L-14-336-quickgelu"  # OpenAI weights use QuickGELU
+    checkpoint: str = "${MASKTOK_CLIP_CHECKPOINT}"
+    iterations: int = Field(10, ge=1)
+    lr: float = Field(0.5, gt=0)
+    alpha: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    layer_index: int = -1
+    precision: Literal["fp32", "bf16"] = "fp32"
+    resources: Resources = Resources(gpus=1.0, batch_size=4)
+
+
+class WriteSpec(_Section):
+    webdataset: bool = True
+    rle_masks: bool = False
+
+
+class JobSpec(_Section):
+    """The whole spec. Tables mirror the stages of the pipeline."""
+
+    version: int = SPEC_VERSION
+    job: JobInfo = JobInfo()
+    corpus: CorpusSpec = CorpusSpec()
+    shards: ShardSpec = ShardSpec()
+    decode: DecodeSpec = DecodeSpec()
+    detect: DetectSpec = DetectSpec()
+    masks: MasksSpec = MasksSpec()
+    segment: SegmentSpec = SegmentSpec()
+    filter: FilterSpec = FilterSpec()
+    invert: InvertSpec = InvertSpec()
+    write: WriteSpec = WriteSpec()
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _known_keys(ann, f"{prefix}{name}.")
+    return keys
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        near = difflib.get_close_matches(key, _known_keys(JobSpec), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        return f"unknown key '{key}'{hint}"
+    value = err.get("input")
+    return f"'{key}': {err['msg'].lower()}, got {type(value).__name__} {value!r}"
+
+
+def spec_from_dict(data: dict[str, Any], origin: str = "job spec") -> JobSpec:
+    """Validate a parsed TOML document; one clear line per problem, first problem first."""
+    data = {k: v for k, v in data.items() if k != "meta"}
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SpecError(f"{origin}: {problems[0]}{more}") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise SpecError(f"spec file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_spec(path: Path) -> JobSpec:
+    return spec_from_dict(read_toml(path), origin=str(path))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``key.sub=value`` -> (["key", "sub"], value); the value is read as a TOML value
+    (``5``, ``0.7``, ``true``, ``"x"``) and taken as a plain string if it is not one."""
+    if "=" not in item:
+        raise SpecError(f"--set {item!r}: expected key=value, e.g. detect.top_k=50")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[a-z_]+(\.[a-z_]+)*", key):
+        raise SpecError(f"--set {item!r}: {key!r} is not a dotted spec key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def set_value(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` in a spec document in place, creating tables on the way."""
+    *tables, last = key.split(".")
+    node = data
+    for part in tables:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"cannot set {key!r}: '{part}' is a value, not a table")
+    node[last] = value
+
+
+def apply_overrides(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """Return a copy of a spec document with ``--set key=value`` items applied."""
+    out = copy.deepcopy(data)
+    for item in items:
+        path, value = parse_override(item)
+        set_value(out, ".".join(path), value)
+    return out
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(spec: JobSpec, environ: dict[str, str] | None = None) -> JobSpec:
+    """Replace ``${VAR}`` in the checkpoint paths; an unset variable is a SpecError."""
+    env = os.environ if environ is None else environ
+    updates: dict[str, Any] = {}
+    for section in ("detect", "segment", "invert"):
+        value = getattr(spec, section).checkpoint
+
+        def sub(m: re.Match[str], key: str = f"{section}.checkpoint") -> str:
+            if m.group(1) not in env:
+                raise SpecError(
+                    f"'{key}' refers to ${{{m.group(1)}}}, which is not set: set it, "
+                    f"or pass --set {key}=PATH (or use --spec demo for the tiny models)"
+                )
+            return env[m.group(1)]
+
+        updates[section] = getattr(spec, section).model_copy(
+            update={"checkpoint": _ENV_REF.sub(sub, value)}
+        )
+    return spec.model_copy(update=updates)
+
+
+def _results_view(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _results_view(v) for k, v in value.items() if k not in _NOT_IN_FINGERPRINT}
+    return value
+
+
+def fingerprint(spec: JobSpec) -> str:
+    """A stable hash of every field that changes results (and of the output schemas)."""
+    view = _results_view(spec.model_dump(mode="json"))
+    view["schemas"] = {"record": RECORD_SCHEMA_VERSION, "manifest": MANIFEST_SCHEMA_VERSION}
+    canonical = json.dumps(view, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def fingerprint_diff(old: dict[str, Any], new: JobSpec) -> list[str]:
+    """Dotted keys whose result-changing values differ between a stored spec and a new one."""
+    a = _flatten(_results_view(spec_from_dict(old).model_dump(mode="json")))
+    b = _flatten(_results_view(new.model_dump(mode="json")))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def spec_to_toml(spec: JobSpec, meta: dict[str, Any] | None = None, header: str = "") -> str:
+    """The resolved spec as TOML (``None`` values left out: absent means unset)."""
+    doc = spec.model_dump(mode="json", exclude_none=True)
+    if meta:
+        doc = {"meta": meta, **doc}
+    return header + tomli_w.dumps(doc)

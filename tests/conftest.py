@@ -1,0 +1,30 @@
+"""Shared pytest fixtures.
+
+Tests never touch the network: the Hugging Face offline switches are set here, at import
+time, before any test module imports transformers or huggingface_hub (both read them once).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny detector/SAM/CLIP presets (seed 0) saved in the real formats, once per session.
+
+    Keys: "detector" (HF folder), "sam" (.pth, model_type "tiny"), "clip" (state dict for
+    masktok.stages.clip.TINY_CLIP_NAME).
+    """
+    from masktok.pipeline.tiny_models import materialize_tiny_checkpoints
+
+    return materialize_tiny_checkpoints(tmp_path_factory.mktemp("tiny_checkpoints"), seed=0)

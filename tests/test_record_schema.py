@@ -1,0 +1,43 @@
+"""The record schema: the arrays of DESIGN.md, one source of truth (schemas/record.py)."""
+
+import numpy as np
+
+from masktok.schemas import record
+
+DESIGN_TABLE = {
+    "image_id": ("N", "str"), "status": ("N", "uint8"), "width": ("N", "int32"), "height": ("N", "int32"),
+    "num_objects": ("N", "int16"), "object_tokens": ("N,K,D", "float16"), "boxes": ("N,K,4", "float32"),
+    "scores": ("N,K", "float32"), "keep_rank": ("N,K", "int16"), "inversion_loss": ("N,K", "float32"),
+    "global_token": ("N,D", "float16"), "patch_tokens": ("N,P,C", "float16"),
+    "patch_norm_mean": ("N", "float32"), "patch_norm_std": ("N", "float32"),
+}
+
+
+def test_arrays_match_the_design_table():
+    assert {a.name: (",".join(a.axes), a.dtype) for a in record.ARRAYS} == DESIGN_TABLE
+
+
+def test_concrete_shapes_for_the_papers_models():
+    dims = {"K": 101, "D": 768, "C": 1024}
+    assert record.BY_NAME["object_tokens"].shape(1000, dims) == (1000, 101, 768)
+    assert record.BY_NAME["patch_tokens"].shape(1000, dims) == (1000, 36, 1024)
+    assert record.BY_NAME["boxes"].shape(7, dims) == (7, 101, 4)
+    assert record.record_shapes(dims)["global_token"] == (768,)
+    assert record.record_shapes(dims)["image_id"] == ()
+
+
+def test_unwritten_rows_read_as_pending_and_suppressed():
+    assert record.BY_NAME["status"].fill == record.Status.PENDING == 0
+    assert record.BY_NAME["keep_rank"].fill == -1
+    assert record.BY_NAME["image_id"].numpy_dtype() == np.dtype(object)
+
+
+def test_every_array_is_either_a_json_scalar_or_an_npy_member():
+    assert set(record.SCALARS) | set(record.TENSORS) == set(DESIGN_TABLE)
+    assert not set(record.SCALARS) & set(record.TENSORS)
+
+
+def test_sample_keys_are_zero_padded_and_sort_like_the_manifest():
+    keys = [record.sample_key(i) for i in (0, 9, 10, 123456)]
+    assert keys == sorted(keys) and keys[0] == "000000000"
+    assert all("." not in k and "/" not in k for k in keys)
