@@ -98,5 +98,15 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
         click.echo(f"wrote {jobdir / 'job.toml'} and {jobdir / 'manifest.parquet'}{replaced}")
 
 
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default="demo-job")
+def demo(directory: Path) -> None:
+    """Run the demo in DIRECTORY (default: demo-job): generated images with the quirks of
+    real corpora, the bundled demo spec and tiny randomly initialised models."""
+    from .demo import run_demo  # imports torch and the model libraries: only when asked
+
+    run_demo(directory, echo=click.echo)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

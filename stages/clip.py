@@ -42,7 +42,7 @@ def register_tiny_clip_config() -> None:
 def build_tiny_clip(seed: int = 0) -> open_clip.CLIP:
     """A randomly initialised tiny OpenAI-style CLIP (ViT, QuickGELU), in eval mode.
 
-    Vision tower: 64 px, patch 8 (8x8 patch grid), width 64, 3 layers; embed dim 32. The text
+    Vision tower: 96 px, patch 4 (a 24x24 patch grid, as ViT-L/14-336 has), width 64, 3 layers; embed dim 32. The text
     tower is small but keeps OpenAI's vocabulary (49408) and context (77) so the standard
     open_clip tokenizer works with it. Every parameter comes from torch's global RNG, seeded
     here inside ``fork_rng`` so the caller's RNG state is left untouched.

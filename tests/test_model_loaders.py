@@ -56,7 +56,7 @@ def _sam_outputs(sam, image: np.ndarray) -> tuple[torch.Tensor, np.ndarray, np.n
 
 
 def _encode(model, seed: int = 1) -> torch.Tensor:
-    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+    pixels = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         return model.encode_image(pixels)
 
@@ -181,7 +181,7 @@ def _openai_style_torchscript(model, path: Path) -> Path:
     """A TorchScript archive laid out like OpenAI's ViT-L-14-336px.pt: the CLIP state dict
     plus the input_resolution/context_length/vocab_size entries open_clip drops."""
     root = torch.nn.Module()
-    extra = {"input_resolution": torch.tensor(64), "context_length": torch.tensor(77),
+    extra = {"input_resolution": torch.tensor(96), "context_length": torch.tensor(77),
              "vocab_size": torch.tensor(49408)}
     for key, value in [*model.state_dict().items(), *extra.items()]:
         *parents, leaf = key.split(".")

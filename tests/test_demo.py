@@ -1,0 +1,40 @@
+"""`masktok demo`: generated corpus with real-world quirks, planned with tiny models."""
+
+from click.testing import CliRunner
+from PIL import Image
+
+from masktok.pipeline.cli import main
+from masktok.pipeline.demo_corpus import SCENES, write_demo_corpus
+from masktok.schemas.manifest import read_manifest
+
+
+def test_demo_corpus_has_the_quirks_of_real_corpora(tmp_path):
+    source = write_demo_corpus(tmp_path)
+    q = tmp_path / "images" / "quirks"
+    assert Image.open(q / "gray.jpg").mode == "L"
+    assert Image.open(q / "cmyk.jpg").mode == "CMYK"
+    assert Image.open(q / "palette.png").mode == "P"
+    assert Image.open(q / "rgba.png").mode == "RGBA"
+    assert Image.open(q / "deep16.png").mode.startswith("I")
+    assert Image.open(q / "animated.gif").n_frames == 3
+    assert Image.open(q / "png_named.jpg").format == "PNG"
+    assert Image.open(q / "rotated_exif.jpg").getexif()[0x0112] == 6
+    assert source.exists() and len(list((tmp_path / "images" / "scenes").iterdir())) == SCENES
+
+
+def test_demo_corpus_is_deterministic(tmp_path):
+    a, b = write_demo_corpus(tmp_path / "a"), write_demo_corpus(tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert (tmp_path / "a/images/scenes/003.jpg").read_bytes() == (tmp_path / "b/images/scenes/003.jpg").read_bytes()
+
+
+def test_demo_plans_the_job_and_loads_the_tiny_models(tmp_path):
+    result = CliRunner().invoke(main, ["demo", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    manifest = read_manifest(tmp_path / "d/job/manifest.parquet")
+    assert manifest.num_rows == SCENES + 9  # scenes + quirk files; '../outside.jpg' rejected
+    assert max(manifest.column("shard").to_pylist()) == 3  # shards of 8
+    assert (tmp_path / "d/job/models/sam_tiny.pth").exists()
+    assert "loaded through the real loaders" in result.output and "not built yet" in result.output
+    again = CliRunner().invoke(main, ["demo", str(tmp_path / "d")])
+    assert again.exit_code == 0 and again.output.count("images planned") == 1
