@@ -1,0 +1,118 @@
+"""Commit and verify shards: the rule that makes a job resumable.
+
+A shard counts as done only when ``commits/shard-NNNNNN.json`` exists. Everything the
+shard writes (its Zarr chunks, its tar) is written and fsynced first; the commit file is
+written last, atomically. So a run killed at any moment leaves every shard either
+committed and whole, or uncommitted (and redone by the next run).
+
+The commit file records the row range, counts, the failures, and a SHA-256 of every
+array slice and of the tar, which `masktok verify` recomputes from what is on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..schemas.record import ARRAYS, Status
+from ..stages.write import TokenDims, checksum, encode_wds_shard, failures_of, shard_rows, write_zarr_rows
+from .jobdir import JobDir, fsync_dir, write_atomic
+
+COMMIT_VERSION = 1
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:06d}"
+
+
+def commit_path(jd: JobDir, shard: int) -> Path:
+    return jd.commits / f"{shard_name(shard)}.json"
+
+
+def wds_path(jd: JobDir, shard: int) -> Path:
+    return jd.wds / f"{shard_name(shard)}.tar"
+
+
+def _fsync_chunks(group_path: Path, shard: int) -> None:
+    """Flush this shard's chunk files of every array (chunk key c/<shard>/...)."""
+    for spec in ARRAYS:
+        root = group_path / spec.name / "c" / str(shard)
+        files = [root] if root.is_file() else [Path(d) / f for d, _, fs in os.walk(root) for f in fs]
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int, items: list[dict[str, Any]],
+                dims: TokenDims, fingerprint: str, webdataset: bool = True, rle_masks: bool = False) -> dict[str, Any]:
+    """Write one finished shard to both sinks, then commit it. Returns the commit record."""
+    rows = shard_rows(items, start, end, dims)
+    sums = write_zarr_rows(group, start, rows)
+    _fsync_chunks(jd.tokens, shard)
+    tar = None
+    if webdataset:
+        data = encode_wds_shard(items, start, rows, rle_masks)
+        jd.wds.mkdir(exist_ok=True)
+        write_atomic(wds_path(jd, shard), data)
+        tar = {"file": wds_path(jd, shard).name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    failures = failures_of(items)
+    commit = {
+        "version": COMMIT_VERSION, "shard": shard, "rows": [start, end], "fingerprint": fingerprint,
+        "images_ok": int((rows["status"] == Status.OK).sum()), "images_failed": len(failures),
+        "failures": failures, "zarr": sums, "wds": tar,
+        "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    jd.commits.mkdir(exist_ok=True)
+    write_atomic(commit_path(jd, shard), json.dumps(commit, indent=1).encode())
+    fsync_dir(jd.commits)
+    return commit
+
+
+def read_commits(jd: JobDir) -> dict[int, dict[str, Any]]:
+    """Every commit file of the job, by shard (temp files of an interrupted write ignored)."""
+    if not jd.commits.is_dir():
+        return {}
+    out = {}
+    for path in sorted(jd.commits.glob("shard-*.json")):
+        commit = json.loads(path.read_text())
+        out[commit["shard"]] = commit
+    return out
+
+
+def verify_shard(jd: JobDir, group: zarr.Group, commit: dict[str, Any]) -> list[str]:
+    """What is wrong with a committed shard on disk (empty list: it matches its commit)."""
+    start, end = commit["rows"]
+    problems = []
+    rows = {}
+    for spec in ARRAYS:
+        try:
+            rows[spec.name] = group[spec.name][start:end]
+        except Exception as exc:  # a corrupt chunk fails to decompress
+            problems.append(f"{spec.name}: unreadable ({type(exc).__name__}: {exc})")
+            continue
+        if checksum(rows[spec.name]) != commit["zarr"].get(spec.name):
+            problems.append(f"{spec.name}: checksum differs from the commit")
+    if "status" in rows:
+        ok = rows["status"] == Status.OK
+        if int(ok.sum()) != commit["images_ok"] or int((rows["status"] == Status.FAILED).sum()) != commit["images_failed"]:
+            problems.append("status counts differ from the commit")
+        for name, values in rows.items():
+            if values.dtype.kind == "f" and not np.isfinite(values[ok]).all():
+                problems.append(f"{name}: non-finite values")
+    if commit.get("wds"):
+        path = jd.wds / commit["wds"]["file"]
+        if not path.exists():
+            problems.append(f"{path.name}: missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != commit["wds"]["sha256"]:
+            problems.append(f"{path.name}: checksum differs from the commit")
+    return problems

@@ -1,0 +1,153 @@
+"""Write stage: finished items of one shard -> rows of ``tokens.zarr`` + one WebDataset tar.
+
+The two sinks hold the same values. Zarr rows are padded to K objects (``num_objects``
+says how many are real); a WebDataset sample holds only the real rows. A failed image
+still gets its row (status 2, fill values) and a JSON-only sample carrying the reason, so
+both sinks stay one-to-one with the manifest.
+
+Nothing here commits: the caller writes the tar atomically and then the shard's commit
+file (pipeline/commit.py), so a shard interrupted halfway is simply redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+import zarr
+
+from ..schemas import record
+from ..schemas.record import ARRAYS, SCALARS, TENSORS, Status, sample_key
+
+OBJECT_ARRAYS = ("object_tokens", "boxes", "scores", "keep_rank", "inversion_loss")
+
+
+class WriteError(RuntimeError):
+    """An item that breaks the batch contract (a bug upstream, not a bad image)."""
+
+
+@dataclass(frozen=True)
+class TokenDims:
+    """Sizes of the record axes: K objects incl. background, D embed dim, C vision width."""
+
+    K: int
+    D: int
+    C: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"K": self.K, "D": self.D, "C": self.C}
+
+
+def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims) -> zarr.Group:
+    """Open ``tokens.zarr``, creating every array of the record schema on first use.
+
+    Chunks along N equal the shard size, so a shard's writes touch only its own chunks.
+    """
+    if (path / "zarr.json").exists():
+        group = zarr.open_group(path, mode="r+")
+        stored = group.attrs.get("dims")
+        if stored != dims.as_dict() or group["status"].shape[0] != rows:
+            raise WriteError(f"{path} was created for {stored} x {group['status'].shape[0]} rows, "
+                             f"not {dims.as_dict()} x {rows}")
+        return group
+    group = zarr.open_group(path, mode="w")
+    group.attrs.update({"record_schema_version": record.VERSION, "dims": dims.as_dict(), "shard_size": shard_size})
+    for spec in ARRAYS:
+        shape = spec.shape(rows, dims.as_dict())
+        group.create_array(spec.name, shape=shape, chunks=(shard_size, *shape[1:]),
+                           dtype=str if spec.dtype == "str" else spec.dtype, fill_value=spec.fill)
+    return group
+
+
+def shard_rows(items: list[dict[str, Any]], start: int, end: int, dims: TokenDims) -> dict[str, np.ndarray]:
+    """The record arrays for manifest rows [start, end), from one finished item per row."""
+    by_index = {item["index"]: item for item in items}
+    if sorted(by_index) != list(range(start, end)):
+        raise WriteError(f"shard rows {start}..{end - 1} need one item each, got indices {sorted(by_index)[:5]}...")
+    n = end - start
+    rows = {s.name: np.full(s.shape(n, dims.as_dict()), s.fill, dtype=s.numpy_dtype()) for s in ARRAYS}
+    for i in range(n):
+        item = by_index[start + i]
+        rows["image_id"][i] = item["image_id"]
+        if "error" in item:
+            rows["status"][i] = Status.FAILED
+            continue
+        _fill_row(rows, i, item, dims)
+    return rows
+
+
+def _fill_row(rows: dict[str, np.ndarray], i: int, item: dict[str, Any], dims: TokenDims) -> None:
+    k = len(item["object_tokens"])
+    if k > dims.K:
+        raise WriteError(f"{item['image_id']}: {k} objects, the store holds at most K={dims.K}")
+    rows["status"][i] = Status.OK
+    for name in ("width", "height", "patch_norm_mean", "patch_norm_std"):
+        rows[name][i] = item[name]
+    rows["num_objects"][i] = k
+    for name in OBJECT_ARRAYS:
+        rows[name][i, :k] = np.asarray(item[name])
+    rows["global_token"][i] = np.asarray(item["global_token"])
+    rows["patch_tokens"][i] = np.asarray(item["patch_tokens"])
+
+
+def checksum(array: np.ndarray) -> str:
+    """SHA-256 of an array's values (strings joined by NUL), as written and as read back."""
+    if array.dtype.kind in "OUT":
+        data = "\0".join(str(x) for x in array.ravel()).encode()
+    else:
+        data = np.ascontiguousarray(array).tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_zarr_rows(group: zarr.Group, start: int, rows: dict[str, np.ndarray]) -> dict[str, str]:
+    """Write the rows and return the checksum of each array's slice."""
+    end = start + len(rows["status"])
+    for name, values in rows.items():
+        group[name][start:end] = values
+    return {name: checksum(values) for name, values in rows.items()}
+
+
+def _sample(index: int, rows: dict[str, np.ndarray], i: int, item: dict[str, Any], rle_masks: bool) -> dict[str, Any]:
+    meta: dict[str, Any] = {"index": index}
+    for name in SCALARS:
+        value = rows[name][i]
+        meta[name] = value if isinstance(value, str) else value.item()
+    sample: dict[str, Any] = {"__key__": sample_key(index)}
+    if "error" in item:
+        meta["error"] = item["error"]
+    else:
+        k = int(rows["num_objects"][i])
+        for name in TENSORS:
+            value = rows[name][i]
+            sample[f"{name}.npy"] = value[:k] if name in OBJECT_ARRAYS else value
+        if rle_masks:
+            sample["masks.json"] = [_rle_json(m) for m in item["masks"][:k]]
+    sample["json"] = meta
+    return sample
+
+
+def _rle_json(rle: dict[str, Any]) -> dict[str, Any]:
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.decode() if isinstance(counts, bytes) else counts}
+
+
+def encode_wds_shard(items: list[dict[str, Any]], start: int, rows: dict[str, np.ndarray],
+                     rle_masks: bool = False) -> bytes:
+    """The shard's WebDataset tar, in memory (the caller writes it atomically)."""
+    by_index = {item["index"]: item for item in items}
+    buffer = io.BytesIO()
+    with wds.TarWriter(buffer) as sink:
+        for i in range(len(rows["status"])):
+            sink.write(_sample(start + i, rows, i, by_index[start + i], rle_masks))
+    return buffer.getvalue()
+
+
+def failures_of(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The failed images of a shard, as rows of failures.parquet."""
+    return [{"index": it["index"], "image_id": it["image_id"], "stage": it["error"]["stage"],
+             "reason": it["error"]["reason"]} for it in sorted(items, key=lambda it: it["index"]) if "error" in it]
