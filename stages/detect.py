@@ -1,15 +1,30 @@
 """Detection stage: Deformable-DETR boxes (paper: the top 100 boxes per image).
 
-For now this module holds the model part only: the real loader for a Hugging Face folder
-(the layout of ``SenseTime/deformable-detr``) and a tiny, seeded preset of the same
-architecture that tests and the demo save and reload through that loader.
+The model part: the real loader for a Hugging Face folder (the layout of
+``SenseTime/deformable-detr``) and a tiny, seeded preset of the same architecture that tests
+and the demo save and reload through that loader. The stage part: :class:`DetectStage`.
+
+Class-agnostic top-k: each query is one box, scored by its highest class probability
+(sigmoid, as Deformable-DETR is trained with a sigmoid focal loss; there is no "no object"
+class). The top ``detect.top_k`` queries by that score are kept, with no threshold.
+transformers' ``post_process_object_detection`` instead takes the top-k over
+query x class pairs and so returns the same box several times.
+
+Batching: the processor pads a batch of differently sized images to a common canvas, and
+the padding leaks into the result through the backbone convolutions (on the tiny model the
+logits of an image move by ~0.15 when a portrait image joins its batch). So every image is
+preprocessed alone and only images whose preprocessed tensors have the same shape are run
+together, unpadded: an image's boxes do not depend on what else is in its batch (up to
+float rounding, ~1e-7).
 """
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import (
     DeformableDetrConfig,
@@ -18,6 +33,8 @@ from transformers import (
     ResNetConfig,
 )
 
+from ..schemas.spec import DetectSpec
+from .batch import Batch, Item, exception_reason, fail, failed, pick_device
 from .errors import ModelLoadError
 
 #: The pipeline keeps the top 100 boxes, so a detector needs at least this many queries.
@@ -147,3 +164,98 @@ def load_detector(
     model = model.to(device)
     _own_cpu_memory(model)
     return model.eval(), processor
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def class_agnostic_top_k(
+    logits: torch.Tensor, pred_boxes: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``k`` queries of one image by their best class probability.
+
+    ``logits`` ``[Q, C]``, ``pred_boxes`` ``[Q, 4]`` (normalised cx, cy, w, h). Returns
+    ``(scores [k'], boxes [k', 4] normalised cxcywh, query indices [k'])`` with
+    ``k' = min(k, Q)``, sorted by descending score; ties keep query order (stable sort), so
+    the result is deterministic and every query appears at most once.
+    """
+    scores = logits.sigmoid().amax(dim=-1)
+    order = torch.sort(scores, descending=True, stable=True).indices[: min(k, scores.numel())]
+    return scores[order], pred_boxes[order], order
+
+
+def to_pixel_xyxy(boxes_cxcywh: torch.Tensor, width: int, height: int) -> np.ndarray:
+    """Normalised cxcywh -> float32 xyxy in pixels of a ``width`` x ``height`` image, clipped."""
+    cx, cy, w, h = boxes_cxcywh.double().unbind(-1)
+    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    size = torch.tensor([width, height, width, height], dtype=torch.float64, device=xyxy.device)
+    return torch.minimum((xyxy * size).clamp(min=0), size).float().cpu().numpy()
+
+
+class DetectStage:
+    """Adds ``boxes`` (float32 [M, 4] xyxy pixels, clipped) and ``scores`` (float32 [M]).
+
+    ``M = min(detect.top_k, num_queries)``, rows sorted by descending score. ``checkpoint``
+    overrides ``spec.checkpoint`` (the pipeline resolves ``"tiny"`` to a materialised
+    preset folder first).
+    """
+
+    def __init__(
+        self,
+        spec: DetectSpec,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        path = spec.checkpoint if checkpoint is None else checkpoint
+        if str(path) == "tiny":
+            raise ModelLoadError(
+                "detect.checkpoint 'tiny' must be materialised first "
+                "(masktok.pipeline.tiny_models.materialize_tiny_checkpoints) and passed as a path"
+            )
+        self.top_k = spec.top_k
+        self.device = pick_device(device)
+        self.model, self.processor = load_detector(path, self.device)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: DeformableDetrForObjectDetection,
+        processor: DeformableDetrImageProcessor,
+        top_k: int = MIN_QUERIES,
+        device: str | torch.device | None = None,
+    ) -> DetectStage:
+        """A stage around an in-memory model (tests: compare with the loaded checkpoint)."""
+        stage = cls.__new__(cls)
+        stage.top_k, stage.device = top_k, pick_device(device)
+        stage.model, stage.processor = model.to(stage.device).eval(), processor
+        return stage
+
+    def _preprocess(self, item: Item) -> torch.Tensor | None:
+        try:
+            inputs = self.processor(
+                images=[item["image"]], input_data_format="channels_last", return_tensors="pt"
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. an image too thin to resize
+            fail(item, "detect", f"preprocessing failed: {exception_reason(exc)}")
+            return None
+        return inputs["pixel_values"][0]
+
+    @torch.inference_mode()
+    def __call__(self, batch: Batch) -> Batch:
+        groups: dict[tuple[int, ...], list[tuple[Item, torch.Tensor]]] = defaultdict(list)
+        for item in batch:
+            if failed(item):
+                continue
+            pixels = self._preprocess(item)
+            if pixels is not None:
+                groups[tuple(pixels.shape)].append((item, pixels))
+        for members in groups.values():
+            pixel_values = torch.stack([p for _, p in members]).to(self.device)
+            mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long,
+                              device=self.device)
+            outputs = self.model(pixel_values=pixel_values, pixel_mask=mask)
+            for i, (item, _) in enumerate(members):
+                scores, boxes, _ = class_agnostic_top_k(outputs.logits[i], outputs.pred_boxes[i], self.top_k)
+                item["boxes"] = to_pixel_xyxy(boxes, item["width"], item["height"])
+                item["scores"] = scores.float().cpu().numpy()
+        return batch

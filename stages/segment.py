@@ -1,7 +1,17 @@
 """Segmentation stage: SAM masks from the detector's boxes (paper: SAM ViT-H).
 
-For now this module holds the model part only: the real loader for the official SAM
-``.pth`` checkpoints and a tiny, seeded preset built from the same segment-anything classes.
+The model part: the real loader for the official SAM ``.pth`` checkpoints and a tiny,
+seeded preset built from the same segment-anything classes. The stage part:
+:class:`SegmentStage`.
+
+Per image: one image embedding (``SamPredictor.set_image``), then all of its boxes go
+through the prompt encoder and mask decoder as one batched prompt with
+``multimask_output=False``. The low-resolution logits are upsampled to the original
+resolution, thresholded and RLE-encoded ``upsample_chunk`` masks at a time, so a full
+resolution float tensor exists only for one chunk (100 masks of a 2000x1500 image would
+be 1.2 GB as float32). Images go through the encoder one at a time: SAM pads every image
+to a square anyway, and ViT-H on 1024x1024 already fills a GPU, so batching images would
+buy little and would make an image's masks depend on its batch in the last bits.
 """
 
 from __future__ import annotations
@@ -10,8 +20,9 @@ import pickle
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
-from segment_anything import sam_model_registry
+from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import (
     ImageEncoderViT,
     MaskDecoder,
@@ -20,6 +31,8 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
+from ..schemas.spec import SegmentSpec
+from .batch import Batch, encode_masks, exception_reason, fail, failed, pick_device
 from .errors import ModelLoadError
 
 #: The official checkpoints (sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth, sam_vit_b_01ec64.pth)
@@ -153,3 +166,83 @@ def save_sam(sam: Sam, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(sam.state_dict(), path)
     return path
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+class SegmentStage:
+    """Adds ``masks`` (M COCO RLE dicts, original resolution) and ``mask_iou`` (float32 [M],
+    SAM's predicted IoU) for the M ``boxes`` of each item.
+
+    ``checkpoint`` overrides ``spec.checkpoint`` (the pipeline resolves ``"tiny"`` first).
+    """
+
+    def __init__(
+        self,
+        spec: SegmentSpec,
+        checkpoint: str | Path | None = None,
+        device: str | torch.device | None = None,
+        upsample_chunk: int = 16,
+    ) -> None:
+        path = spec.checkpoint if checkpoint is None else checkpoint
+        if str(path) == "tiny":
+            raise ModelLoadError(
+                "segment.checkpoint 'tiny' must be materialised first "
+                "(masktok.pipeline.tiny_models.materialize_tiny_checkpoints) and passed as a path"
+            )
+        self.device = pick_device(device)
+        self.sam = load_sam(path, spec.model_type, self.device)
+        self.predictor = SamPredictor(self.sam)
+        self.upsample_chunk = upsample_chunk
+
+    @classmethod
+    def from_model(
+        cls, sam: Sam, device: str | torch.device | None = None, upsample_chunk: int = 16
+    ) -> SegmentStage:
+        """A stage around an in-memory SAM (tests: compare with the loaded checkpoint)."""
+        stage = cls.__new__(cls)
+        stage.device = pick_device(device)
+        stage.sam = sam.to(stage.device).eval()
+        stage.predictor = SamPredictor(stage.sam)
+        stage.upsample_chunk = upsample_chunk
+        return stage
+
+    def __call__(self, batch: Batch) -> Batch:
+        for item in batch:
+            if failed(item):
+                continue
+            if "boxes" not in item:
+                raise ValueError("SegmentStage needs boxes: run DetectStage first")
+            try:
+                item["masks"], item["mask_iou"] = self.segment(item["image"], item["boxes"])
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one huge image
+                fail(item, "segment", exception_reason(exc))
+        return batch
+
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray, boxes: np.ndarray) -> tuple[list[dict], np.ndarray]:
+        """Masks (RLE) and predicted IoUs for ``boxes`` (float [M, 4] xyxy pixels) on ``image``."""
+        if len(boxes) == 0:
+            return [], np.zeros(0, dtype=np.float32)
+        predictor, sam = self.predictor, self.sam
+        predictor.set_image(image)
+        prompt = predictor.transform.apply_boxes_torch(
+            torch.as_tensor(boxes, dtype=torch.float32, device=self.device), predictor.original_size
+        )
+        sparse, dense = sam.prompt_encoder(points=None, boxes=prompt, masks=None)
+        low_res, iou = sam.mask_decoder(
+            image_embeddings=predictor.features,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        rles: list[dict] = []
+        for start in range(0, len(low_res), self.upsample_chunk):
+            logits = sam.postprocess_masks(
+                low_res[start : start + self.upsample_chunk], predictor.input_size, predictor.original_size
+            )
+            rles += encode_masks((logits[:, 0] > sam.mask_threshold).cpu().numpy())
+        predictor.reset_image()
+        return rles, iou[:, 0].float().cpu().numpy()

@@ -1,0 +1,74 @@
+"""Helpers every stage shares: failure records, per-row keys, device choice, RLE codecs.
+
+The batch contract itself is documented in the package docstring (``masktok.stages``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+
+#: Keys that hold one entry per object row (background included once it is appended).
+#: Stages that drop or reorder rows must apply the same selection to all of them.
+ROW_KEYS: tuple[str, ...] = ("boxes", "scores", "masks", "mask_iou", "keep_rank")
+
+Item = dict[str, Any]
+Batch = list[Item]
+
+
+def failed(item: Item) -> bool:
+    """True for an item an earlier stage marked as failed: later stages pass it through."""
+    return "error" in item
+
+
+def fail(item: Item, stage: str, reason: str) -> Item:
+    """Mark ``item`` failed in place (first failure wins) and return it."""
+    item.setdefault("error", {"stage": stage, "reason": reason})
+    return item
+
+
+def exception_reason(exc: BaseException) -> str:
+    """One line naming the exception, for a failure record."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """Binary masks ``[N, H, W]`` (bool or 0/1) -> N COCO RLE dicts (``size``, ``counts`` bytes)."""
+    if len(masks) == 0:
+        return []
+    fortran = np.asfortranarray(np.asarray(masks, dtype=np.uint8).transpose(1, 2, 0))
+    return mask_utils.encode(fortran)
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """One binary ``[H, W]`` mask -> one COCO RLE dict."""
+    return encode_masks(mask[None])[0]
+
+
+def decode_mask(rle: dict) -> np.ndarray:
+    """One COCO RLE dict -> bool ``[H, W]``."""
+    with warnings.catch_warnings():  # pycocotools' __array__ predates numpy 2's copy keyword
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(rle).astype(bool)
+
+
+def take_rows(item: Item, rows: np.ndarray | list[int]) -> None:
+    """Keep only ``rows`` (in that order) of every per-row key present in ``item``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    for key in ROW_KEYS:
+        if key not in item:
+            continue
+        value = item[key]
+        item[key] = [value[i] for i in rows] if isinstance(value, list) else value[rows]
