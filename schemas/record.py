@@ -6,9 +6,11 @@ verify, inspect) import. Shapes are written with symbolic axes:
     N  manifest rows (images)            K  max objects per image, background included
     D  CLIP embedding dim                C  CLIP vision width            P  pooled patches (36)
 
-Object rows are ordered as the stages produced them (detector confidence order, then the
-background mask last); ``keep_rank`` gives the order after IoU/confidence filtering and -1
-for a suppressed row. Rows past ``num_objects`` are padding (zeros, keep_rank -1).
+Object rows are ordered as the stages produced them (detector confidence order, tiles in
+grid order), the background mask always last; ``keep_rank`` gives the order after
+IoU/confidence filtering and -1 for a suppressed or empty mask (an empty background too).
+With ``filter.max_objects`` set, only survivors are stored, in ``keep_rank`` order, then the
+background. Rows past ``num_objects`` are padding (zeros, keep_rank -1).
 """
 
 from __future__ import annotations
