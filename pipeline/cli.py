@@ -4,6 +4,7 @@ exit status 1, never a traceback."""
 
 from __future__ import annotations
 
+import json
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -14,10 +15,14 @@ import click
 from ..jobs import BUNDLED, bundled_spec
 from ..schemas.manifest import ManifestError
 from ..schemas.spec import CORPUS_KINDS, SpecError, apply_overrides, read_toml, set_value, spec_from_dict
+from ..stages.errors import ModelLoadError
 from .corpus import CorpusError
+from .errors import CheckpointError, RunError
+from .jobdir import JobDir
+from .lock import LockedError
 from .plan import PlanError, plan_job
 
-USER_ERRORS = (SpecError, PlanError, CorpusError, ManifestError)
+USER_ERRORS = (SpecError, PlanError, CorpusError, ManifestError, RunError, CheckpointError, LockedError, ModelLoadError)
 
 
 class _Group(click.Group):
@@ -96,6 +101,68 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
     else:
         replaced = " (the previous job and its results were replaced)" if summary.outcome == "replanned" else ""
         click.echo(f"wrote {jobdir / 'job.toml'} and {jobdir / 'manifest.parquet'}{replaced}")
+
+
+@main.command()
+@click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--ray-address", metavar="ADDR",
+              help="Join a running Ray cluster ('auto' or host:port). Default: start a local Ray for this run.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Change speed settings for this run only, e.g. --set invert.resources.gpus=0.5 "
+                   "(settings that change results are refused).")
+@click.option("--retry-failed", is_flag=True, help="Also redo the shards that hold failed images.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry_failed: bool, quiet: bool) -> None:
+    """Process every shard of JOBDIR that has no commit yet: decode -> detect -> segment ->
+    background + filter -> invert -> Zarr + WebDataset, on Ray. Safe to kill at any
+    moment: the next run redoes exactly the uncommitted shards."""
+    from .run import run_job
+
+    summary = run_job(JobDir(jobdir), ray_address=ray_address, overrides=overrides, retry_failed=retry_failed,
+                      progress=not quiet, echo=click.echo)
+    click.echo(summary.line())
+    if summary.images_failed:
+        click.echo(f"failed images are listed in {jobdir / 'failures.parquet'} (retry: --retry-failed)")
+
+
+@main.command()
+@click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts and dashboards.")
+def status(jobdir: Path, as_json: bool) -> None:
+    """Images and shards done, failed and pending; throughput and ETA."""
+    from .status import job_status
+
+    s = job_status(JobDir(jobdir))
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    click.echo(f"images  {s['images_done']:,} done, {s['images_failed']:,} failed, {s['images_pending']:,} pending "
+               f"of {s['images_total']:,}")
+    click.echo(f"shards  {s['shards_committed']:,} committed of {s['shards_total']:,}")
+    if s["images_per_s"]:
+        eta = f", ETA {s['eta_s'] / 3600:.1f} h" if s["eta_s"] else ""
+        click.echo(f"speed   {s['images_per_s']:.2f} images/s (from commit times){eta}")
+    if s["running"]:
+        state = "running" if s["running"]["alive"] else "dead run left its lock (the next run takes it over)"
+        click.echo(f"run     pid {s['running'].get('pid')} on {s['running'].get('host')}: {state}")
+
+
+@main.command()
+@click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repair", is_flag=True, help="Remove the commits of bad shards, so the next run redoes them.")
+def verify(jobdir: Path, repair: bool) -> None:
+    """Check every committed shard against its commit file (checksums, counts, finite
+    values); exit 1 naming the bad shards."""
+    from .status import verify_job
+
+    bad = verify_job(JobDir(jobdir), repair=repair)
+    if not bad:
+        click.echo("all committed shards match their commit files")
+        return
+    for shard, problems in bad.items():
+        click.echo(f"shard {shard}: {'; '.join(problems)}")
+    action = "their commits were removed: the next run redoes them" if repair else "run with --repair to redo them"
+    raise click.ClickException(f"{len(bad)} bad shard(s): {', '.join(map(str, bad))}; {action}")
 
 
 @main.command()

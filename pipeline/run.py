@@ -1,0 +1,170 @@
+"""`masktok run`: process every uncommitted shard of a planned job on Ray.
+
+The driver reads the plan, takes the job lock, streams the pending images through the Ray
+Data graph (pipeline/graph.py) and, as the last image of a shard arrives, writes the shard
+to both sinks and commits it (pipeline/commit.py). Kill it at any moment: the next run
+redoes exactly the shards without a commit.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from ..schemas.manifest import read_manifest
+from ..schemas.spec import JobSpec, apply_overrides, fingerprint, fingerprint_diff, read_toml, spec_from_dict
+from .errors import RunError
+from .commit import commit_path, read_commits, write_shard
+from .jobdir import JobDir, write_atomic
+from .lock import RunLock
+
+FAILURES_SCHEMA = pa.schema([("index", pa.int64()), ("image_id", pa.string()), ("shard", pa.int32()),
+                             ("stage", pa.string()), ("reason", pa.string())])
+
+
+@dataclass
+class RunSummary:
+    shards_total: int
+    shards_already_committed: int
+    shards_run: int
+    images_run: int
+    images_failed: int
+    seconds: float
+
+    def line(self) -> str:
+        if self.shards_run == 0:
+            return f"nothing to do: all {self.shards_total} shards are committed"
+        rate = self.images_run / self.seconds if self.seconds > 0 else 0.0
+        return (f"committed {self.shards_run} shards ({self.images_run} images, {self.images_failed} failed) "
+                f"in {self.seconds:.1f} s, {rate:.2f} images/s; "
+                f"{self.shards_already_committed + self.shards_run}/{self.shards_total} shards done")
+
+
+def load_job(jd: JobDir, overrides: tuple[str, ...] = ()) -> tuple[JobSpec, dict[str, Any]]:
+    """The job's spec (with speed-only overrides applied) and its [meta]; refuses any
+    override or edit that would change results."""
+    if not jd.job_toml.exists():
+        raise RunError(f"{jd.root} holds no planned job (no job.toml): run `masktok plan` first")
+    doc = read_toml(jd.job_toml)
+    meta = doc.get("meta", {})
+    stored = spec_from_dict(doc, origin=str(jd.job_toml))
+    if fingerprint(stored) != meta.get("fingerprint"):
+        raise RunError(f"{jd.job_toml} was edited after planning (its fingerprint no longer matches): plan again")
+    spec = spec_from_dict(apply_overrides(doc, list(overrides)), origin="--set")
+    if fingerprint(spec) != meta["fingerprint"]:
+        changes = "; ".join(fingerprint_diff(doc, spec))
+        raise RunError(f"refused: these settings change results ({changes}); only *.resources may change "
+                       f"for a planned job: plan a new job (or --force) to change results")
+    return spec, meta
+
+
+def write_failures(jd: JobDir, commits: dict[int, dict[str, Any]]) -> int:
+    rows = [{**f, "shard": shard} for shard, c in sorted(commits.items()) for f in c["failures"]]
+    table = pa.Table.from_pylist(rows, schema=FAILURES_SCHEMA)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(jd.failures, sink.getvalue().to_pybytes())
+    return len(rows)
+
+
+def _start_ray(address: str | None, spec: JobSpec) -> bool:
+    """Join ``address`` or start a local Ray sized for the spec; True if we started it."""
+    import ray
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    if address:
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+        return False
+    # Logical CPUs: enough for every actor of the spec plus the read tasks, so Ray Data
+    # never waits forever on a reservation the node cannot grant (see README).
+    stages = (spec.decode, spec.detect, spec.segment, spec.invert)
+    wanted = sum(s.resources.actors * s.resources.cpus for s in stages) + 1
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
+             logging_level="WARNING", log_to_driver=True)
+    return True
+
+
+def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str, ...] = (),
+            retry_failed: bool = False, progress: bool = True, echo: Callable[[str], None] = print) -> RunSummary:
+    spec, meta = load_job(jd, overrides)
+    with RunLock(jd.root / "run.lock") as lock:
+        if lock.took_over:
+            echo(f"took over the lock of a dead run (pid {lock.took_over.get('pid')})")
+        return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, echo)
+
+
+def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int, retry_failed: bool) -> tuple[list[int], int]:
+    commits = read_commits(jd)
+    stale = [s for s, c in commits.items() if c["fingerprint"] != meta["fingerprint"]]
+    if stale:
+        raise RunError(f"shards {stale[:5]} were committed by a different spec: plan again with --force")
+    if retry_failed:
+        for shard in [s for s, c in commits.items() if c["images_failed"]]:
+            commit_path(jd, shard).unlink()  # uncommitted first: a kill now loses nothing
+            del commits[shard]
+    return [s for s in range(shards) if s not in commits], len(commits)
+
+
+def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | None, retry_failed: bool,
+                progress: bool, echo: Callable[[str], None]) -> RunSummary:
+    manifest = read_manifest(jd.manifest, columns=["index", "image_id", "path", "shard"]).to_pydict()
+    rows, size = len(manifest["index"]), spec.shards.size
+    shards = -(-rows // size)
+    todo, already = _pending_shards(jd, meta, shards, retry_failed)
+    if not todo:
+        write_failures(jd, read_commits(jd))
+        return RunSummary(shards, already, 0, 0, 0, 0.0)
+
+    from ..stages.write import open_store
+    from .graph import build_dataset
+    from .models import resolve_checkpoints, token_dims
+
+    checkpoints = resolve_checkpoints(spec, jd)
+    dims = token_dims(spec)
+    group = open_store(jd.tokens, rows=rows, shard_size=size, dims=dims)
+    wanted = set(todo)
+    items = [{"index": i, "image_id": manifest["image_id"][i], "path": manifest["path"][i]}
+             for i in range(rows) if manifest["shard"][i] in wanted]
+    expected = {s: min(size, rows - s * size) for s in todo}
+    echo(f"running {len(todo)} of {shards} shards ({len(items)} images); {already} already committed")
+
+    import ray
+
+    started = _start_ray(address, spec)
+    buffers: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    failed = done = 0
+    t0 = time.perf_counter()
+    try:
+        ds = build_dataset(spec, items, spec.corpus.image_root, checkpoints)
+        with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
+            for row in ds.iter_rows():
+                item = pickle.loads(row["item"])
+                shard = item["index"] // size
+                buffers[shard].append(item)
+                bar.update(1)
+                if len(buffers[shard]) == expected[shard]:
+                    commit = write_shard(jd, group, shard, shard * size, shard * size + expected[shard],
+                                         buffers.pop(shard), dims, meta["fingerprint"], spec.write.webdataset,
+                                         spec.write.rle_masks)
+                    failed += commit["images_failed"]
+                    done += 1
+                    bar.set_postfix(shards=f"{already + done}/{shards}", failed=failed)
+    finally:
+        if started:
+            ray.shutdown()
+    if buffers:
+        raise RunError(f"the pipeline lost images of shards {sorted(buffers)[:5]}: they stay uncommitted")
+    write_failures(jd, read_commits(jd))
+    return RunSummary(shards, already, done, len(items), failed, time.perf_counter() - t0)
