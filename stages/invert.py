@@ -1,0 +1,105 @@
+"""Invert stage: per image, the global token, pooled patch tokens and one MaskInversion
+token per mask (paper sections 3.1-3.2), over batches of records.
+
+The algorithm lives in ``maskinversion.py`` (optimisation) and ``legrad.py`` (the
+explainability map); :func:`invert_masks` is re-exported here as the public entry point for
+researchers who want MaskInversion outside the pipeline.
+
+Batch contract: a batch is ``list[dict]``, one dict per image. Read: ``image`` (uint8
+[H, W, 3] RGB, original resolution), ``masks`` (COCO RLE dicts of that size, background
+last). Items with an ``error`` are passed through untouched; an item whose image or masks
+cannot be used gets a failure record (``stages.batch.fail``, stage "invert"). Every row is
+inverted, suppressed ones (``keep_rank == -1``) included, as the paper does for all masks. Added (float32, names of ``schemas/record.py``):
+``object_tokens`` [K, D], ``inversion_loss`` [K], ``global_token`` [D], ``patch_tokens``
+[36, C], ``patch_norm_mean``, ``patch_norm_std``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..schemas.spec import TINY, InvertSpec
+from .batch import Batch, decode_mask, exception_reason, fail, failed, pick_device
+from .clip import build_tiny_clip, llava_pad_image, llava_pad_masks, load_clip, preprocess_cfg
+from .maskinversion import invert_batch, invert_masks, legrad_maps
+
+__all__ = ["InvertStage", "invert_masks", "invert_batch", "legrad_maps"]
+
+
+def decode_masks(rles: list[dict], height: int, width: int) -> np.ndarray:
+    """COCO RLE dicts -> bool [K, H, W]; every mask must have the image's size."""
+    decoded = []
+    for rle in rles:
+        if tuple(rle["size"]) != (height, width):
+            raise ValueError(f"mask size {tuple(rle['size'])} differs from image size {(height, width)}")
+        decoded.append(decode_mask(rle))
+    return np.stack(decoded) if decoded else np.zeros((0, height, width), bool)
+
+
+class InvertStage:
+    """CLIP forward + MaskInversion over a batch of records.
+
+    ``spec``: the job's ``invert`` section. ``checkpoint``: the resolved weights path
+    (default ``spec.checkpoint``; ``"tiny"`` builds the tiny preset, seed 0). Images are
+    processed ``images_per_group`` at a time, all their masks optimised together (default:
+    the whole batch on a GPU, which keeps it busy; 1 on CPU, where grouping gains nothing
+    and costs memory). ``spec.precision == "bf16"`` runs the network and the LeGrad
+    products under bf16 autocast; tokens, optimiser and losses stay fp32.
+    """
+
+    def __init__(self, spec: InvertSpec, checkpoint: str | Path | None = None,
+                 device: str | torch.device | None = "auto", images_per_group: int | None = None) -> None:
+        self.spec = spec
+        self.device = pick_device(None if str(device) == "auto" else device)
+        path = spec.checkpoint if checkpoint is None else checkpoint
+        if str(path) == TINY:
+            self.model = build_tiny_clip(seed=0).to(self.device)
+        else:
+            self.model = load_clip(spec.model, path, device=self.device)
+        cfg = preprocess_cfg(self.model)
+        size = cfg["size"]
+        self.size = int(size if isinstance(size, int) else size[0])
+        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
+        self.images_per_group = images_per_group
+
+    def _prepare(self, item: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        image = np.asarray(item["image"])
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        masks = decode_masks(list(item.get("masks", [])), *image.shape[:2])
+        return llava_pad_image(image, self.size, self.mean, self.std), llava_pad_masks(masks, self.size)
+
+    def __call__(self, batch: Batch) -> Batch:
+        todo = []
+        for item in batch:
+            if failed(item):
+                continue
+            try:
+                todo.append((item, *self._prepare(item)))
+            except (ValueError, KeyError, TypeError) as exc:
+                fail(item, "invert", exception_reason(exc))
+        group = self.images_per_group or (len(todo) if self.device.type == "cuda" else 1)
+        for start in range(0, len(todo), max(1, group)):
+            self._run(todo[start : start + max(1, group)])
+        return batch
+
+    def _run(self, group: list[tuple[dict, torch.Tensor, torch.Tensor]]) -> None:
+        spec = self.spec
+        images = torch.stack([image for _, image, _ in group]).to(self.device)
+        masks = [m.to(self.device) for _, _, m in group]
+        bf16 = spec.precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            tokens, losses, features = invert_batch(
+                self.model, images, masks, iterations=spec.iterations, lr=spec.lr,
+                alpha=spec.alpha, weight_decay=spec.weight_decay, layer_index=spec.layer_index,
+            )
+        for b, (item, _, _) in enumerate(group):
+            item["object_tokens"] = tokens[b].float().cpu().numpy()
+            item["inversion_loss"] = losses[b].float().cpu().numpy()
+            item["global_token"] = features.global_token[b].float().cpu().numpy()
+            item["patch_tokens"] = features.patch_tokens[b].float().cpu().numpy()
+            item["patch_norm_mean"] = float(features.patch_norm_mean[b])
+            item["patch_norm_std"] = float(features.patch_norm_std[b])

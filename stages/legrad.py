@@ -1,0 +1,252 @@
+"""LeGrad explainability maps for many query tokens at once, from one forward of the image.
+
+Semantics follow the reference package ``legrad-torch`` 1.1 (``LeWrapper.compute_legrad_clip``,
+layers ``l >= start`` with ``start = layer_index`` or ``depth + layer_index`` if negative):
+
+    f_l   = normalize(ln_post(mean over ALL tokens, CLS included, of block l's output) @ proj)
+    s     = t . f_l                         (t: a unit query token, D-dim)
+    G_l   = relu(d s / d A_l)               (A_l: block l's softmax attention, [H, N, N])
+    r_l   = mean over heads and over query rows i of G_l, key columns 1.. (CLS dropped)
+    map   = min_max(sum_l upsample_bilinear(r_l on the patch grid, x patch_size))
+
+The reference gets d s / d A_l by autograd on an image batch repeated once per query and
+then differentiates that gradient again (``create_graph=True``) to optimise t. Here the
+gradient is written out instead. A_l only acts through O = A V, so
+
+    d s / d A_l[h, i, j] = < dO_l[i, head h], V_l[j, head h] >,
+
+and dO_l (the cotangent of the attention output before its out-projection) is a LINEAR
+function of t: s is linear in t and everything between A_l and f_l is differentiated at the
+fixed forward point. Following s backwards, with N tokens, MLP(z) = W2 act(W1 ln_2(z)):
+
+    df      = (t - f (f.t)) / |f|              normalisation Jacobian at f
+    dfeat   = ln_post^T(df @ proj^T)           LayerNorm vector-Jacobian product
+    dOut_i  = dfeat / N                        the mean over tokens
+    dZ_i    = dOut_i + ln_2_i^T( W1^T (act'(h_i) * (W2^T (ls_2 * dOut_i))) )
+    dO_i    = W_o^T (ls_1 * dZ_i)
+
+W2^T(...) is the same for every token (dOut_i does not depend on i), so only the W1^T
+product is per token. :class:`BlockLinearisation` holds the forward quantities this needs and
+applies the map to any batch of tokens; :meth:`~BlockLinearisation.materialize` applies it
+once to the D basis vectors, after which each optimisation step is one matmul. The ReLU
+(the reference's clamp) and the [H, N, N] products are done in :class:`PositiveGradRelevance`
+in chunks, recomputed in backward, so nothing of size K*H*N*N is kept. Only first-order
+autograd is used, and never through the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Elements of one [B, H, chunk, N, N] block of attention gradients (16 MiB in fp32).
+RELEVANCE_CHUNK_ELEMENTS = 1 << 22
+#: Largest bool sign pattern [B, K, H, N, N] kept between forward and backward (else recomputed).
+SIGN_MASK_BYTES = 1 << 30
+
+
+def legrad_start_depth(depth: int, layer_index: int) -> int:
+    """The first block LeGrad uses, as the reference resolves ``layer_index``."""
+    start = layer_index if layer_index >= 0 else depth + layer_index
+    if not 0 <= start < depth:
+        raise ValueError(f"layer_index {layer_index} is outside a {depth}-block transformer")
+    return start
+
+
+def _layer_scale(module: nn.Module) -> Tensor | None:
+    """gamma of an open_clip LayerScale, None for Identity."""
+    if isinstance(module, nn.Identity):
+        return None
+    gamma = getattr(module, "gamma", None)
+    if gamma is None:
+        raise NotImplementedError(f"unsupported layer scale {type(module).__name__}")
+    return gamma
+
+
+def _layer_norm_parts(norm: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(x_hat, 1/sigma) of a LayerNorm at x, for its vector-Jacobian product."""
+    if not isinstance(norm, nn.LayerNorm):
+        raise NotImplementedError(f"unsupported norm {type(norm).__name__}")
+    x = x.float()
+    mean = x.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + norm.eps)
+    return (x - mean) * rstd, rstd
+
+
+def _const(weight: Tensor) -> Tensor:
+    """A model weight as a constant: no autograd into the network's parameters."""
+    return weight.detach().float()
+
+
+def _layer_norm_vjp(grad: Tensor, x_hat: Tensor, rstd: Tensor, weight: Tensor | None) -> Tensor:
+    """d loss / d x of y = LayerNorm(x), given d loss / d y (standard closed form)."""
+    g = grad * _const(weight) if weight is not None else grad
+    return rstd * (g - g.mean(-1, keepdim=True) - x_hat * (g * x_hat).mean(-1, keepdim=True))
+
+
+def _check_block(block: nn.Module) -> None:
+    attn = getattr(block, "attn", None)
+    if not isinstance(attn, nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
+        raise NotImplementedError("LeGrad needs open_clip ResidualAttentionBlock with nn.MultiheadAttention")
+    if attn.bias_k is not None or hasattr(block, "ln_1_kv"):
+        raise NotImplementedError("attention with bias_k/cross-attention is not supported")
+    if set(dict(block.mlp.named_children())) != {"c_fc", "gelu", "c_proj"}:
+        raise NotImplementedError("MLP must be c_fc -> activation -> c_proj (no scale_fc norm)")
+
+
+@dataclass
+class BlockLinearisation:
+    """The forward quantities of one block that d s / d A_l depends on, for B images."""
+
+    values: Tensor  # [B, H, N, dh] attention values V
+    unit_feature: Tensor  # [B, D] f_l / |f_l|
+    feature_norm: Tensor  # [B, 1] |f_l|
+    post_hat: Tensor  # [B, C] ln_post normalised input
+    post_rstd: Tensor  # [B, 1]
+    act_grad: Tensor  # [B, N, 4C] act'(h) at the MLP hidden pre-activation
+    ln2_hat: Tensor  # [B, N, C]
+    ln2_rstd: Tensor  # [B, N, 1]
+    block: nn.Module
+    ln_post: nn.LayerNorm
+    proj: Tensor  # [C, D]
+
+    @classmethod
+    def capture(cls, block: nn.Module, x_in: Tensor, ln_post: nn.Module, proj: Tensor) -> "BlockLinearisation":
+        """Recompute block ``block``'s internals from its input ``x_in`` [B, N, C] (batch first)."""
+        _check_block(block)
+        attn: nn.MultiheadAttention = block.attn
+        B, N, C = x_in.shape
+        H = attn.num_heads
+        with torch.no_grad():
+            y1 = block.ln_1(x_in)
+            w_v, b_v = attn.in_proj_weight[2 * C :], attn.in_proj_bias[2 * C :]
+            values = F.linear(y1, w_v, b_v).view(B, N, H, C // H).transpose(1, 2)
+            z = x_in + block.ls_1(block.attention(q_x=y1))
+            y2 = block.ln_2(z)
+            ln2_hat, ln2_rstd = _layer_norm_parts(block.ln_2, z)
+            hidden = block.mlp.c_fc(y2)
+            out = z + block.ls_2(block.mlp.c_proj(block.mlp.gelu(hidden)))
+            post_hat, post_rstd = _layer_norm_parts(ln_post, out.mean(dim=1))
+            feature = ln_post(out.mean(dim=1)).float() @ _const(proj)
+        with torch.enable_grad():  # act' of an elementwise activation: first order, exact
+            h = hidden.detach().float().requires_grad_(True)
+            (act_grad,) = torch.autograd.grad(block.mlp.gelu(h).sum(), h)
+        norm = feature.norm(dim=-1, keepdim=True)
+        return cls(values.float(), feature / norm, norm, post_hat, post_rstd, act_grad,
+                   ln2_hat, ln2_rstd, block, ln_post, proj)
+
+    def attention_cotangent(self, tokens: Tensor) -> Tensor:
+        """dO [B, K, N, C]: d(t . f_l)/d(attention output) for unit tokens ``tokens`` [B, K, D].
+
+        Linear in ``tokens``; differentiable w.r.t. them with plain first-order autograd.
+        """
+        blk, f = self.block, self.unit_feature[:, None, :]
+        d_feature = (tokens - f * (tokens * f).sum(-1, keepdim=True)) / self.feature_norm[:, None]
+        d_post = d_feature @ _const(self.proj).t()
+        d_mean = _layer_norm_vjp(d_post, self.post_hat[:, None], self.post_rstd[:, None], self.ln_post.weight)
+        d_out = d_mean / self.act_grad.shape[1]  # [B, K, C], the same for every token
+        ls_1, ls_2 = _layer_scale(blk.ls_1), _layer_scale(blk.ls_2)
+        d_mlp_out = d_out * _const(ls_2) if ls_2 is not None else d_out
+        d_hidden = d_mlp_out @ _const(blk.mlp.c_proj.weight)  # [B, K, 4C], token independent
+        d_hidden = d_hidden[:, :, None, :] * self.act_grad[:, None]  # [B, K, N, 4C]
+        d_y2 = d_hidden @ _const(blk.mlp.c_fc.weight)
+        d_z = d_out[:, :, None, :] + _layer_norm_vjp(
+            d_y2, self.ln2_hat[:, None], self.ln2_rstd[:, None], blk.ln_2.weight
+        )
+        d_attn = d_z * _const(ls_1) if ls_1 is not None else d_z
+        return d_attn @ _const(blk.attn.out_proj.weight)
+
+    def materialize(self, chunk: int = 16) -> Tensor:
+        """The map as a tensor P [B, D, N*C] (attention_cotangent(t) = t @ P), built from the
+        D basis tokens in chunks to bound the [chunk, N, 4C] intermediate."""
+        B, D = self.unit_feature.shape
+        N, C = self.ln2_hat.shape[1:]
+        eye = torch.eye(D, device=self.unit_feature.device)
+        operator = self.unit_feature.new_empty(B, D, N * C)
+        with torch.no_grad():
+            for start in range(0, D, chunk):
+                basis = eye[start : start + chunk].expand(B, -1, -1)
+                operator[:, start : start + chunk] = self.attention_cotangent(basis).flatten(2)
+        return operator
+
+
+class PositiveGradRelevance(torch.autograd.Function):
+    """r[b,k,j] = mean_{h,i} relu(<dO[b,k,i,head h], V[b,h,j]>): LeGrad's clamp and means.
+
+    Works in chunks of queries, all heads in one [B*H, k*N, dh] @ [B*H, dh, N] product.
+    Nothing of size K*H*N*N is kept in floats: backward needs only where the gradient was
+    positive (the clamp's derivative, 0 at exactly 0), kept as bool when that fits in
+    :data:`SIGN_MASK_BYTES`, else recomputed chunk by chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, cotangent: Tensor, values: Tensor) -> Tensor:  # type: ignore[override]
+        values = values.to(cotangent.dtype)  # bf16 under autocast: one dtype in both passes
+        B, K, N, _ = cotangent.shape
+        H = values.shape[1]
+        keep = B * K * H * N * N <= SIGN_MASK_BYTES
+        ctx.signs = [] if keep else None
+        ctx.shape, ctx.dtype = cotangent.shape, cotangent.dtype
+        # with the signs kept, backward never reads the cotangent: let it be freed
+        ctx.save_for_backward(None if keep else cotangent, values)
+        keys = values.flatten(0, 1).transpose(1, 2)  # [B*H, dh, N]
+        accumulate = torch.promote_types(cotangent.dtype, torch.float32)  # bf16 sums in fp32
+        out = cotangent.new_zeros(B, K, N, dtype=accumulate)
+        for rows, part in PositiveGradRelevance._chunks(cotangent, H, cotangent.shape):
+            scores = torch.bmm(part, keys)  # [B*H, k*N(i), N(j)]
+            if keep:
+                ctx.signs.append(scores > 0)
+            summed = scores.clamp_min_(0).view(B, H, -1, N, N).sum(dim=(1, 3), dtype=accumulate)
+            out[:, rows] = summed
+        return out / (H * N)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        cotangent, values = ctx.saved_tensors
+        B, K, N, C = ctx.shape
+        H, dh = values.shape[1], values.shape[3]
+        grad = (grad / (H * N)).to(ctx.dtype)
+        vals = values.flatten(0, 1)  # [B*H, N, dh]
+        d_cotangent = values.new_empty(ctx.shape)
+        for index, (rows, part) in enumerate(PositiveGradRelevance._chunks(cotangent, H, ctx.shape)):
+            if ctx.signs is not None:
+                weights = ctx.signs[index].to(ctx.dtype)
+            else:
+                weights = torch.bmm(part, vals.transpose(1, 2)).gt_(0)
+            weights = weights.view(B, H, -1, N, N).mul_(grad[:, None, rows, None, :])  # zero where clamped
+            d_part = torch.bmm(weights.view(B * H, -1, N), vals)  # [B*H, k*N, dh]
+            d_cotangent[:, rows] = d_part.view(B, H, -1, N, dh).permute(0, 2, 3, 1, 4).flatten(3)
+        return d_cotangent, None
+
+    @staticmethod
+    def _chunks(cotangent: Tensor | None, heads: int, shape: torch.Size):
+        """(query slice, [B*H, k*N, dh] copy of those queries' cotangents, heads split;
+        None when no cotangent is given)."""
+        B, K, N, C = shape
+        step = max(1, RELEVANCE_CHUNK_ELEMENTS // (B * heads * N * N))
+        for start in range(0, K, step):
+            rows = slice(start, min(K, start + step))
+            if cotangent is None:
+                yield rows, None
+                continue
+            part = cotangent[:, rows].reshape(B, -1, N, heads, C // heads).permute(0, 3, 1, 2, 4)
+            yield rows, part.reshape(B * heads, -1, C // heads)
+
+
+def relevance_to_map(relevance: Tensor, grid: tuple[int, int], patch: int) -> Tensor:
+    """Patch relevance [B, K, N] (CLS first) -> min-max normalised map [B, K, gh*p, gw*p].
+
+    Bilinear upsampling by the patch size (align_corners=False), then per-map min-max as the
+    reference's ``min_max``; the denominator is floored at 1e-12 so a constant map gives 0
+    instead of the reference's NaN.
+    """
+    B, K, _ = relevance.shape
+    patches = relevance[:, :, 1:].reshape(B, K, *grid)
+    up = F.interpolate(patches, scale_factor=patch, mode="bilinear")
+    flat = up.reshape(B, K, -1)
+    low = flat.min(dim=-1, keepdim=True)[0]
+    high = flat.max(dim=-1, keepdim=True)[0]
+    return ((flat - low) / (high - low).clamp_min(1e-12)).reshape(up.shape)
