@@ -168,11 +168,11 @@ def verify(jobdir: Path, repair: bool) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default="demo-job")
 def demo(directory: Path) -> None:
-    """Run the demo in DIRECTORY (default: demo-job): generated images with the quirks of
-    real corpora, the bundled demo spec and tiny randomly initialised models."""
-    from .demo import run_demo  # imports torch and the model libraries: only when asked
+    """Run the whole pipeline in DIRECTORY (default: demo-job): generated images with the
+    quirks of real corpora, the bundled demo spec and tiny randomly initialised models."""
+    from .demo import run_demo
 
-    run_demo(directory, echo=click.echo)
+    run_demo(directory, echo=click.echo, progress=sys.stderr.isatty())
 
 
 if __name__ == "__main__":  # pragma: no cover

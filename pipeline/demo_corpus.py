@@ -63,12 +63,12 @@ def write_quirks(rng: random.Random, folder: Path) -> list[str]:
                                     "animated.gif", "png_named.jpg", "rotated_exif.jpg", "broken.jpg")]
 
 
-def write_demo_corpus(root: Path, seed: int = 0) -> Path:
+def write_demo_corpus(root: Path, seed: int = 0, scenes: int = SCENES) -> Path:
     """Write images under ``root/images`` and ``root/demo_instruct.json``; return the JSON path."""
     rng = random.Random(seed)
     images = root / "images"
     ids = []
-    for i in range(SCENES):
+    for i in range(scenes):
         size = rng.choice(((320, 240), (240, 320), (400, 300), (256, 256), (500, 200)))
         image_id = f"scenes/{i:03d}.jpg" if i % 4 else f"scenes/{i:03d}.png"
         (images / image_id).parent.mkdir(parents=True, exist_ok=True)

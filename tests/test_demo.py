@@ -28,13 +28,15 @@ def test_demo_corpus_is_deterministic(tmp_path):
     assert (tmp_path / "a/images/scenes/003.jpg").read_bytes() == (tmp_path / "b/images/scenes/003.jpg").read_bytes()
 
 
-def test_demo_plans_the_job_and_loads_the_tiny_models(tmp_path):
+def test_demo_runs_the_whole_job_and_says_where_the_results_are(tmp_path):
     result = CliRunner().invoke(main, ["demo", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output
     manifest = read_manifest(tmp_path / "d/job/manifest.parquet")
     assert manifest.num_rows == SCENES + 9  # scenes + quirk files; '../outside.jpg' rejected
     assert max(manifest.column("shard").to_pylist()) == 3  # shards of 8
     assert (tmp_path / "d/job/models/sam_tiny.pth").exists()
-    assert "loaded through the real loaders" in result.output and "not built yet" in result.output
+    assert len(list((tmp_path / "d/job/commits").glob("shard-*.json"))) == 4
+    assert "28 images done, 1 failed" in result.output  # quirks/broken.jpg
+    assert str(tmp_path / "d/job/tokens.zarr") in result.output and "every committed shard matches" in result.output
     again = CliRunner().invoke(main, ["demo", str(tmp_path / "d")])
-    assert again.exit_code == 0 and again.output.count("images planned") == 1
+    assert again.exit_code == 0 and "nothing to do" in again.output
