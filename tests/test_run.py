@@ -185,3 +185,22 @@ def test_a_dead_worker_is_replaced_and_the_job_finishes(tmp_path, corpus, finish
     status = json.loads(masktok("status", jd.root, "--json").stdout)
     assert status["shards_committed"] == 3 and status["images_done"] == len(IMAGES) - 1
     np.testing.assert_allclose(arrays(jd)["global_token"], arrays(finished)["global_token"], rtol=2e-3, atol=2e-3)
+
+
+def test_retry_failed_redoes_the_failed_images(tmp_path, corpus):
+    import shutil
+
+    source, images = corpus
+    local = tmp_path / "images"
+    shutil.copytree(images, local)
+    jd = JobDir(tmp_path / "e")
+    masktok("plan", jd.root, "--spec", "demo", "--corpus", "llava-instruct", "--source", source, "--image-root", local,
+            *SMALL, "-q")
+    masktok("run", jd.root, "-q")
+    assert json.loads(masktok("status", jd.root, "--json").stdout)["images_failed"] == 1
+    shutil.copy(local / "scenes/001.jpg", local / "quirks/broken.jpg")  # the file is mended
+    out = masktok("run", jd.root, "--retry-failed", "-q").stdout
+    assert "running 1 of 3 shards" in out
+    status = json.loads(masktok("status", jd.root, "--json").stdout)
+    assert status["images_failed"] == 0 and status["images_done"] == len(IMAGES)
+    assert pq.read_table(jd.failures).num_rows == 0
