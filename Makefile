@@ -23,7 +23,7 @@ demo: install
 	$(VENV)/bin/masktok demo $(DEMO_DIR)
 
 bench: install
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

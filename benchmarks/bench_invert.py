@@ -23,6 +23,7 @@ import json
 import os
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--quick-gelu", action="store_true", help="QuickGELU (OpenAI weights)")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
 
     model = build(args.shape, args.quick_gelu).to(args.device)
@@ -120,6 +122,8 @@ def main() -> None:
         result["bf16_vs_fp32_cosine_min"] = round(cosines.min().item(), 5)
         result["bf16_vs_fp32_cosine_mean"] = round(cosines.mean().item(), 5)
     print(json.dumps(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

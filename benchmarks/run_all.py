@@ -1,5 +1,5 @@
-"""`make bench`: run every benchmarks/bench_*.py in turn (one heavy job at a time) and
-collect their figures in bench-out/results.json."""
+"""`make bench`: run the benchmarks one after another (one heavy job at a time on a small
+machine) and collect their figures in bench-out/results.json."""
 
 from __future__ import annotations
 
@@ -10,19 +10,29 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
+BENCHMARKS = {
+    "plan": ["bench_plan.py"],
+    "stages": ["bench_stages.py"],
+    "invert_issue_config": ["bench_invert.py"],  # each shape in its own process: peak RSS is per process
+    "invert_vit_l_14_336": ["bench_invert.py", "--shape", "vit-l-14-336", "--quick-gelu"],
+    "run": ["bench_run.py"],
+}
+
 
 def main() -> None:
     out = HERE.parent / "bench-out"
     out.mkdir(exist_ok=True)
+    only = set(sys.argv[1:]) or set(BENCHMARKS)
     results, failed = {}, []
-    for script in sorted(HERE.glob("bench_*.py")):
-        name = script.stem.removeprefix("bench_")
+    for name, (script, *args) in BENCHMARKS.items():
+        if name not in only:
+            continue
         print(f"== {name}", flush=True)
         target = out / f"{name}.json"
-        if subprocess.run([sys.executable, script, "--out", target]).returncode != 0:
+        if subprocess.run([sys.executable, HERE / script, *args, "--out", target]).returncode != 0:
             failed.append(name)
             continue
-        results[name] = json.loads(target.read_text()) if target.exists() else None
+        results[name] = json.loads(target.read_text())
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"figures: {out / 'results.json'}")
     if failed:
