@@ -19,10 +19,14 @@ from ..stages.errors import ModelLoadError
 from .corpus import CorpusError
 from .errors import CheckpointError, RunError
 from .jobdir import JobDir
+from .inspect import inspect
+from .jobview import InspectError
 from .lock import LockedError
 from .plan import PlanError, plan_job
+from .report import report
 
-USER_ERRORS = (SpecError, PlanError, CorpusError, ManifestError, RunError, CheckpointError, LockedError, ModelLoadError)
+USER_ERRORS = (SpecError, PlanError, CorpusError, ManifestError, RunError, CheckpointError, LockedError, ModelLoadError,
+               InspectError)
 
 
 class _Group(click.Group):
@@ -174,6 +178,9 @@ def demo(directory: Path) -> None:
 
     run_demo(directory, echo=click.echo, progress=sys.stderr.isatty())
 
+
+main.add_command(inspect)
+main.add_command(report)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

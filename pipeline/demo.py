@@ -15,8 +15,10 @@ from pathlib import Path
 
 from ..jobs import bundled_spec
 from ..schemas.spec import apply_overrides, read_toml, spec_from_dict
+from .inspect import inspect_image
 from .jobdir import JobDir
 from .plan import plan_job
+from .report import build_report
 from .run import run_job
 from .status import job_status, verify_job
 
@@ -54,5 +56,8 @@ def run_demo(root: Path, echo: Callable[[str], None] = print, progress: bool = T
     echo(f"  tokens (Zarr v3):  {job.tokens}")
     echo(f"  WebDataset shards: {job.wds}")
     echo(f"  try: masktok status {job.root}    masktok verify {job.root}")
-    echo("not built yet: the trainer (masktok train / generate) and the pictures (masktok inspect / report)")
+    png, _, _ = inspect_image(job.root, image="scenes/000.png")
+    (root / "inspect.png").write_bytes(png)
+    (root / "report.html").write_text(build_report(job.root))
+    echo(f"  pictures: {root / 'inspect.png'} (masktok inspect), {root / 'report.html'} (masktok report)")
     return job

@@ -35,7 +35,7 @@ from transformers import (
 
 from ..schemas.spec import DetectSpec
 from .batch import Batch, Item, exception_reason, fail, failed, pick_device
-from .errors import ModelLoadError
+from .errors import ModelLoadError, require_materialised
 
 #: The pipeline keeps the top 100 boxes, so a detector needs at least this many queries.
 MIN_QUERIES = 100
@@ -207,11 +207,7 @@ class DetectStage:
         device: str | torch.device | None = None,
     ) -> None:
         path = spec.checkpoint if checkpoint is None else checkpoint
-        if str(path) == "tiny":
-            raise ModelLoadError(
-                "detect.checkpoint 'tiny' must be materialised first "
-                "(masktok.pipeline.tiny_models.materialize_tiny_checkpoints) and passed as a path"
-            )
+        require_materialised(path, "detect.checkpoint")
         self.top_k = spec.top_k
         self.device = pick_device(device)
         self.model, self.processor = load_detector(path, self.device)

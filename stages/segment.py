@@ -33,7 +33,7 @@ from segment_anything.modeling import (
 
 from ..schemas.spec import SegmentSpec
 from .batch import Batch, encode_masks, exception_reason, fail, failed, pick_device
-from .errors import ModelLoadError
+from .errors import ModelLoadError, require_materialised
 
 #: The official checkpoints (sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth, sam_vit_b_01ec64.pth)
 #: and the tiny preset. Value: the image encoder width, used to name what a checkpoint is.
@@ -186,11 +186,7 @@ class SegmentStage:
         upsample_chunk: int = 16,
     ) -> None:
         path = spec.checkpoint if checkpoint is None else checkpoint
-        if str(path) == "tiny":
-            raise ModelLoadError(
-                "segment.checkpoint 'tiny' must be materialised first "
-                "(masktok.pipeline.tiny_models.materialize_tiny_checkpoints) and passed as a path"
-            )
+        require_materialised(path, "segment.checkpoint")
         self.device = pick_device(device)
         self.sam = load_sam(path, spec.model_type, self.device)
         self.predictor = SamPredictor(self.sam)

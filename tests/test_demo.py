@@ -38,5 +38,7 @@ def test_demo_runs_the_whole_job_and_says_where_the_results_are(tmp_path):
     assert len(list((tmp_path / "d/job/commits").glob("shard-*.json"))) == 4
     assert "28 images done, 1 failed" in result.output  # quirks/broken.jpg
     assert str(tmp_path / "d/job/tokens.zarr") in result.output and "every committed shard matches" in result.output
+    assert (tmp_path / "d/inspect.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "data:image/png;base64," in (tmp_path / "d/report.html").read_text()
     again = CliRunner().invoke(main, ["demo", str(tmp_path / "d")])
     assert again.exit_code == 0 and "nothing to do" in again.output

@@ -15,14 +15,7 @@ from masktok.stages.errors import ModelLoadError
 SIZES = [(320, 240), (240, 320), (320, 240), (500, 200)]  # (width, height); two share a shape
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads spinning against
-    another process's load make these tiny models ~20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images() -> list[np.ndarray]:

@@ -1,0 +1,118 @@
+"""`masktok report`: one self-contained HTML page about a job, for a browser with no server.
+
+    masktok report JOBDIR [-o report.html] [--images N]
+
+Sections: summary (spec highlights, counts from `masktok status`, fingerprint, plan counts),
+throughput over time (from commit times), failures by stage and reason, distributions
+(objects kept per image, inversion loss, mask area, patch-norm statistics) and N inspected
+images drawn by `masktok inspect`'s renderer. Every image is an inline base64 PNG; the page
+has inline CSS, no script and no external reference, so it can be mailed or archived as is.
+
+Inspected images: the ok images with the most, the median and the fewest kept objects
+(distinct ones, then the next ones in manifest order). They are drawn from stored masks;
+when the job stored none they show boxes only (recomputing masks needs the detector and SAM:
+use `masktok inspect`, which does). Only committed shards are read: a report on a running
+job shows what is done so far.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def pick_images(indices: list[int], kept: list[int], count: int) -> list[int]:
+    """Up to ``count`` distinct manifest indices: most, median, fewest kept objects, then more."""
+    if not indices or count <= 0:
+        return []
+    order = sorted(range(len(indices)), key=lambda i: (-kept[i], indices[i]))
+    preferred = [order[0], order[len(order) // 2], order[-1]] + order
+    chosen: list[int] = []
+    for i in preferred:
+        if indices[i] not in chosen:
+            chosen.append(indices[i])
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def build_report(jobdir: Path, images: int = 3) -> str:
+    """The HTML text of the report on the job in ``jobdir`` (raises InspectError for user errors)."""
+    from collections import Counter
+    from datetime import datetime, timezone
+
+    from . import report_plots as plots
+    from .inspect import inspect_image
+    from .jobdir import JobDir
+    from .report_html import Page
+    from .report_stats import gather, spec_highlights
+
+    jd = JobDir(Path(jobdir))
+    stats = gather(jd)
+    s = stats.status
+    page = Page(f"masktok report: {stats.spec.job.name}",
+                f"{jd.root.resolve()} · written {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+
+    page.section("Summary")
+    counts = [("images", f"{s['images_done']:,} done, {s['images_failed']:,} failed, {s['images_pending']:,} pending "
+                         f"of {s['images_total']:,}"),
+              ("shards", f"{s['shards_committed']:,} committed of {s['shards_total']:,}"),
+              ("throughput", f"{s['images_per_s']} images/s (from commit times)" if s["images_per_s"] else "n/a"),
+              ("running", "yes" if s["running"] and s["running"]["alive"] else "no")]
+    page.table(["", ""], counts + spec_highlights(stats.spec, stats.meta), header=False)
+    if stats.plan:
+        keys = ("records_read", "text_only", "invalid", "rejected", "duplicate_references", "missing", "unique_images")
+        page.paragraph("Planning: " + ", ".join(f"{k.replace('_', ' ')} {stats.plan[k]:,}" for k in keys
+                                                if isinstance(stats.plan.get(k), int)))
+
+    page.section("Throughput")
+    page.image(plots.throughput(stats.commit_times), "images committed over time")
+
+    page.section("Failures")
+    if not stats.failures:
+        page.paragraph("No image failed.")
+    else:
+        groups = Counter((f["stage"], f["reason"]) for f in stats.failures)
+        rows = [(stage, reason, str(n), ", ".join(f["image_id"] for f in stats.failures
+                                                  if (f["stage"], f["reason"]) == (stage, reason))[:300])
+                for (stage, reason), n in groups.most_common()]
+        page.table(["stage", "reason", "images", "examples"], rows)
+
+    page.section("Distributions")
+    page.image(plots.objects_kept(stats), "objects kept per image")
+    page.image(plots.inversion_loss(stats), "inversion loss")
+    page.paragraph(f"Mask area {stats.area_source}.")
+    page.image(plots.mask_area(stats), "mask area")
+    page.image(plots.patch_norms(stats), "patch-norm statistics")
+
+    page.section("Inspected images")
+    chosen = pick_images(stats.ok_indices, stats.objects_kept, images)
+    page.paragraph("Drawn as `masktok inspect` draws them: a colour per kept object (label keep_rank · score), "
+                   "suppressed boxes dashed grey, background hatched.")
+    for index in chosen:
+        png, _, line = inspect_image(jd.root, index=index, recompute=False)
+        page.image(png, line)
+    return page.html()
+
+
+@click.command("report")
+@click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="HTML file to write (default: JOBDIR/report.html).")
+@click.option("--images", type=click.IntRange(min=0), default=3, show_default=True,
+              help="How many images to draw in the report.")
+def report(jobdir: Path, output: Path | None, images: int) -> None:
+    """Write a self-contained HTML report on JOBDIR: summary, throughput, failures,
+    distributions of objects, inversion loss, mask area and patch norms, and a few
+    inspected images. Open it in any browser; it needs no server and no network."""
+    from .jobview import InspectError
+
+    try:
+        text = build_report(jobdir, images=images)
+    except InspectError as exc:
+        raise click.ClickException(str(exc)) from None
+    output = output or jobdir / "report.html"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")

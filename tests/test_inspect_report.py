@@ -1,0 +1,182 @@
+"""`masktok inspect` and `masktok report` on a small real job (tiny models, masks stored).
+
+The job (4 demo images, one broken; top_k 4, 2 inversion steps, shards of 3) is planned and
+run once per module with the `masktok` command, in a subprocess with a timeout (Ray waits
+forever when it cannot place work). The pictures are checked pixel by pixel through the
+layout the PNG carries in its metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from masktok.pipeline.demo_corpus import write_demo_corpus
+from masktok.pipeline.inspect import inspect
+from masktok.pipeline.jobdir import JobDir
+from masktok.pipeline.jobview import decode_image, decode_rles, load_record, recompute_masks, stored_masks
+from masktok.pipeline.overlay import hatch_lines, scale_image, scale_masks
+from masktok.pipeline.report import report
+from masktok.pipeline.run import load_job
+
+MASKTOK = str(Path(sys.executable).parent / "masktok")
+IMAGES = ["scenes/000.png", "scenes/003.jpg", "quirks/broken.jpg", "quirks/rgba.png"]
+SMALL = ["--spec", "demo", "--set", "detect.top_k=4", "--set", "invert.iterations=2", "--shard-size", "3"]
+
+
+def masktok(*args: object, timeout: int = 240) -> None:
+    result = subprocess.run([MASKTOK, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"masktok {args[0]}:\n{result.stdout}\n{result.stderr[-3000:]}"
+
+
+def plan(job: Path, corpus: tuple[Path, Path]) -> JobDir:
+    source, images = corpus
+    masktok("plan", job, "--corpus", "llava-instruct", "--source", source, "--image-root", images, *SMALL, "-q")
+    return JobDir(job)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("corpus")
+    write_demo_corpus(root)
+    source = root / "small.json"
+    source.write_text(json.dumps([{"id": str(i), "image": im, "conversations": []} for i, im in enumerate(IMAGES)]))
+    return source, root / "images"
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory, corpus: tuple[Path, Path]) -> JobDir:
+    jd = plan(tmp_path_factory.mktemp("jobs") / "small", corpus)
+    masktok("run", jd.root, "-q")
+    return jd
+
+
+def invoke(command, *args: object):
+    return CliRunner().invoke(command, [str(a) for a in args])
+
+
+def read_png(path: Path) -> tuple[np.ndarray, dict]:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB")), json.loads(im.text["masktok.layout"])
+
+
+def panel(pixels: np.ndarray, rect: list[int]) -> np.ndarray:
+    x, y, w, h = rect
+    return pixels[y:y + h, x:x + w]
+
+
+def drawn_things(layout: dict, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool [h, w] of the overlay panel: within 3 px of a box edge or inside a label."""
+    out = np.zeros(shape, bool)
+    for x0, y0, x1, y1 in np.rint(boxes[:-1] * layout["scale"]).astype(int):
+        for lo, hi in ((x0, x0), (x1, x1)):
+            out[max(0, y0 - 3):y1 + 4, max(0, lo - 3):hi + 4] = True
+        for lo, hi in ((y0, y0), (y1, y1)):
+            out[max(0, lo - 3):hi + 4, max(0, x0 - 3):x1 + 4] = True
+    ox, oy = layout["overlay"][:2]
+    for x0, y0, x1, y1 in layout["labels"]:
+        out[max(0, y0 - oy - 2):y1 - oy + 2, max(0, x0 - ox - 2):x1 - ox + 2] = True
+    return out
+
+
+def test_inspect_draws_masks_exactly_where_they_are(job: JobDir, tmp_path: Path) -> None:
+    out = tmp_path / "a.png"
+    result = invoke(inspect, job.root, "scenes/003.jpg", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "objects kept" in result.output and str(out) in result.output
+    pixels, layout = read_png(out)
+    assert pixels.shape[:2] == (layout["height"], layout["width"])
+
+    spec, _ = load_job(job)
+    record = load_record(job, 3)  # manifest rows are sorted by id: quirks/*, then scenes/*
+    assert record.image_id == "scenes/003.jpg"
+    image = decode_image(spec, record)
+    plain = scale_image(image, layout["scale"])
+    assert layout["plain"][2:] == [plain.shape[1], plain.shape[0]] and layout["scale"] >= 2
+    assert np.array_equal(panel(pixels, layout["plain"]), plain), "the plain panel is the image, pixel for pixel"
+
+    overlay = panel(pixels, layout["overlay"]).astype(int)
+    masks = scale_masks(decode_rles(stored_masks(job, record)), layout["scale"])
+    keep = record.rows("keep_rank")
+    kept = np.zeros(plain.shape[:2], bool)
+    for r in layout["objects"]:
+        kept |= masks[r]
+    assert layout["objects"] and all(keep[r] >= 0 for r in layout["objects"])
+    free = ~drawn_things(layout, record.rows("boxes"), plain.shape[:2])
+    changed = np.abs(overlay - plain).sum(axis=2) > 0
+    assert changed[kept & free].mean() > 0.95, "kept masks are coloured"
+    background = masks[-1] & ~kept & free
+    assert background.sum() > 1000
+    assert not changed[background & ~hatch_lines(*plain.shape[:2])].any(), "off the hatch the image is untouched"
+    assert changed[background & hatch_lines(*plain.shape[:2])].mean() > 0.95, "the background is hatched"
+
+
+def test_inspect_by_index_with_maps_adds_a_tile_pair_per_object(job: JobDir, tmp_path: Path) -> None:
+    by_id, by_digits, with_maps = tmp_path / "id.png", tmp_path / "digits.png", tmp_path / "maps.png"
+    assert invoke(inspect, job.root, "scenes/003.jpg", "-o", by_id).exit_code == 0
+    assert invoke(inspect, job.root, "3", "-o", by_digits).exit_code == 0
+    result = invoke(inspect, job.root, "--index", 3, "--maps", "-o", with_maps)
+    assert result.exit_code == 0, result.output
+    a, layout = read_png(by_id)
+    b, _ = read_png(by_digits)
+    assert np.array_equal(a, b), "an all-digit argument is the manifest index"
+    c, maps_layout = read_png(with_maps)
+    assert maps_layout["width"] == layout["width"] and maps_layout["height"] > layout["height"] + 150
+    assert maps_layout["tiles"] == len(layout["objects"]) >= 1
+    below = c[layout["height"]:]
+    assert (below < 200).any(axis=2).mean() > 0.05, "the tiles hold pictures, not white space"
+    top1 = tmp_path / "top1.png"
+    assert invoke(inspect, job.root, "--index", 3, "--top", 1, "-o", top1).exit_code == 0
+    assert len(read_png(top1)[1]["objects"]) == 1
+
+
+def test_inspect_errors_and_failed_images(job: JobDir, corpus: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "x.png"
+    result = invoke(inspect, job.root, "scenes/999.jpg", "-o", out)
+    assert result.exit_code == 1 and "no image 'scenes/999.jpg'" in result.output and "Traceback" not in result.output
+    result = invoke(inspect, job.root, "--index", 4, "-o", out)
+    assert result.exit_code == 1 and "index 4 is out of range" in result.output
+    result = invoke(inspect, job.root, "quirks/broken.jpg", "-o", out)
+    assert result.exit_code == 0 and "FAILED at stage decode" in result.output
+    assert read_png(out)[1]["width"] > 0
+    fresh = plan(tmp_path / "fresh", corpus)
+    result = invoke(inspect, fresh.root, "0", "-o", out)
+    assert result.exit_code == 1 and "no results yet" in result.output
+    result = invoke(report, fresh.root, "-o", tmp_path / "r.html")
+    assert result.exit_code == 1 and "no results yet" in result.output
+
+
+def test_recomputed_masks_equal_the_stored_ones(job: JobDir) -> None:
+    """The path taken when a job stores no masks: the front stages give the same rows."""
+    spec, _ = load_job(job)
+    record = load_record(job, 2)
+    masks, note = recompute_masks(job, spec, record)
+    assert "match" in note
+    assert np.array_equal(masks, decode_rles(stored_masks(job, record)))
+
+
+def test_report_is_one_self_contained_page(job: JobDir, tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    result = invoke(report, job.root, "-o", out, "--images", 2)
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    sections = re.findall(r"<h2>(.*?)</h2>", html)
+    assert sections == ["Summary", "Throughput", "Failures", "Distributions", "Inspected images"]
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == html.count("<img") == 1 + 4 + 2 >= len(sections)
+    for data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            assert im.size[0] > 300 and im.size[1] > 150
+    assert "truncated or corrupt" in html and "quirks/broken.jpg" in html
+    assert "Mask area from the RLE masks" in html
+    assert not re.search(r"https?://|<script|<link", html)
