@@ -19,11 +19,11 @@ from ..stages.errors import ModelLoadError
 from .corpus import CorpusError
 from .errors import CheckpointError, RunError
 from .jobdir import JobDir
-from .inspect import inspect
-from .jobview import InspectError
+from .views.inspect import inspect
+from .views.jobview import InspectError
 from .lock import LockedError
 from .plan import PlanError, plan_job
-from .report import report
+from .views.report import report
 
 USER_ERRORS = (SpecError, PlanError, CorpusError, ManifestError, RunError, CheckpointError, LockedError, ModelLoadError,
                InspectError)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from ..jobs import bundled_spec
 from ..schemas.spec import apply_overrides, read_toml, spec_from_dict
-from .inspect import inspect_image
+from .views.inspect import inspect_image
 from .jobdir import JobDir
 from .plan import plan_job
-from .report import build_report
+from .views.report import build_report
 from .run import run_job
 from .status import job_status, verify_job
 

@@ -22,11 +22,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from masktok.pipeline.demo_corpus import write_demo_corpus
-from masktok.pipeline.inspect import inspect
+from masktok.pipeline.views.inspect import inspect
 from masktok.pipeline.jobdir import JobDir
-from masktok.pipeline.jobview import decode_image, decode_rles, load_record, recompute_masks, stored_masks
-from masktok.pipeline.overlay import hatch_lines, scale_image, scale_masks
-from masktok.pipeline.report import report
+from masktok.pipeline.views.jobview import decode_image, decode_rles, load_record, recompute_masks, stored_masks
+from masktok.pipeline.views.overlay import hatch_lines, scale_image, scale_masks
+from masktok.pipeline.views.report import report
 from masktok.pipeline.run import load_job
 
 MASKTOK = str(Path(sys.executable).parent / "masktok")

@@ -44,7 +44,7 @@ def build_report(jobdir: Path, images: int = 3) -> str:
 
     from . import report_plots as plots
     from .inspect import inspect_image
-    from .jobdir import JobDir
+    from ..jobdir import JobDir
     from .report_html import Page
     from .report_stats import gather, spec_highlights
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .jobdir import JobDir
+from ..jobdir import JobDir
 
 #: Long side of a returned map in original-frame pixels (maps are coarse: 24x24 patches).
 MAP_SIDE = 256
@@ -43,9 +43,9 @@ def explain_tokens(jd: JobDir, spec: Any, image: np.ndarray, tokens: np.ndarray,
     import torch
     import torch.nn.functional as F
 
-    from ..stages.clip import llava_pad_image, llava_pad_masks, load_clip, pad_offsets, preprocess_cfg
-    from ..stages.maskinversion import dice_loss_per_mask, legrad_maps
-    from .models import resolve_checkpoints
+    from ...stages.clip import llava_pad_image, llava_pad_masks, load_clip, pad_offsets, preprocess_cfg
+    from ...stages.maskinversion import dice_loss_per_mask, legrad_maps
+    from ..models import resolve_checkpoints
 
     checkpoints = resolve_checkpoints(spec, jd)
     model = load_clip(spec.invert.model, checkpoints["clip"])

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from ..schemas.spec import JobSpec
-    from .jobdir import JobDir
+    from ...schemas.spec import JobSpec
+    from ..jobdir import JobDir
 
 
 def inspect_image(jobdir: Path, image: str | None = None, index: int | None = None, maps: bool = False,
@@ -39,10 +39,10 @@ def inspect_image(jobdir: Path, image: str | None = None, index: int | None = No
     import numpy as np
 
     from .figure import Scene, render
-    from .jobdir import JobDir
+    from ..jobdir import JobDir
     from .jobview import (InspectError, decode_image, decode_rles, load_record, recompute_masks, resolve_index,
                           stored_masks)
-    from .run import load_job
+    from ..run import load_job
 
     jd = JobDir(Path(jobdir))
     spec = _load_spec(jd, load_job)
@@ -88,7 +88,7 @@ def inspect_image(jobdir: Path, image: str | None = None, index: int | None = No
 
 def _load_spec(jd: "JobDir", load_job: Callable) -> "JobSpec":
     """The job's spec; a directory without a planned job is a user error."""
-    from .errors import RunError
+    from ..errors import RunError
     from .jobview import InspectError
 
     try:

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ..schemas.record import Status
-from .jobdir import JobDir
+from ...schemas.record import Status
+from ..jobdir import JobDir
 from .jobview import committed_rows
 
 BINS = np.linspace(0.0, 1.0, 41)
@@ -52,10 +52,10 @@ def gather(jd: JobDir) -> JobStats:
     """Every number the report shows, for the job in ``jd``."""
     import zarr
 
-    from .errors import RunError
+    from ..errors import RunError
     from .jobview import InspectError
-    from .run import load_job
-    from .status import job_status
+    from ..run import load_job
+    from ..status import job_status
 
     try:
         spec, meta = load_job(jd)
@@ -110,7 +110,7 @@ def _add_shard(stats: JobStats, jd: JobDir, shard: int, start: int, rows: dict[s
 
 def _shard_masks(jd: JobDir, shard: int) -> dict[int, list[dict]]:
     """masks.json of every sample of a shard's tar, by manifest index."""
-    from .commit import wds_path
+    from ..commit import wds_path
 
     path, out = wds_path(jd, shard), {}
     if not path.exists():

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .jobdir import JobDir
+from ..jobdir import JobDir
 
 #: Arrays of one Zarr row the pictures need (object_tokens only for --maps).
 RECORD_ARRAYS = ("status", "width", "height", "num_objects", "boxes", "scores", "keep_rank", "inversion_loss",
@@ -63,7 +63,7 @@ def resolve_index(jd: JobDir, image: str | None, index: int | None) -> int:
     An argument made only of digits is an index unless the manifest holds an image with
     exactly that id (a folder corpus may name a file ``123``): the id wins.
     """
-    from ..schemas.manifest import ManifestError, read_manifest
+    from ...schemas.manifest import ManifestError, read_manifest
 
     try:
         ids = read_manifest(jd.manifest, columns=["image_id"]).column("image_id").to_pylist()
@@ -86,7 +86,7 @@ def resolve_index(jd: JobDir, image: str | None, index: int | None) -> int:
 
 def committed_rows(jd: JobDir) -> dict[int, dict[str, Any]]:
     """Commits by shard; a job with no commit at all is an error (it was never run)."""
-    from .commit import read_commits
+    from ..commit import read_commits
 
     commits = read_commits(jd)
     if not commits or not jd.tokens.exists():
@@ -98,8 +98,8 @@ def load_record(jd: JobDir, index: int, tokens: bool = False) -> ImageRecord:
     """The stored record of manifest row ``index``; a pending image is an error."""
     import zarr
 
-    from ..schemas.manifest import read_manifest
-    from ..schemas.record import Status
+    from ...schemas.manifest import read_manifest
+    from ...schemas.record import Status
 
     row = read_manifest(jd.manifest, columns=["index", "image_id", "path", "shard"]).slice(index, 1).to_pylist()[0]
     commits = committed_rows(jd)
@@ -117,8 +117,8 @@ def load_record(jd: JobDir, index: int, tokens: bool = False) -> ImageRecord:
 
 def stored_masks(jd: JobDir, record: ImageRecord) -> list[dict] | None:
     """The COCO RLEs of ``record`` from its WebDataset sample, or None when not stored."""
-    from ..schemas.record import sample_key
-    from .commit import wds_path
+    from ...schemas.record import sample_key
+    from ..commit import wds_path
 
     path = wds_path(jd, record.shard)
     if not path.exists():
@@ -134,7 +134,7 @@ def stored_masks(jd: JobDir, record: ImageRecord) -> list[dict] | None:
 
 def decode_rles(rles: list[dict]) -> np.ndarray:
     """COCO RLE dicts (counts as str or bytes) -> bool [K, H, W]."""
-    from ..stages.batch import decode_mask
+    from ...stages.batch import decode_mask
 
     masks = [decode_mask({"size": r["size"], "counts": r["counts"].encode() if isinstance(r["counts"], str)
                           else r["counts"]}) for r in rles]
@@ -143,7 +143,7 @@ def decode_rles(rles: list[dict]) -> np.ndarray:
 
 def decode_image(spec: Any, record: ImageRecord) -> np.ndarray:
     """The image as the decode stage saw it (EXIF, alpha, 16-bit rules applied): uint8 RGB."""
-    from ..stages.decode import DecodeStage
+    from ...stages.decode import DecodeStage
 
     item = DecodeStage(spec.decode, spec.corpus.image_root)([{"index": record.index, "image_id": record.image_id,
                                                               "path": record.path}])[0]
@@ -158,8 +158,8 @@ def recompute_masks(jd: JobDir, spec: Any, record: ImageRecord) -> tuple[np.ndar
     Used when the job did not store masks (``write.rle_masks = false``). Loads the job's
     detector/SAM (real ones can take a while on a CPU) and runs them on this image alone.
     """
-    from ..stages.front import front_stages, run_stages
-    from .models import resolve_checkpoints
+    from ...stages.front import front_stages, run_stages
+    from ..models import resolve_checkpoints
 
     checkpoints = resolve_checkpoints(spec, jd)
     stages = front_stages(spec, spec.corpus.image_root, detector=checkpoints["detector"], sam=checkpoints["sam"])
