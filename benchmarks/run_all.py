@@ -16,6 +16,7 @@ BENCHMARKS = {
     "invert_issue_config": ["bench_invert.py"],  # each shape in its own process: peak RSS is per process
     "invert_vit_l_14_336": ["bench_invert.py", "--shape", "vit-l-14-336", "--quick-gelu"],
     "run": ["bench_run.py"],
+    "trainer": ["bench_trainer.py"],
 }
 
 

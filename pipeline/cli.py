@@ -16,6 +16,7 @@ from ..jobs import BUNDLED, bundled_spec
 from ..schemas.manifest import ManifestError
 from ..schemas.spec import CORPUS_KINDS, SpecError, apply_overrides, read_toml, set_value, spec_from_dict
 from ..stages.errors import ModelLoadError
+from ..trainer.cli import generate, train
 from .corpus import CorpusError
 from .errors import CheckpointError, RunError
 from .jobdir import JobDir
@@ -181,6 +182,8 @@ def demo(directory: Path) -> None:
 
 main.add_command(inspect)
 main.add_command(report)
+main.add_command(train)
+main.add_command(generate)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

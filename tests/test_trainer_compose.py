@@ -1,0 +1,151 @@
+"""Token composition: spec parsing, counts of the paper's settings, patch pooling/pruning,
+object selection, the box-centre embedding, the scaling modes and the cache statistics,
+each against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from masktok.trainer.compose import compose, reduce_patches, select_objects
+from masktok.trainer.position import box_center_embedding, sincos_2d
+from masktok.trainer.scaling import CacheStats, scale_tokens
+from masktok.trainer.spec import PAPER_SPECS, TokenSpecError, parse_spec, prune_indices
+
+D, C = 32, 8
+
+
+def full_record(objects: int = 100, bg_empty: bool = False) -> dict:
+    """An image with ``objects`` kept objects (ranked in reverse row order) + background."""
+    k = objects + 1
+    rank = np.arange(k, dtype=np.int16)
+    rank[:objects] = rank[:objects][::-1]
+    if bg_empty:
+        rank[-1] = -1
+    return {"width": 200, "height": 100, "patch_norm_mean": 10.0, "patch_norm_std": 3.0,
+            "global_token": np.ones(D, np.float16), "patch_tokens": np.zeros((36, C), np.float16),
+            "object_tokens": np.zeros((k, D), np.float16), "boxes": np.tile(np.float32([0, 0, 200, 100]), (k, 1)),
+            "keep_rank": rank, "num_objects": k}
+
+
+@pytest.mark.parametrize("total", sorted(PAPER_SPECS))
+def test_paper_token_counts(total: int) -> None:
+    spec = parse_spec(PAPER_SPECS[total])
+    assert len(compose(full_record(), spec)) == total == spec.max_tokens(101)
+
+
+def test_spec_parsing_and_errors() -> None:
+    s = parse_spec("obj:5, patch:9 ,cls")
+    assert (s.cls, s.patches, s.patch_mode, s.objects) == (True, 9, "pool", 5)
+    assert str(s) == "cls,patch:9,obj:5" and str(parse_spec(str(s))) == str(s)
+    assert parse_spec("patch:23").patch_mode == "prune" and str(parse_spec("patch:9:prune")) == "patch:9:prune"
+    assert len(compose(full_record(), parse_spec("patch:23"))) == 23
+    assert len(compose(full_record(), parse_spec("cls,obj"))) == 102
+    for bad in ("", "cls,cls", "patch:0", "patch:37", "patch:23:pool", "obj:0", "objs:5", "patch:x", "patch:9:avg"):
+        with pytest.raises(TokenSpecError):
+            parse_spec(bad)
+
+
+def test_patch_pooling_and_pruning_values() -> None:
+    patch = torch.arange(36, dtype=torch.float32)[:, None].repeat(1, 2)  # token i holds i (raster order)
+    pooled9 = reduce_patches(patch, 9, "pool")[:, 0]
+    assert pooled9.tolist() == [3.5, 5.5, 7.5, 15.5, 17.5, 19.5, 27.5, 29.5, 31.5]  # 2x2 windows: (0,1,6,7)/4 ...
+    assert reduce_patches(patch, 4, "pool")[:, 0].tolist() == [7.0, 10.0, 25.0, 28.0]  # 3x3 windows
+    assert reduce_patches(patch, 1, "pool")[:, 0].tolist() == [17.5]
+    assert reduce_patches(patch, 9, "max")[:, 0].tolist() == [7, 9, 11, 19, 21, 23, 31, 33, 35]
+    assert torch.equal(reduce_patches(patch, 36, "pool"), patch)
+    idx = prune_indices(23)
+    expected = np.sort(np.random.default_rng(0).permutation(36)[:23])
+    assert idx.tolist() == expected.tolist() and len(set(idx.tolist())) == 23
+    assert reduce_patches(patch, 23, "prune")[:, 0].tolist() == expected.astype(float).tolist()
+
+
+def test_object_selection_rank_order_and_background() -> None:
+    rank = np.array([2, -1, 0, 1, 3], np.int16)  # row 1 suppressed, row 4 = background
+    assert select_objects(rank, None).tolist() == [2, 3, 0, 4]
+    assert select_objects(rank, 3).tolist() == [2, 3, 4]  # background counts as one and comes last
+    assert select_objects(rank, 1).tolist() == [4]
+    empty_bg = np.array([2, -1, 0, 1, -1], np.int16)
+    assert select_objects(empty_bg, 3).tolist() == [2, 3, 0]  # empty background dropped
+    assert len(compose(full_record(bg_empty=True), parse_spec("obj:5"))) == 5
+    assert select_objects(np.zeros(0, np.int16), 5).tolist() == []
+
+
+def test_box_centre_embedding_hand_computed() -> None:
+    pe = box_center_embedding(torch.tensor([[0.0, 0.0, 100.0, 50.0]]), 200.0, 100.0, 8)[0]
+    a = 0.25 * 2 * math.pi  # cx = cy = 0.25; D=8: 2 frequencies 2pi, 2pi/100
+    b = 0.25 * 2 * math.pi / 100
+    expected = [math.sin(a), math.cos(a), math.sin(b), math.cos(b)] * 2
+    assert torch.allclose(pe, torch.tensor(expected), atol=1e-6)
+    pe2 = sincos_2d(torch.tensor([0.5]), torch.tensor([0.0]), 8)[0]
+    assert torch.allclose(pe2, torch.tensor([0.0, -1.0, math.sin(math.pi / 100), math.cos(math.pi / 100),
+                                             0.0, 1.0, 0.0, 1.0]), atol=1e-6)
+    with pytest.raises(ValueError):
+        sincos_2d(torch.zeros(1), torch.zeros(1), 6)
+
+
+def test_objects_get_their_box_embedding_added() -> None:
+    rec = full_record(objects=3)
+    rec["object_tokens"] = np.random.default_rng(0).normal(size=(4, D)).astype(np.float16)
+    rec["boxes"][0] = [20, 10, 60, 30]
+    v = compose(rec, parse_spec("obj"), "none")
+    rows = select_objects(rec["keep_rank"], None)
+    pe = box_center_embedding(torch.from_numpy(rec["boxes"][rows]), 200.0, 100.0, D)
+    assert torch.allclose(v.objects - torch.from_numpy(rec["object_tokens"][rows].astype(np.float32)), pe, atol=1e-6)
+    assert rows.tolist() == [2, 1, 0, 3]
+
+
+STATS = CacheStats(patch_norm_mean=20.0, patch_norm_std=4.0, global_norm_mean=2.0, global_norm_std=1.0,
+                   object_norm_mean=4.0, object_norm_std=2.0, images=1)
+
+
+def test_scaling_modes_hand_computed() -> None:
+    t = torch.tensor([[3.0, 4.0], [0.0, 0.0]])  # norms 5 and 0
+    assert scale_tokens(t, "object", "none", 10, 3).tolist() == t.tolist()
+    assert torch.allclose(scale_tokens(t, "object", "per-image", 10, 3), torch.tensor([[6.0, 8.0], [0, 0]]))
+    assert torch.allclose(scale_tokens(t, "global", "dataset-global", 10, 3, STATS), torch.tensor([[12.0, 16.0], [0, 0]]))
+    # c7, object: z = (5 - 4) / 2 = 0.5 -> norm 10 + 3 * 0.5 = 11.5
+    assert torch.allclose(scale_tokens(t, "object", "c7", 10, 3, STATS), torch.tensor([[6.9, 9.2], [0, 0]]))
+    # c7, global: z = (5 - 2) / 1 = 3 -> norm 10 + 3 * 3 = 19
+    assert torch.allclose(scale_tokens(t, "global", "c7", 10, 3, STATS), torch.tensor([[11.4, 15.2], [0, 0]]))
+    # far below its type's mean: the norm is floored, the direction kept
+    low = scale_tokens(torch.tensor([[0.6, 0.8]]), "global", "c7", 1.0, 1.0, CacheStats(1, 1, 100, 1, 1, 1, 1))
+    assert 0 < low.norm() < 1e-5 and low[0, 1] > low[0, 0] > 0
+    with pytest.raises(ValueError):
+        scale_tokens(t, "object", "c7", 10, 3, None)
+
+
+def test_compose_scales_global_and_objects_not_patches() -> None:
+    rec = full_record(objects=2)
+    rec["global_token"] = np.full(D, 0.5, np.float16)
+    rec["object_tokens"] = np.full((3, D), 2.0, np.float16)
+    rec["patch_tokens"] = np.full((36, C), 7.0, np.float16)
+    v = compose(rec, parse_spec("cls,patch:36,obj"), "per-image")
+    assert math.isclose(float(v.glob.norm()), 10.0, rel_tol=1e-5)
+    pe = box_center_embedding(torch.from_numpy(rec["boxes"][:3]), 200.0, 100.0, D)
+    assert torch.allclose((v.objects - pe).norm(dim=-1), torch.full((3,), 10.0), rtol=1e-5)
+    assert torch.all(v.patch == 7.0)
+
+
+def test_cache_stats_pool_the_per_image_statistics(tmp_path) -> None:
+    from masktok.stages.write import TokenDims
+    from masktok.trainer.stats import cache_stats
+    from masktok.trainer.tiny_cache import tiny_items, write_tiny_cache
+
+    dims = TokenDims(K=6, D=16, C=24)
+    job = write_tiny_cache(tmp_path / "job", n=7, shard_size=3, dims=dims, failed=(2,))
+    items = [it for it in tiny_items(7, dims, failed=(2,)) if "error" not in it]
+    mu = np.array([it["patch_norm_mean"] for it in items], np.float32).astype(np.float64)
+    sd = np.array([it["patch_norm_std"] for it in items], np.float32).astype(np.float64)
+    gn = np.array([np.linalg.norm(it["global_token"].astype(np.float64)) for it in items])
+    on = np.concatenate([np.linalg.norm(it["object_tokens"].astype(np.float64), axis=-1)[it["keep_rank"] >= 0]
+                         for it in items])
+    s = cache_stats(job)
+    assert s.images == 6
+    assert math.isclose(s.patch_norm_mean, mu.mean(), rel_tol=1e-9)
+    assert math.isclose(s.patch_norm_std, math.sqrt((sd ** 2 + mu ** 2).mean() - mu.mean() ** 2), rel_tol=1e-6)
+    assert math.isclose(s.global_norm_mean, gn.mean(), rel_tol=1e-9) and math.isclose(s.global_norm_std, gn.std(), rel_tol=1e-6)
+    assert math.isclose(s.object_norm_mean, on.mean(), rel_tol=1e-9) and math.isclose(s.object_norm_std, on.std(), rel_tol=1e-6)

@@ -1,0 +1,134 @@
+"""Training end to end on a tiny Llama over a tiny cache: overfitting, resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from masktok.trainer.cli import generate, train
+from masktok.trainer.runtime import TrainConfig
+from masktok.trainer.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+from masktok.trainer.train import train as run_train
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from masktok.trainer.tiny_llm import build_tiny_llm
+
+    root = tmp_path_factory.mktemp("trainer")
+    job = write_tiny_cache(root / "job", n=N, shard_size=4, failed=(5,))
+    data = write_corpus(root / "data.json", N, [
+        {"id": "t", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]}])
+    llm = build_tiny_llm(root / "llm", list(CAPTIONS) + ["Describe the image.", "Say hi.", "hi"], hidden=64)
+    return {"root": root, "job": job, "data": data, "llm": llm}
+
+
+def cfg(s: dict[str, Path], out: str, **kw) -> TrainConfig:
+    base = dict(stage=2, cache=s["job"], data=s["data"], llm=s["llm"], out=s["root"] / out, batch_size=4,
+                lr=3e-3, warmup_ratio=0.0, schedule="constant", tokens="cls,patch:9,obj:5")
+    return TrainConfig(**{**base, **kw})
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_model_overfits_the_tiny_cache(setup) -> None:
+    c = cfg(setup, "overfit", max_steps=30, grad_accum=2)
+    summary = run_train(c)
+    m = metrics(c.out)
+    assert [r["step"] for r in m] == list(range(1, 31)) and summary["step"] == 30
+    first, last = m[0]["loss"], sum(r["loss"] for r in m[-3:]) / 3
+    assert last <= first / 2, (first, last)
+    assert summary["counts"]["used"] == 12 and summary["counts"]["skipped_failed"] == 1
+    state = json.loads((c.out / "checkpoint-0000030" / "state.json").read_text())
+    assert state["step"] == 30 and state["tokens"] == "cls,patch:9,obj:5" and (c.out / "checkpoint-0000030/llm").is_dir()
+
+
+def test_stage1_trains_the_projector_only(setup) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    c = cfg(setup, "stage1", stage=1, max_steps=12, scaling="c7")
+    run_train(c)
+    m = metrics(c.out)
+    assert m[-1]["loss"] < m[0]["loss"]
+    ck = c.out / "checkpoint-0000012"
+    assert not (ck / "llm").exists() and json.loads((ck / "state.json").read_text())["stats"]["images"] == 11
+    assert json.loads((c.out / "run.json").read_text())["counts"]["skipped_text_only"] == 1
+    proj = torch.load(ck / "projector.pt")
+    assert set(k.split(".")[0] for k in proj) == {"patch_proj", "token_proj"}
+    assert load_file(str(setup["llm"] / "model.safetensors"))  # the source LM folder is untouched and loadable
+    from masktok.trainer.generate import generate as run_generate
+
+    assert isinstance(run_generate(ck, setup["job"], "img/001.jpg", "ignored in stage 1", max_new_tokens=4), str)
+    s2 = run_train(cfg(setup, "stage2_from_1", max_steps=1, init_from=c.out, scaling="c7", lr=0.0))
+    assert s2["step"] == 1  # stage 2 starts from the stage-1 projector (lr 0: it is unchanged)
+    proj2 = torch.load(c.out.parent / "stage2_from_1" / "checkpoint-0000001" / "projector.pt")
+    assert all(torch.equal(proj[k], proj2[k]) for k in proj)
+
+
+def test_resume_continues_from_the_checkpoint_step(setup) -> None:
+    straight = cfg(setup, "straight", max_steps=5)
+    run_train(straight)
+    part = cfg(setup, "resumed", max_steps=3)
+    run_train(part)
+    with pytest.raises(Exception, match="--resume"):
+        run_train(cfg(setup, "resumed", max_steps=5))
+    summary = run_train(cfg(setup, "resumed", max_steps=5, resume=True))
+    m = metrics(part.out)
+    assert [r["step"] for r in m] == [1, 2, 3, 4, 5] and summary["step"] == 5
+    ref = metrics(straight.out)
+    for a, b in zip(ref, m):  # same batches, same optimizer state: the same losses
+        assert abs(a["loss"] - b["loss"]) < 1e-4, (a, b)
+    assert (part.out / "latest").read_text().strip() == "checkpoint-0000005"
+    assert json.loads((part.out / "checkpoint-0000005/state.json").read_text())["step"] == 5
+
+
+def test_cli_train_generate_and_errors(setup) -> None:
+    runner = CliRunner()
+    out = setup["root"] / "cli"
+    args = ["--stage", "2", "--cache", str(setup["job"]), "--data", str(setup["data"]), "--llm", str(setup["llm"]),
+            "--out", str(out), "--tokens", "cls,patch:9,obj:5", "--max-steps", "2", "--batch-size", "2",
+            "--grad-accum", "2", "--lr", "1e-3", "--scaling", "dataset-global", "--reader", "wds", "-q"]
+    res = runner.invoke(train, args)
+    assert res.exit_code == 0, res.output
+    assert [r["step"] for r in metrics(out)] == [1, 2] and all("loss" in r for r in metrics(out))
+    res = runner.invoke(generate, ["--checkpoint", str(out), "--cache", str(setup["job"]), "--image-id", "img/000.jpg",
+                                   "--prompt", "Describe the image.", "--tokens", "patch:4", "--max-new-tokens", "5"])
+    assert res.exit_code == 0, res.output
+    assert isinstance(res.output, str)
+    bad = [
+        (train, [*args[:-7], "--tokens", "cls,patch:7:pool"], "token spec"),
+        (train, [*args[:2], "--cache", str(setup["root"] / "nope"), *args[4:-5]], "no token cache"),
+        (train, args[:-1] + ["--tokens", "patch:4"], "--resume"),
+        (generate, ["--checkpoint", str(out), "--cache", str(setup["job"]), "--image-id", "img/zzz.jpg"], "not in the cache"),
+        (generate, ["--checkpoint", str(out), "--cache", str(setup["job"]), "--image-id", "img/005.jpg"], "failed"),
+        (generate, ["--checkpoint", str(setup["root"]), "--cache", str(setup["job"]), "--image-id", "x"], "no checkpoint"),
+    ]
+    for cmd, argv, msg in bad:
+        res = runner.invoke(cmd, argv)
+        assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, (argv, res.output)
+
+
+@pytest.mark.skipif(os.environ.get("MASKTOK_SKIP_DDP") == "1", reason="MASKTOK_SKIP_DDP=1")
+def test_two_process_data_parallel_on_cpu(setup) -> None:
+    """torchrun, 2 CPU processes, gloo: both ranks step together; rank 0 writes."""
+    out = setup["root"] / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "masktok.trainer.launch", "train", "--stage", "2", "--cache", str(setup["job"]),
+           "--data", str(setup["data"]), "--llm", str(setup["llm"]), "--out", str(out), "--max-steps", "2",
+           "--batch-size", "2", "--grad-accum", "2", "--tokens", "cls,patch:4,obj:3", "--device", "cpu", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert json.loads((out / "run.json").read_text())["world_size"] == 2

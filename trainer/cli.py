@@ -1,0 +1,91 @@
+"""``masktok train`` and ``masktok generate`` as click commands (registered in pipeline/cli.py
+with ``main.add_command``). Imports stay light here; torch and transformers load inside the
+commands. Expected problems (bad spec, missing cache or LM folder, unknown image id, a
+refused resume) are one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def _user_errors(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``, turning the trainer's expected errors into one-line ClickExceptions."""
+    from .checkpoint import CheckpointError
+    from .readers import CacheError
+    from .records import DataError
+    from .spec import TokenSpecError
+    from .train import TrainError
+
+    try:
+        return fn()
+    except (CheckpointError, CacheError, DataError, TokenSpecError, TrainError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("train")
+@click.option("--stage", type=click.IntRange(1, 2), required=True,
+              help="1: projector only, plain template (captions). 2: projector + LM, v1 conversations.")
+@click.option("--cache", type=_DIR, required=True, help="A finished masktok job directory (JOBDIR).")
+@click.option("--data", type=_FILE, required=True, help="LLaVA JSON (list of {image?, conversations}).")
+@click.option("--llm", type=_DIR, required=True, help="Local Hugging Face causal-LM folder (model + tokenizer).")
+@click.option("--out", type=_DIR, required=True, help="Run folder: metrics.jsonl, run.json, checkpoint-*/.")
+@click.option("--tokens", default=None, help="Token spec, e.g. cls,patch:36,obj:101 (the default) or cls,patch:9,obj:5.")
+@click.option("--scaling", type=click.Choice(["none", "per-image", "dataset-global", "c7"]), default=None,
+              help="Norm scaling of global/object tokens (default per-image).")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Optimizer steps (default: --epochs).")
+@click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Per process.")
+@click.option("--grad-accum", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--lr", type=float, default=None, help="Default 1e-3 (stage 1), 2e-5 (stage 2).")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.03, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--max-grad-norm", type=float, default=1.0, show_default=True, help="0 disables clipping.")
+@click.option("--max-length", type=click.IntRange(8), default=2048, show_default=True,
+              help="Sequence length incl. visual tokens; longer examples are cut at the end.")
+@click.option("--log-every", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--save-every", type=click.IntRange(1), default=None, help="Also checkpoint every N steps.")
+@click.option("--keep-checkpoints", type=click.IntRange(1), default=None, help="Keep only the newest N.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint under --out.")
+@click.option("--init-from", type=_DIR, default=None,
+              help="Start from a checkpoint's projector (and LM, if it has one): stage 2 after stage 1.")
+@click.option("--reader", type=click.Choice(["zarr", "wds"]), default="zarr", show_default=True)
+@click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA when supported, fp32 on CPU.")
+@click.option("--device", default=None, help="Default cuda:LOCAL_RANK when CUDA is available, else cpu.")
+@click.option("-q", "--quiet", is_flag=True)
+def train(quiet: bool, **opts: Any) -> None:
+    """Train Mask-LLaVA from a token cache (stage 1 or 2). Under torchrun (WORLD_SIZE > 1)
+    it runs data-parallel: torchrun --nproc_per_node N -m masktok.trainer.launch train ..."""
+    from .runtime import TrainConfig
+    from .train import train as run
+
+    cfg = TrainConfig(**opts)
+    echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    summary = _user_errors(lambda: run(cfg, echo))
+    if summary.get("checkpoint"):
+        click.echo(f"step {summary['step']}  loss {summary['loss']:.4f}  checkpoint {summary['checkpoint']}")
+
+
+@click.command("generate")
+@click.option("--checkpoint", type=_DIR, required=True, help="A checkpoint-*/ folder, or a run folder (its latest).")
+@click.option("--cache", type=_DIR, required=True, help="The job directory holding the image's tokens.")
+@click.option("--image-id", required=True, help="The image's id, as the corpus names it.")
+@click.option("--prompt", default="Describe the image.", show_default=True, help="The user's question (stage 2).")
+@click.option("--tokens", default=None, help="Token spec at test time (default: the checkpoint's).")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def generate(**opts: Any) -> None:
+    """Print a trained model's greedy answer about one cached image."""
+    from .generate import generate as run
+
+    click.echo(_user_errors(lambda: run(**opts)))

@@ -1,0 +1,100 @@
+"""Compose one image's visual tokens from its cached record (DESIGN "Consuming the cache").
+
+Per image, in this order: the global token, the patch tokens (pooled or pruned, see
+trainer/spec.py), then the object tokens. The result keeps the two widths apart
+(``patch`` is [p, C], ``glob``/``objects`` are [., D]) because they go through different
+projectors (trainer/model.py).
+
+Objects (``obj:K``): the rows ``0 .. num_objects-1`` of the record, background last. The
+kept rows (``keep_rank >= 0``) other than the background are sorted by keep_rank; the
+first ``K - 1`` of them are taken, then the background; suppressed rows are never used.
+An empty background (``keep_rank == -1``: every pixel is covered by some mask) has no
+token worth spending and is dropped; then up to ``K`` objects are taken instead, so
+``obj:K`` always means "at most K object tokens". ``obj`` alone takes every kept row.
+
+Each object token is first norm-scaled (trainer/scaling.py), then the fixed sinusoidal
+embedding of its box centre is added (trainer/position.py), so the position signal has
+the same size whatever the scaling mode. The global token is scaled, not positioned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .position import box_center_embedding
+from .scaling import CacheStats, scale_tokens
+from .spec import GRID, TokenSpec, pool_kernel, prune_indices
+
+
+@dataclass
+class VisualTokens:
+    """One image's composed tokens (float32): glob [0|1, D], patch [p, C], objects [o, D]."""
+
+    glob: torch.Tensor
+    patch: torch.Tensor
+    objects: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.glob) + len(self.patch) + len(self.objects)
+
+
+def select_objects(keep_rank: np.ndarray, k: int | None) -> np.ndarray:
+    """Row indices of the objects to use, in token order (see the module docstring).
+
+    ``keep_rank`` holds the record's real rows only (background last).
+    """
+    n = len(keep_rank)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    bg = n - 1
+    objects = [i for i in range(n - 1) if keep_rank[i] >= 0]
+    objects.sort(key=lambda i: int(keep_rank[i]))
+    has_bg = keep_rank[bg] >= 0
+    if k is not None:
+        objects = objects[: max(k - int(has_bg), 0)]
+    return np.asarray(objects + ([bg] if has_bg else []), dtype=np.int64)
+
+
+def reduce_patches(patch: torch.Tensor, n: int, mode: str) -> torch.Tensor:
+    """[36, C] raster-order patch tokens -> [n, C] (pool / max / prune, see trainer/spec.py)."""
+    if n == GRID * GRID and mode != "prune":
+        return patch
+    if mode == "prune":
+        return patch[torch.as_tensor(prune_indices(n))]
+    grid = patch.T.reshape(1, -1, GRID, GRID)  # [1, C, 6, 6], row-major like the cache
+    k = pool_kernel(n)
+    pooled = F.avg_pool2d(grid, k) if mode == "pool" else F.max_pool2d(grid, k)
+    return pooled.flatten(2)[0].T.contiguous()  # [g*g, C], raster order
+
+
+def compose(record: dict[str, Any], spec: TokenSpec, scaling: str = "none",
+            stats: CacheStats | None = None) -> VisualTokens:
+    """Compose an image's tokens from its record (numpy arrays, object axis trimmed to
+    ``num_objects``, as the readers in trainer/readers.py return them)."""
+    mu_p, sigma_p = float(record["patch_norm_mean"]), float(record["patch_norm_std"])
+    d = record["global_token"].shape[-1]
+    c = record["patch_tokens"].shape[-1]
+    if spec.cls:
+        glob = torch.from_numpy(np.asarray(record["global_token"], dtype=np.float32)).reshape(1, d)
+        glob = scale_tokens(glob, "global", scaling, mu_p, sigma_p, stats)
+    else:
+        glob = torch.zeros(0, d)
+    if spec.patches:
+        patch = reduce_patches(torch.from_numpy(np.asarray(record["patch_tokens"], dtype=np.float32)),
+                               spec.patches, spec.patch_mode)
+    else:
+        patch = torch.zeros(0, c)
+    objects = torch.zeros(0, d)
+    if spec.use_objects:
+        rows = select_objects(np.asarray(record["keep_rank"]), spec.objects)
+        if len(rows):
+            tokens = torch.from_numpy(np.asarray(record["object_tokens"], dtype=np.float32)[rows])
+            tokens = scale_tokens(tokens, "object", scaling, mu_p, sigma_p, stats)
+            boxes = torch.from_numpy(np.asarray(record["boxes"], dtype=np.float32)[rows])
+            objects = tokens + box_center_embedding(boxes, float(record["width"]), float(record["height"]), d)
+    return VisualTokens(glob=glob, patch=patch, objects=objects)

@@ -1,0 +1,110 @@
+"""Data-parallel plumbing: torchrun environment, process group, the resumable sampler.
+
+Launch several workers with torchrun; each process reads RANK / WORLD_SIZE / LOCAL_RANK::
+
+    torchrun --standalone --nproc_per_node 8 -m masktok.trainer.launch train --stage 2 ...
+    # or, equivalently, with the console script:
+    torchrun --standalone --nproc_per_node 8 $(which masktok) train --stage 2 ...
+
+With WORLD_SIZE > 1 the trainer initialises a process group (nccl on CUDA, gloo on CPU),
+wraps the model in DistributedDataParallel and gives each rank its share of every
+epoch's permutation. ``--batch-size`` is per process: the global batch is
+batch_size x grad_accum x WORLD_SIZE. Rank 0 alone writes metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str | None = None) -> DistEnv:
+    """Read torchrun's variables; start the process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return DistEnv(rank, world, local, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_across(value: float, env: DistEnv) -> float:
+    """The mean of a scalar over all ranks (itself when single-process)."""
+    if env.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=env.device if env.device.startswith("cuda") else "cpu")
+    dist.all_reduce(t)
+    return float(t.item()) / env.world
+
+
+class ResumableSampler(Sampler[int]):
+    """torch's DistributedSampler semantics (seeded per-epoch permutation, padded to a
+    multiple of the world size, strided by rank) plus two things it lacks:
+
+    - ``start``: skip the first ``start`` indices of this rank's epoch, so a resumed run
+      continues with the very batches an uninterrupted run would have seen next;
+    - ``blocks`` (optional, one block id per item): shuffle the blocks, then the items
+      within each block, so a rank reads Zarr chunk by chunk (trainer/readers.py).
+    """
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True,
+                 blocks: Sequence[int] | None = None) -> None:
+        self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world, seed, shuffle
+        self.blocks = np.asarray(blocks) if blocks is not None else None
+        self.epoch, self.start = 0, 0
+        self.per_rank = math.ceil(n / world)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> np.ndarray:
+        """This epoch's permutation of all items (before the rank split)."""
+        if not self.shuffle:
+            return np.arange(self.n)
+        rng = np.random.default_rng(self.seed + self.epoch)
+        if self.blocks is None:
+            return rng.permutation(self.n)
+        ids, inverse = np.unique(self.blocks, return_inverse=True)
+        block_pos = rng.permutation(len(ids))  # where each block goes in the epoch
+        within = rng.random(self.n)  # order inside a block
+        return np.lexsort((within, block_pos[inverse]))
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.order()
+        total = self.per_rank * self.world
+        if total > len(order) and len(order):
+            order = np.concatenate([order, order[: total - len(order)]])
+        mine = order[self.rank:total:self.world] if self.blocks is None else \
+            order.reshape(self.world, -1)[self.rank] if len(order) else order
+        return iter(mine[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start

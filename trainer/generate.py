@@ -1,0 +1,59 @@
+"""Answer a prompt about one cached image with a trained checkpoint (greedy decoding).
+
+The checkpoint fixes the template (stage 1: plain, the model continues the image with a
+caption and the prompt is ignored; stage 2: one v1 USER turn), the scaling mode and the
+cache statistics; ``tokens`` may differ from training's (test-time pruning and pooling,
+paper 3.5) and defaults to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from . import templates
+from .compose import compose
+from .readers import CacheError, ZarrImages
+from .runtime import build_model, load_llm, load_tokenizer
+from .scaling import CacheStats
+from .spec import parse_spec
+from ..schemas.record import Status
+
+
+def load_image(cache: Path, image_id: str, dims: dict[str, int] | None = None) -> dict:
+    """The cache record of ``image_id``; CacheError if unknown, not ok, or the cache's
+    widths differ from ``dims`` (those the checkpoint's projectors were built for)."""
+    images = ZarrImages(cache)
+    if dims is not None and {k: images.dims[k] for k in ("C", "D")} != {k: dims[k] for k in ("C", "D")}:
+        raise CacheError(f"the cache {cache} has widths {images.dims}, the checkpoint was trained on {dims}")
+    try:
+        row = images.image_ids.index(image_id)
+    except ValueError:
+        raise CacheError(f"image id {image_id!r} is not in the cache {cache}") from None
+    if images.status[row] != Status.OK:
+        what = "failed" if images.status[row] == Status.FAILED else "not processed yet"
+        raise CacheError(f"image id {image_id!r} {what} in the cache {cache} (status {int(images.status[row])})")
+    return images[row]
+
+
+def generate(checkpoint: Path, cache: Path, image_id: str, prompt: str, tokens: str | None = None,
+             max_new_tokens: int = 64, device: str = "cpu") -> str:
+    """The model's answer text (special tokens dropped, whitespace stripped)."""
+    path = ckpt.resolve(checkpoint)
+    state = ckpt.read_state(path)
+    llm_path = ckpt.llm_dir(path, state)
+    tokenizer = load_tokenizer(llm_path)
+    model = build_model(load_llm(llm_path), state["dims"])
+    model.projector.load_state_dict(torch.load(path / "projector.pt", map_location="cpu"))
+    model.to(device).eval()
+    spec = parse_spec(tokens or state["tokens"])
+    stats = CacheStats.from_dict(state["stats"]) if state.get("stats") else None
+    visual = compose(load_image(cache, image_id, state["dims"]), spec, state["scaling"], stats)
+    if state["stage"] == 1:
+        ids = templates.plain_prompt(tokenizer)
+    else:
+        ids = templates.v1_prompt(prompt, tokenizer, has_image=True)
+    out = model.generate(ids, visual, max_new_tokens, tokenizer.eos_token_id)
+    return tokenizer.decode(out, skip_special_tokens=True).strip()

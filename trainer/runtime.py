@@ -1,0 +1,125 @@
+"""Building a run's pieces from its configuration: LM, tokenizer, projector, optimiser, data.
+
+Kept apart from the loop (trainer/train.py) so ``generate``, the benchmark and the tests
+build the model exactly as training does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import ConversationDataset, ItemBuilder, StreamingConversations, collate
+from .distributed import DistEnv, ResumableSampler
+from .model import MaskLlava, Projector
+from .readers import WdsImages, ZarrImages
+from .records import DataError, Example
+
+STAGE_LR = {1: 1e-3, 2: 2e-5}  # paper 4.2 (LLaVA-1.5's values)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``masktok train`` takes (see trainer/cli.py for the meaning of each)."""
+
+    stage: int
+    cache: Path
+    data: Path
+    llm: Path
+    out: Path
+    tokens: str | None = None
+    scaling: str | None = None
+    max_steps: int | None = None
+    epochs: int = 1
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    max_length: int = 2048
+    log_every: int = 1
+    save_every: int | None = None
+    keep_checkpoints: int | None = None
+    resume: bool = False
+    init_from: Path | None = None
+    reader: str = "zarr"
+    workers: int = 0
+    seed: int = 0
+    precision: str = "auto"
+    device: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_tokenizer(path: Path) -> Any:
+    """The LM folder's tokenizer, with a pad token (unk or eos when it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    return tok
+
+
+def load_llm(path: Path) -> Any:
+    """Any Hugging Face causal LM from a local folder (never the hub), in fp32."""
+    from transformers import AutoModelForCausalLM
+
+    if not (Path(path) / "config.json").is_file():
+        raise DataError(f"no Hugging Face model folder at {path} (config.json missing)")
+    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+
+
+def build_model(llm: Any, dims: dict[str, int]) -> MaskLlava:
+    """Projector widths from the cache (C patch, D global/object) and the LM's hidden size."""
+    hidden = llm.get_input_embeddings().embedding_dim
+    return MaskLlava(llm, Projector(dims["C"], dims["D"], hidden))
+
+
+def scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float, kind: str) -> Any:
+    """LLaVA's schedule: linear warmup over ``warmup_ratio`` of the steps, then cosine to 0
+    (``kind = "constant"``: warmup, then flat)."""
+    warm = math.ceil(total * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_loader(cfg: TrainConfig, env: DistEnv, examples: list[Example], images: ZarrImages,
+                build: ItemBuilder, pad_id: int) -> tuple[DataLoader, ResumableSampler | None]:
+    """The DataLoader of this rank: Zarr + ResumableSampler, or the streaming WebDataset."""
+    fn = partial(collate, pad_id=pad_id)
+    if cfg.reader == "wds":
+        ds = StreamingConversations(examples, WdsImages(cfg.cache, env.rank, env.world), build)
+        return DataLoader(ds, batch_size=cfg.batch_size, collate_fn=fn, num_workers=cfg.workers), None
+    ds = ConversationDataset(examples, images, build)
+    sampler = ResumableSampler(len(ds), env.rank, env.world, seed=cfg.seed, blocks=ds.blocks())
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=fn,
+                      num_workers=cfg.workers, drop_last=False), sampler
+
+
+def micro_batches_per_epoch(cfg: TrainConfig, env: DistEnv, n_examples: int) -> int:
+    """Micro-batches one rank sees per epoch (the streaming reader's is an estimate)."""
+    per_rank = math.ceil(n_examples / env.world)
+    return max(1, math.ceil(per_rank / cfg.batch_size))
+
+
+def autocast(device: str, precision: str) -> Any:
+    """bf16 autocast on CUDA when supported (or asked for), fp32 otherwise."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    bf16 = precision == "bf16" or (precision == "auto" and kind == "cuda" and torch.cuda.is_bf16_supported())
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16)

@@ -1,0 +1,107 @@
+"""LLaVA's prompt templates as token ids and labels: ``plain`` (stage 1) and ``v1`` (stage 2).
+
+The image is one sentinel id, ``IMAGE_TOKEN_INDEX`` (-200, as in LLaVA), where ``<image>``
+stood; the model splices the visual tokens in there (trainer/model.py). Labels are
+``IGNORE_INDEX`` (-100) everywhere except the text the model must learn to produce.
+
+plain (LLaVA ``conv_llava_plain``, ``preprocess_plain``)::
+
+    <s> <image> {caption}\\n          loss on "{caption}\\n" only
+
+    The record's first turn is replaced by the image, its second turn is the caption.
+
+v1 (LLaVA ``conv_vicuna_v1``, ``preprocess_v1``; sep " ", sep2 "</s>")::
+
+    <s> {SYSTEM} USER: <image>\\n{q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>...
+
+    loss on " {a_i}" and its "</s>" (the tokenizer's eos id) only; the system prompt, the
+    roles and the questions are masked. As LLaVA does, ``<image>`` is moved to the start
+    of the first human message ("<image>\\n" + the rest), a record that starts with a gpt
+    turn loses that turn, and a text-only record has no image. An image record whose text
+    lacks ``<image>`` gets it prepended too.
+
+Text is tokenized segment by segment (each masked prefix, each answer) and concatenated,
+never as one string: then the mask is exact for any tokenizer (LLaVA's ``-2`` offsets are
+tuned to Llama's SentencePiece), and the prompt ``masktok generate`` feeds is token for
+token the prefix the model saw in training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN_INDEX = -200
+IGNORE_INDEX = -100
+SYSTEM_V1 = ("A chat between a curious user and an artificial intelligence assistant. "
+             "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+ROLES = ("USER", "ASSISTANT")
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text``, each ``<image>`` replaced by the sentinel (no special tokens)."""
+    ids: list[int] = []
+    for i, chunk in enumerate(text.split(IMAGE_TOKEN)):
+        if i:
+            ids.append(IMAGE_TOKEN_INDEX)
+        if chunk:
+            ids.extend(tokenizer(chunk, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def _bos(tokenizer: Any) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def plain(turns: list[dict[str, str]], tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Stage-1 ids and labels: bos, image, then the caption (the second turn) and "\\n"."""
+    caption = turns[1]["value"].replace(IMAGE_TOKEN, "").strip()
+    prefix = _bos(tokenizer) + [IMAGE_TOKEN_INDEX]
+    target = encode(tokenizer, caption + "\n")
+    return prefix + target, [IGNORE_INDEX] * len(prefix) + target
+
+
+def _normalise(turns: list[dict[str, str]], has_image: bool) -> list[dict[str, str]]:
+    turns = [dict(t) for t in turns]
+    if turns and turns[0]["from"] != "human":
+        turns = turns[1:]
+    for t in turns:
+        t["value"] = t["value"].replace(IMAGE_TOKEN, "").strip() if IMAGE_TOKEN in t["value"] else t["value"]
+    if has_image and turns:
+        turns[0]["value"] = IMAGE_TOKEN + "\n" + turns[0]["value"]
+    return turns
+
+
+def v1(turns: list[dict[str, str]], tokenizer: Any, has_image: bool,
+       system: str = SYSTEM_V1) -> tuple[list[int], list[int]]:
+    """Stage-2 ids and labels (see the module docstring)."""
+    ids = _bos(tokenizer)
+    labels = [IGNORE_INDEX] * len(ids)
+    prefix = system + " "
+    for t in _normalise(turns, has_image):
+        if t["from"] == "human":
+            seg = encode(tokenizer, f"{prefix}{ROLES[0]}: {t['value']} {ROLES[1]}:")
+            ids += seg
+            labels += [IGNORE_INDEX] * len(seg)
+            prefix = ""
+        else:
+            seg = encode(tokenizer, " " + t["value"]) + [tokenizer.eos_token_id]
+            ids += seg
+            labels += seg
+    return ids, labels
+
+
+def v1_prompt(question: str, tokenizer: Any, has_image: bool, system: str = SYSTEM_V1) -> list[int]:
+    """Ids of a one-turn v1 prompt that ends with "ASSISTANT:", for generation."""
+    ids, _ = v1([{"from": "human", "value": question}], tokenizer, has_image, system)
+    return ids
+
+
+def plain_prompt(tokenizer: Any) -> list[int]:
+    """Ids of a stage-1 prompt: bos and the image; the model continues with a caption."""
+    return _bos(tokenizer) + [IMAGE_TOKEN_INDEX]
+
+
+def build(stage: int, turns: list[dict[str, str]], tokenizer: Any, has_image: bool) -> tuple[list[int], list[int]]:
+    """The template of a training stage: 1 -> plain, 2 -> v1."""
+    return plain(turns, tokenizer) if stage == 1 else v1(turns, tokenizer, has_image)

@@ -1,0 +1,80 @@
+"""A small synthetic token cache written with the real writers (tests, benchmarks).
+
+``write_tiny_cache`` fills ``JOBDIR/tokens.zarr`` and ``JOBDIR/wds/`` through
+``stages.write`` (the same functions ``masktok run`` commits with), so the readers are
+tested against the real on-disk format without running the models. It writes no
+manifest or commits: the trainer reads neither. Each image gets seeded random tokens, a
+random number of objects (some suppressed, the background empty on every third image)
+and one of a few captions tied to its "class", so a tiny model can learn the mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..stages.write import TokenDims, encode_wds_shard, open_store, shard_rows, write_zarr_rows
+
+CAPTIONS = ("a red square on grass", "a blue circle in the sky", "two green boats on a lake")
+
+
+def tiny_items(n: int, dims: TokenDims, failed: tuple[int, ...] = (), seed: int = 0) -> list[dict[str, Any]]:
+    """Finished-item dicts as the invert stage hands them to the writer."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        item: dict[str, Any] = {"index": i, "image_id": f"img/{i:03d}.jpg"}
+        if i in failed:
+            item["error"] = {"stage": "decode", "reason": "truncated file"}
+            items.append(item)
+            continue
+        k = int(rng.integers(2, dims.K + 1))  # objects incl. background
+        w, h = int(rng.integers(200, 640)), int(rng.integers(200, 480))
+        x0, y0 = rng.uniform(0, w / 2, k), rng.uniform(0, h / 2, k)
+        boxes = np.stack([x0, y0, x0 + rng.uniform(5, w / 2, k), y0 + rng.uniform(5, h / 2, k)], 1)
+        boxes[-1] = [0, 0, w, h]
+        rank = np.full(k, -1, dtype=np.int16)
+        kept = [j for j in range(k - 1) if rng.random() > 0.25]
+        rank[kept] = np.arange(len(kept))
+        if i % 3:
+            rank[-1] = len(kept)  # non-empty background: the next rank
+        cls = i % len(CAPTIONS)
+        item.update(
+            width=w, height=h, patch_norm_mean=float(rng.uniform(20, 40)), patch_norm_std=float(rng.uniform(2, 6)),
+            object_tokens=(rng.normal(size=(k, dims.D)) + cls).astype(np.float16),
+            boxes=boxes.astype(np.float32), scores=rng.uniform(0, 1, k).astype(np.float32),
+            keep_rank=rank, inversion_loss=rng.uniform(0, 1, k).astype(np.float32),
+            global_token=(rng.normal(size=dims.D) * 3 + cls).astype(np.float16),
+            patch_tokens=(rng.normal(size=(36, dims.C)) + cls).astype(np.float16),
+        )
+        items.append(item)
+    return items
+
+
+def write_tiny_cache(job_dir: Path, n: int = 12, shard_size: int = 4, dims: TokenDims = TokenDims(K=6, D=16, C=24),
+                     failed: tuple[int, ...] = (5,), seed: int = 0) -> Path:
+    """Write ``n`` images (``failed`` ones with status 2) into ``job_dir``; returns it."""
+    job_dir = Path(job_dir)
+    (job_dir / "wds").mkdir(parents=True, exist_ok=True)
+    items = tiny_items(n, dims, failed, seed)
+    group = open_store(job_dir / "tokens.zarr", n, shard_size, dims)
+    for s, start in enumerate(range(0, n, shard_size)):
+        end = min(start + shard_size, n)
+        chunk = items[start:end]
+        rows = shard_rows(chunk, start, end, dims)
+        write_zarr_rows(group, start, rows)
+        (job_dir / "wds" / f"shard-{s:06d}.tar").write_bytes(encode_wds_shard(chunk, start, rows))
+    return job_dir
+
+
+def write_corpus(path: Path, n: int, extra: list[dict[str, Any]] | None = None) -> Path:
+    """A LLaVA JSON naming the tiny cache's images: one caption conversation each (class
+    i % 3), plus ``extra`` records (text-only, missing images, ...)."""
+    records = [{"id": f"r{i}", "image": f"img/{i:03d}.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the image."},
+        {"from": "gpt", "value": CAPTIONS[i % len(CAPTIONS)]}]} for i in range(n)]
+    Path(path).write_text(json.dumps(records + list(extra or [])))
+    return Path(path)

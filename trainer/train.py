@@ -1,0 +1,201 @@
+"""The training loop of both stages (paper 3.4): stage 1 trains the projector against a
+frozen LM on captions (plain template), stage 2 trains projector + LM on conversations (v1).
+
+One optimizer step = ``grad_accum`` micro-batches of ``batch_size`` examples per rank; the
+logged loss is the mean of the micro-batch losses (each the mean over its learnt tokens),
+averaged over ranks. ``--max-steps`` counts optimizer steps; without it, ``epochs`` passes.
+
+Resume (``resume=True``): the newest checkpoint under ``out`` gives the projector, the LM
+(stage 2), optimizer and scheduler, and the step; the Zarr reader's sampler then skips the
+micro-batches of the epoch already consumed, so the run continues where it stopped (the
+streaming reader re-reads and drops them). The checkpoint's tokens spec, scaling mode and
+cache statistics are kept; asking for different ones is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import checkpoint as ckpt
+from .data import ItemBuilder
+from .distributed import DistEnv, mean_across, setup, teardown
+from .readers import ZarrImages
+from .records import DataError, join_records, load_records
+from .runtime import (STAGE_LR, TrainConfig, autocast, build_model, load_llm, load_tokenizer, make_loader,
+                      micro_batches_per_epoch, scheduler)
+from .scaling import MODES, CacheStats
+from .spec import DEFAULT_SPEC, parse_spec
+from .stats import cache_stats
+
+DEFAULT_SCALING = "per-image"
+
+
+class TrainError(ValueError):
+    """A run that cannot start as asked (the message says why)."""
+
+
+def _resolve_run(cfg: TrainConfig) -> tuple[Path | None, dict[str, Any] | None]:
+    found = ckpt.latest(cfg.out)
+    if found is not None and not cfg.resume:
+        raise TrainError(f"{cfg.out} already holds {found.name}: pass --resume to continue it, or use a new --out")
+    if found is None:
+        return None, None
+    state = ckpt.read_state(found)
+    for key, asked in (("tokens", cfg.tokens), ("scaling", cfg.scaling)):
+        if asked is not None and str(parse_spec(asked) if key == "tokens" else asked) != state[key]:
+            raise TrainError(f"resume: {found.name} was trained with {key} {state[key]!r}, not {asked!r} "
+                             f"(drop --{key} or use a new --out)")
+    if state["stage"] != cfg.stage:
+        raise TrainError(f"resume: {found.name} is a stage-{state['stage']} checkpoint, not stage {cfg.stage}")
+    return found, state
+
+
+def train(cfg: TrainConfig, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary (final step, last loss, data counts)."""
+    if cfg.stage not in (1, 2):
+        raise TrainError(f"--stage must be 1 or 2, not {cfg.stage}")
+    env = setup(cfg.device)
+    try:
+        return _train(cfg, env, echo or (lambda s: None))
+    finally:
+        teardown()
+
+
+def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed + env.rank)
+    if cfg.tokens is not None:
+        parse_spec(cfg.tokens)  # bad inputs are reported before the state of --out
+    images = ZarrImages(cfg.cache)
+    records = load_records(cfg.data)
+    resumed, state = _resolve_run(cfg)
+    spec = parse_spec(state["tokens"] if state else (cfg.tokens or DEFAULT_SPEC))
+    scaling = state["scaling"] if state else (cfg.scaling or DEFAULT_SCALING)
+    if scaling not in MODES:
+        raise TrainError(f"unknown scaling mode {scaling!r}: use one of {', '.join(MODES)}")
+
+    examples, counts = join_records(records, images.image_ids, images.status,
+                                    keep_text_only=cfg.stage == 2)
+    if not examples:
+        raise DataError(f"{cfg.data}: no usable example ({json.dumps({k: v for k, v in counts.to_dict().items() if k != 'examples'})})")
+    if state and state.get("stats"):
+        stats: CacheStats | None = CacheStats.from_dict(state["stats"])
+    else:
+        stats = cache_stats(cfg.cache) if scaling in ("dataset-global", "c7") else None
+
+    init = ckpt.resolve(cfg.init_from) if cfg.init_from else None
+    llm_src = ckpt.llm_dir(resumed, state) if resumed else (
+        ckpt.llm_dir(init, ckpt.read_state(init)) if init else Path(cfg.llm))
+    tokenizer = load_tokenizer(llm_src)
+    llm = load_llm(llm_src)
+    model = build_model(llm, images.dims)
+    source = resumed or init
+    if source is not None:
+        model.projector.load_state_dict(torch.load(source / "projector.pt", map_location="cpu"))
+    if cfg.stage == 1:
+        llm.requires_grad_(False)
+    model.to(env.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=STAGE_LR[cfg.stage] if cfg.lr is None else cfg.lr, weight_decay=cfg.weight_decay)
+
+    build = ItemBuilder(cfg.stage, tokenizer, spec, scaling, stats, cfg.max_length)
+    loader, sampler = make_loader(cfg, env, examples, images, build, tokenizer.pad_token_id)
+    per_epoch = micro_batches_per_epoch(cfg, env, len(examples))
+    total = cfg.max_steps or max(1, cfg.epochs * per_epoch // cfg.grad_accum)
+    sched = scheduler(optimizer, total, cfg.warmup_ratio, cfg.schedule)
+    step = 0
+    if resumed:
+        opt_state = torch.load(resumed / "optimizer.pt", map_location="cpu")
+        optimizer.load_state_dict(opt_state["optimizer"])
+        sched.load_state_dict(opt_state["scheduler"])
+        step = int(state["step"])
+
+    run_model: torch.nn.Module = model
+    if env.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        run_model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None,
+                        find_unused_parameters=cfg.stage == 2)
+    meta = {"stage": cfg.stage, "tokens": str(spec), "scaling": scaling, "stats": stats.to_dict() if stats else None,
+            "dims": images.dims, "llm": str(Path(llm_src).resolve()),
+            "cache": str(Path(cfg.cache).resolve()), "data": str(Path(cfg.data).resolve()),
+            "counts": counts.to_dict(), "world_size": env.world, "grad_accum": cfg.grad_accum,
+            "batch_size": cfg.batch_size}
+    if env.is_main:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "run.json").write_text(json.dumps(
+            {**meta, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}, indent=1))
+        echo(f"data: {counts.used} examples of {counts.records} records "
+             f"({counts.text_only} text-only; skipped: {counts.skipped_missing} missing, {counts.skipped_failed} failed, "
+             f"{counts.skipped_pending} pending, {counts.skipped_invalid} invalid, {counts.skipped_text_only} text-only)")
+        echo(f"stage {cfg.stage}: tokens {spec} (max {spec.max_tokens(images.dims['K'])}), scaling {scaling}, "
+             f"{'resuming at' if resumed else 'from'} step {step}, {total} steps, device {env.device}, world {env.world}")
+
+    micro = step * cfg.grad_accum
+    epoch = micro // per_epoch
+
+    def batches():
+        nonlocal epoch
+        skip = micro % per_epoch
+        while True:
+            if sampler is not None:
+                sampler.set_epoch(epoch, start=skip * cfg.batch_size)
+                yield from loader
+            else:
+                for i, b in enumerate(loader):
+                    if i >= skip:
+                        yield b
+            skip, epoch = 0, epoch + 1
+
+    it = batches()
+    metrics = (Path(cfg.out) / "metrics.jsonl").open("a") if env.is_main else None
+    loss = float("nan")
+    t0, seen = time.perf_counter(), 0
+    model.train()
+    while step < total:
+        losses = []
+        for m in range(cfg.grad_accum):
+            batch = next(it)
+            sync = run_model.no_sync() if env.world > 1 and m < cfg.grad_accum - 1 else contextlib.nullcontext()
+            with sync:  # DDP all-reduces the gradients on the last micro-batch only
+                with autocast(env.device, cfg.precision):
+                    micro_loss = run_model(batch) / cfg.grad_accum
+                micro_loss.backward()
+            losses.append(float(micro_loss.detach()) * cfg.grad_accum)
+            seen += len(batch["lengths"])
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        sched.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss = mean_across(sum(losses) / len(losses), env)
+        if metrics and (step % cfg.log_every == 0 or step == total):
+            elapsed = time.perf_counter() - t0
+            rec = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "epoch": epoch,
+                   "samples_per_s": seen * env.world / elapsed, "elapsed_s": round(elapsed, 3)}
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+            echo(f"step {step}/{total}  loss {loss:.4f}  lr {rec['lr']:.2e}")
+        if (cfg.save_every and step % cfg.save_every == 0) or step == total:
+            _save(cfg, env, step, meta, model, optimizer, sched, tokenizer)
+    if metrics:
+        metrics.close()
+    return {"step": step, "loss": loss, "counts": counts.to_dict(), "tokens": str(spec), "scaling": scaling,
+            "checkpoint": str(ckpt.latest(cfg.out)) if env.is_main else None}
+
+
+def _save(cfg: TrainConfig, env: DistEnv, step: int, meta: dict[str, Any], model: Any, optimizer: Any,
+          sched: Any, tokenizer: Any) -> None:
+    if env.is_main:
+        trained_llm = cfg.stage == 2
+        ckpt.save(cfg.out, step, meta, model.projector, optimizer, sched,
+                  model.llm if trained_llm else None, tokenizer if trained_llm else None, cfg.keep_checkpoints)
+    if env.world > 1:
+        torch.distributed.barrier()
