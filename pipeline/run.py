@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..schemas.manifest import read_manifest
 from ..schemas.spec import JobSpec, apply_overrides, fingerprint, fingerprint_diff, read_toml, spec_from_dict
+from ..stages.errors import ModelLoadError
 from .errors import RunError
 from .commit import commit_path, read_commits, write_shard
 from .jobdir import JobDir, write_atomic
@@ -117,6 +118,23 @@ def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int, retry_failed:
     return [s for s in range(shards) if s not in commits], len(commits)
 
 
+def _model_load_error(exc: BaseException) -> str | None:
+    """The message of a ModelLoadError raised in a Ray actor, however Ray wrapped it (an
+    actor whose constructor raised arrives as ActorDiedError carrying the remote traceback
+    as text)."""
+    marker = f"{ModelLoadError.__name__}: "
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ModelLoadError):
+            return str(exc)
+        for line in reversed(str(exc).splitlines()):
+            if marker in line:
+                return line.split(marker, 1)[1].strip()
+        exc = exc.__cause__ or getattr(exc, "cause", None)
+    return None
+
+
 def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | None, retry_failed: bool,
                 progress: bool, echo: Callable[[str], None]) -> RunSummary:
     manifest = read_manifest(jd.manifest, columns=["index", "image_id", "path", "shard"]).to_pydict()
@@ -161,6 +179,11 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
                     failed += commit["images_failed"]
                     done += 1
                     bar.set_postfix(shards=f"{already + done}/{shards}", failed=failed)
+    except Exception as exc:
+        cause = _model_load_error(exc)
+        if cause is None:
+            raise
+        raise RunError(f"a stage could not load its model: {cause}") from None
     finally:
         if started:
             ray.shutdown()

@@ -204,3 +204,17 @@ def test_retry_failed_redoes_the_failed_images(tmp_path, corpus):
     status = json.loads(masktok("status", jd.root, "--json").stdout)
     assert status["images_failed"] == 0 and status["images_done"] == len(IMAGES)
     assert pq.read_table(jd.failures).num_rows == 0
+
+
+def test_a_model_that_cannot_load_in_an_actor_is_one_clear_line():
+    from masktok.pipeline.run import _model_load_error
+    from masktok.stages.errors import ModelLoadError
+
+    remote = RuntimeError("The actor died because of an error raised in its creation task, ray::MapWorker:\n"
+                          "Traceback (most recent call last):\n  File \"segment.py\", line 148\n"
+                          "masktok.stages.errors.ModelLoadError: SAM checkpoint /w/sam.pth does not match model_type 'vit_b'")
+    wrapper = ValueError("execution failed")
+    wrapper.__cause__ = remote
+    assert _model_load_error(wrapper) == "SAM checkpoint /w/sam.pth does not match model_type 'vit_b'"
+    assert _model_load_error(ModelLoadError("no such file")) == "no such file"
+    assert _model_load_error(ValueError("a bug")) is None
