@@ -52,7 +52,8 @@ def in_process(jd, batch_size: int) -> float:
             for name, stage in stages:
                 items = call_stage(name, stage, items)
             shard_items += items
-        write_shard(jd, group, s0 // size, s0, s0 + len(shard_items), shard_items, dims, meta["fingerprint"])
+        write_shard(jd, group, s0 // size, s0, s0 + len(shard_items), shard_items, dims, meta["fingerprint"],
+                    manifest_digest=meta["manifest_digest"])
     return time.perf_counter() - start
 
 

@@ -147,9 +147,9 @@ def status(jobdir: Path, as_json: bool) -> None:
     if s["images_per_s"]:
         eta = f", ETA {s['eta_s'] / 3600:.1f} h" if s["eta_s"] else ""
         click.echo(f"speed   {s['images_per_s']:.2f} images/s (from commit times){eta}")
-    if s["running"]:
-        state = "running" if s["running"]["alive"] else "dead run left its lock (the next run takes it over)"
-        click.echo(f"run     pid {s['running'].get('pid')} on {s['running'].get('host')}: {state}")
+    if s["running"] is not None:
+        click.echo(f"run     running: pid {s['running'].get('pid')} on {s['running'].get('host')} "
+                   f"since {s['running'].get('since')}")
 
 
 @main.command()

@@ -40,34 +40,43 @@ def wds_path(jd: JobDir, shard: int) -> Path:
     return jd.wds / f"{shard_name(shard)}.tar"
 
 
-def _fsync_chunks(group_path: Path, shard: int) -> None:
-    """Flush this shard's chunk files of every array (chunk key c/<shard>/...)."""
-    for spec in ARRAYS:
-        root = group_path / spec.name / "c" / str(shard)
-        files = [root] if root.is_file() else [Path(d) / f for d, _, fs in os.walk(root) for f in fs]
+def _fsync_chunks(group_path: Path, shard: int, names: list[str]) -> None:
+    """Flush this shard's chunk files (chunk key c/<shard>/...) of ``names``, and their folders."""
+    for name in names:
+        root = group_path / name / "c" / str(shard)
+        if root.is_file():
+            files, folders = [root], [root.parent]
+        else:
+            walked = list(os.walk(root))
+            files = [Path(d) / f for d, _, fs in walked for f in fs]
+            folders = [root.parent] + [Path(d) for d, _, _ in walked]
         for path in files:
             fd = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        for folder in folders:
+            fsync_dir(folder)
 
 
 def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int, items: list[dict[str, Any]],
-                dims: TokenDims, fingerprint: str, webdataset: bool = True, rle_masks: bool = False) -> dict[str, Any]:
+                dims: TokenDims, fingerprint: str, webdataset: bool = True, rle_masks: bool = False,
+                manifest_digest: str | None = None) -> dict[str, Any]:
     """Write one finished shard to both sinks, then commit it. Returns the commit record."""
     rows = shard_rows(items, start, end, dims)
-    sums = write_zarr_rows(group, start, rows)
-    _fsync_chunks(jd.tokens, shard)
+    sums = write_zarr_rows(group, start, rows, flush=lambda names: _fsync_chunks(jd.tokens, shard, names))
     tar = None
     if webdataset:
         data = encode_wds_shard(items, start, rows, rle_masks)
         jd.wds.mkdir(exist_ok=True)
         write_atomic(wds_path(jd, shard), data)
+        fsync_dir(jd.wds)
         tar = {"file": wds_path(jd, shard).name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     failures = failures_of(items)
     commit = {
-        "version": COMMIT_VERSION, "shard": shard, "rows": [start, end], "fingerprint": fingerprint,
+        "version": COMMIT_VERSION, "shard": shard, "rows": [start, end],
+        "fingerprint": fingerprint, "manifest_digest": manifest_digest,
         "images_ok": int((rows["status"] == Status.OK).sum()), "images_failed": len(failures),
         "failures": failures, "zarr": sums, "wds": tar,
         "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -79,18 +88,36 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
 
 
 def read_commits(jd: JobDir) -> dict[int, dict[str, Any]]:
-    """Every commit file of the job, by shard (temp files of an interrupted write ignored)."""
+    """Every commit file of the job, by shard (temp files of an interrupted write ignored).
+
+    An unreadable commit file (a flipped byte, a truncated copy) is returned as
+    ``{"unreadable": reason}`` under the shard its name gives: it is not a valid commit.
+    """
     if not jd.commits.is_dir():
         return {}
-    out = {}
+    out: dict[int, dict[str, Any]] = {}
     for path in sorted(jd.commits.glob("shard-*.json")):
-        commit = json.loads(path.read_text())
-        out[commit["shard"]] = commit
+        shard = int(path.stem.removeprefix("shard-")) if path.stem.removeprefix("shard-").isdigit() else -1
+        try:
+            commit = json.loads(path.read_text())
+            if commit["shard"] != shard or len(commit["rows"]) != 2:
+                raise ValueError("its content names another shard")
+        except (ValueError, KeyError, TypeError) as exc:
+            out[shard] = {"unreadable": f"{path.name}: unreadable commit file ({type(exc).__name__}: {exc})"}
+            continue
+        out[shard] = commit
     return out
+
+
+def valid_commits(jd: JobDir) -> dict[int, dict[str, Any]]:
+    """The readable commits only."""
+    return {s: c for s, c in read_commits(jd).items() if "unreadable" not in c}
 
 
 def verify_shard(jd: JobDir, group: zarr.Group, commit: dict[str, Any]) -> list[str]:
     """What is wrong with a committed shard on disk (empty list: it matches its commit)."""
+    if "unreadable" in commit:
+        return [commit["unreadable"]]
     start, end = commit["rows"]
     problems = []
     rows = {}

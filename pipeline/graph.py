@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..schemas.spec import JobSpec, Resources
 from ..stages.background import BackgroundStage
@@ -35,7 +36,8 @@ from ..stages.segment import SegmentStage
 
 Item = dict[str, Any]
 StageFactory = Callable[[], Callable[[list[Item]], list[Item]]]
-RESULT_DROPS = ("image",)  # what the writer does not need: never ship it back
+RESULT_DROPS = ("image",)
+_OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)  # what the writer does not need: never ship it back
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,18 +52,28 @@ def _quiet_workers() -> None:
 
 
 def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list[Item]) -> list[Item]:
-    """Run a stage on a batch; on an exception, item by item, recording what still fails."""
+    """Run a stage on a batch; on an exception, item by item, recording what still fails.
+
+    Stages update items in place (background appends a row), so the retry starts from
+    copies taken before the batched call. Running out of GPU memory is not a property of
+    an image: it is raised, not recorded as a failure.
+    """
+    before = [dict(item) for item in items]
     try:
         return stage(items)
+    except _OUT_OF_MEMORY:
+        raise
     except Exception:  # noqa: BLE001 - isolate the bad image below
         pass
     out = []
-    for item in items:
+    for item in before:
         if failed(item):
             out.append(item)
             continue
         try:
             out.extend(stage([item]))
+        except _OUT_OF_MEMORY:
+            raise
         except Exception as exc:  # noqa: BLE001 - a per-image failure, recorded
             out.append(fail(item, name, exception_reason(exc)))
     return out

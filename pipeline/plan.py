@@ -23,6 +23,7 @@ from ..schemas.spec import JobSpec, SpecError, expand_env, fingerprint, fingerpr
 from ..schemas.versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION
 from .corpus import EXAMPLES_KEPT, CorpusScan, scan_folder, scan_llava
 from .jobdir import JobDir, write_atomic
+from .lock import RunLock
 
 JOB_TOML_HEADER = (
     "# masktok job: the resolved spec this job runs with, written by `masktok plan`.\n"
@@ -215,11 +216,17 @@ def plan_job(jobdir: Path, spec: JobSpec, *, force: bool = False, progress: bool
 
 
 def _write_job(jd: JobDir, spec: JobSpec, table, digest: str, summary: PlanSummary, force: bool) -> None:
+    jd.root.mkdir(parents=True, exist_ok=True)
+    with RunLock(jd.root / "run.lock"):  # never re-plan under a running job
+        _replace_job(jd, spec, table, digest, summary, force)
+
+
+def _replace_job(jd: JobDir, spec: JobSpec, table, digest: str, summary: PlanSummary, force: bool) -> None:
     fp = fingerprint(spec)
     if jd.job_toml.exists():
         old = read_toml(jd.job_toml)
         old_meta = old.get("meta", {})
-        if old_meta.get("fingerprint") == fp and old_meta.get("manifest_digest") == digest:
+        if old_meta.get("fingerprint") == fp and old_meta.get("manifest_digest") == digest and jd.manifest.exists():
             summary.outcome = "unchanged"
             return
         if not force:
@@ -233,13 +240,13 @@ def _write_job(jd: JobDir, spec: JobSpec, table, digest: str, summary: PlanSumma
                 f"{jd.root} already holds a different job ({'; '.join(changes[:3])}"
                 f"{' ...' if len(changes) > 3 else ''}): use another JOBDIR, or --force to replace it"
             )
+        jd.job_toml.unlink()  # first: a re-plan killed halfway leaves no job to run
         for path in jd.results():
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
         summary.outcome = "replanned"
-    jd.root.mkdir(parents=True, exist_ok=True)
     meta = {
         "fingerprint": fp,
         "manifest_digest": digest,

@@ -24,7 +24,7 @@ from ..schemas.manifest import read_manifest
 from ..schemas.spec import JobSpec, apply_overrides, fingerprint, fingerprint_diff, read_toml, spec_from_dict
 from ..stages.errors import ModelLoadError
 from .errors import RunError
-from .commit import commit_path, read_commits, write_shard
+from .commit import commit_path, read_commits, valid_commits, write_shard
 from .jobdir import JobDir, write_atomic
 from .lock import RunLock
 
@@ -97,6 +97,18 @@ def _start_ray(address: str | None, spec: JobSpec) -> bool:
     return True
 
 
+def check_gpus_fit(spec: JobSpec, cluster_gpus: float) -> None:
+    """Ray Data waits forever, silently, for GPUs the cluster does not have: refuse instead."""
+    from .graph import operator_groups
+
+    asked = {name: res.actors * res.gpus for name, res, _ in operator_groups(spec, "", defaultdict(str)) if res.gpus}
+    if sum(asked.values()) > cluster_gpus + 1e-9:
+        detail = ", ".join(f"{name} {n:g}" for name, n in asked.items())
+        raise RunError(f"the spec asks for {sum(asked.values()):g} GPUs ({detail}) and the Ray cluster has "
+                       f"{cluster_gpus:g}: lower them for this run, e.g. --set invert.resources.gpus=0 (CPU), "
+                       f"or fractions such as 0.25 to share one GPU")
+
+
 def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str, ...] = (),
             retry_failed: bool = False, progress: bool = True, echo: Callable[[str], None] = print) -> RunSummary:
     spec, meta = load_job(jd, overrides)
@@ -108,9 +120,15 @@ def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str,
 
 def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int, retry_failed: bool) -> tuple[list[int], int]:
     commits = read_commits(jd)
-    stale = [s for s, c in commits.items() if c["fingerprint"] != meta["fingerprint"]]
+    unreadable = [s for s, c in commits.items() if "unreadable" in c]
+    if unreadable:
+        raise RunError(f"commit files of shards {unreadable[:5]} are unreadable: `masktok verify --repair` "
+                       "removes them so that this run redoes those shards")
+    stale = [s for s, c in commits.items()
+             if c["fingerprint"] != meta["fingerprint"] or c.get("manifest_digest") != meta["manifest_digest"]]
     if stale:
-        raise RunError(f"shards {stale[:5]} were committed by a different spec: plan again with --force")
+        raise RunError(f"shards {stale[:5]} were committed for a different plan (spec or manifest): "
+                       "plan again with --force")
     if retry_failed:
         for shard in [s for s, c in commits.items() if c["images_failed"]]:
             commit_path(jd, shard).unlink()  # uncommitted first: a kill now loses nothing
@@ -142,7 +160,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     shards = -(-rows // size)
     todo, already = _pending_shards(jd, meta, shards, retry_failed)
     if not todo:
-        write_failures(jd, read_commits(jd))
+        write_failures(jd, valid_commits(jd))
         return RunSummary(shards, already, 0, 0, 0, 0.0)
 
     from ..stages.write import open_store
@@ -161,21 +179,22 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     import ray
 
     started = _start_ray(address, spec)
-    buffers: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    buffers: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)  # shard -> index -> item
     failed = done = 0
     t0 = time.perf_counter()
     try:
+        check_gpus_fit(spec, ray.cluster_resources().get("GPU", 0.0))
         ds = build_dataset(spec, items, spec.corpus.image_root, checkpoints)
         with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
             for row in ds.iter_rows():
                 item = pickle.loads(row["item"])
                 shard = item["index"] // size
-                buffers[shard].append(item)
+                buffers[shard][item["index"]] = item  # keyed: a redelivered item counts once
                 bar.update(1)
                 if len(buffers[shard]) == expected[shard]:
                     commit = write_shard(jd, group, shard, shard * size, shard * size + expected[shard],
-                                         buffers.pop(shard), dims, meta["fingerprint"], spec.write.webdataset,
-                                         spec.write.rle_masks)
+                                         list(buffers.pop(shard).values()), dims, meta["fingerprint"],
+                                         spec.write.webdataset, spec.write.rle_masks, meta["manifest_digest"])
                     failed += commit["images_failed"]
                     done += 1
                     bar.set_postfix(shards=f"{already + done}/{shards}", failed=failed)
@@ -189,5 +208,5 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
             ray.shutdown()
     if buffers:
         raise RunError(f"the pipeline lost images of shards {sorted(buffers)[:5]}: they stay uncommitted")
-    write_failures(jd, read_commits(jd))
+    write_failures(jd, valid_commits(jd))
     return RunSummary(shards, already, done, len(items), failed, time.perf_counter() - t0)

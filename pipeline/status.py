@@ -2,38 +2,34 @@
 
 from __future__ import annotations
 
-import json
-import socket
 from datetime import datetime
 from typing import Any
 
 import zarr
 
 from ..schemas.manifest import read_manifest
-from .commit import commit_path, read_commits, verify_shard
+from ..schemas.record import Status
+from .commit import commit_path, read_commits, valid_commits, verify_shard
 from .jobdir import JobDir
-from .lock import pid_alive
+from .lock import lock_holder
+
+RATE_WINDOW = 20  # commits
 
 
 def job_status(jd: JobDir) -> dict[str, Any]:
     """Counts, throughput and ETA of a job, from its manifest and commit files alone."""
     shards = read_manifest(jd.manifest, columns=["shard"]).column("shard").to_pylist()
     total, shards_total = len(shards), (max(shards) + 1 if shards else 0)
-    commits = read_commits(jd)
+    commits = valid_commits(jd)
     ok = sum(c["images_ok"] for c in commits.values())
     failed = sum(c["images_failed"] for c in commits.values())
     times = sorted((datetime.fromisoformat(c["committed_at"]), c["rows"][1] - c["rows"][0]) for c in commits.values())
+    recent = times[-RATE_WINDOW:]  # the current pace, not diluted by the pauses of a resumed job
     rate = None
-    if len(times) >= 2 and times[-1][0] > times[0][0]:
-        # images committed after the first commit, over the time since it
-        rate = sum(n for _, n in times[1:]) / (times[-1][0] - times[0][0]).total_seconds()
+    if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
+        rate = sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0]).total_seconds()
     pending = total - ok - failed
-    lock = jd.root / "run.lock"
-    running = None
-    if lock.exists():
-        owner = json.loads(lock.read_text() or "{}")
-        alive = owner.get("host") != socket.gethostname() or pid_alive(int(owner.get("pid", -1)))
-        running = {**owner, "alive": alive}
+    running = lock_holder(jd.root / "run.lock")
     return {
         "images_total": total, "images_done": ok, "images_failed": failed, "images_pending": pending,
         "shards_total": shards_total, "shards_committed": len(commits), "shards_pending": shards_total - len(commits),
@@ -48,12 +44,21 @@ def verify_job(jd: JobDir, repair: bool = False) -> dict[int, list[str]]:
     commits = read_commits(jd)
     if not commits:
         return {}
-    group = zarr.open_group(jd.tokens, mode="r")
+    if not (jd.tokens / "zarr.json").exists():
+        bad = {shard: [f"{jd.tokens} is missing"] for shard in sorted(commits)}
+        if repair:
+            for shard in bad:
+                commit_path(jd, shard).unlink()
+        return bad
+    group = zarr.open_group(jd.tokens, mode="r+" if repair else "r")
     bad = {}
     for shard, commit in sorted(commits.items()):
         problems = verify_shard(jd, group, commit)
         if problems:
             bad[shard] = problems
             if repair:
-                commit_path(jd, shard).unlink()
+                commit_path(jd, shard).unlink()  # uncommitted first, then the rows marked pending
+                if "unreadable" not in commit:
+                    start, end = commit["rows"]
+                    group["status"][start:end] = Status.PENDING
     return bad

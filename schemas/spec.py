@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION, SPEC_VERSION
 
@@ -42,6 +42,19 @@ class SpecError(ValueError):
 class _Section(BaseModel):
     # strict: TOML is typed, so "5" is not an integer; floats still accept integers.
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_tables_keep_defaults(cls, data: Any) -> Any:
+        """A table given in part (``[detect.resources] actors = 4``) keeps this section's
+        defaults for the keys it leaves out, not the sub-table class's generic ones."""
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            if isinstance(field.default, BaseModel) and isinstance(data.get(name), dict):
+                merged[name] = {**field.default.model_dump(), **data[name]}
+        return merged
 
 
 class Resources(_Section):

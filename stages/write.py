@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,22 @@ def checksum(array: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_zarr_rows(group: zarr.Group, start: int, rows: dict[str, np.ndarray]) -> dict[str, str]:
-    """Write the rows and return the checksum of each array's slice."""
+def write_zarr_rows(group: zarr.Group, start: int, rows: dict[str, np.ndarray],
+                    flush: Callable[[list[str]], None] = lambda names: None) -> dict[str, str]:
+    """Write the rows and return the checksum of each array's slice.
+
+    ``status`` is what readers trust, so it is reset to pending first and written last,
+    after ``flush(names)`` has made every other array durable: a reader never sees status 1
+    on a row whose tokens are not all there.
+    """
     end = start + len(rows["status"])
-    for name, values in rows.items():
-        group[name][start:end] = values
+    group["status"][start:end] = Status.PENDING
+    others = [name for name in rows if name != "status"]
+    for name in others:
+        group[name][start:end] = rows[name]
+    flush(others)
+    group["status"][start:end] = rows["status"]
+    flush(["status"])
     return {name: checksum(values) for name, values in rows.items()}
 
 

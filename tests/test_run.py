@@ -142,10 +142,17 @@ def test_changed_spec_is_refused(finished):
 
 
 def test_a_running_job_cannot_be_run_twice(tmp_path, corpus):
+    from masktok.pipeline.lock import RunLock
+
     jd = plan(tmp_path / "c", corpus)
-    (jd.root / "run.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "since": "now"}))
-    refused = masktok("run", jd.root, check=False)
-    assert refused.returncode == 1 and "already being run" in refused.stderr
+    with RunLock(jd.root / "run.lock"):  # as a run in another process holds it
+        refused = masktok("run", jd.root, check=False)
+        assert refused.returncode == 1 and "already being run" in refused.stderr
+        assert json.loads(masktok("status", jd.root, "--json").stdout)["running"]["pid"] == os.getpid()
+        replan = masktok("plan", jd.root, "--spec", "demo", "--corpus", "folder", "--source", corpus[1], "--force",
+                         check=False)
+        assert replan.returncode == 1 and "already being run" in replan.stderr
+    assert json.loads(masktok("status", jd.root, "--json").stdout)["running"] is None
 
 
 def test_verify_names_a_flipped_byte_and_repair_uncommits_it(tmp_path, finished):
@@ -218,3 +225,15 @@ def test_a_model_that_cannot_load_in_an_actor_is_one_clear_line():
     assert _model_load_error(wrapper) == "SAM checkpoint /w/sam.pth does not match model_type 'vit_b'"
     assert _model_load_error(ModelLoadError("no such file")) == "no such file"
     assert _model_load_error(ValueError("a bug")) is None
+
+
+def test_gpus_the_cluster_lacks_are_refused_not_waited_for():
+    from masktok.pipeline.errors import RunError
+    from masktok.pipeline.run import check_gpus_fit
+    from masktok.schemas.spec import JobSpec
+
+    with pytest.raises(RunError, match=r"asks for 3 GPUs \(detect 1, segment 1, invert 1\) and the Ray cluster has 0"):
+        check_gpus_fit(JobSpec(), 0.0)
+    check_gpus_fit(JobSpec(), 3.0)  # fits
+    cpu_only = JobSpec.model_validate({s: {"resources": {"gpus": 0.0}} for s in ("detect", "segment", "invert")})
+    check_gpus_fit(cpu_only, 0.0)

@@ -126,3 +126,10 @@ def test_demo_spec_uses_the_tiny_presets():
     spec = load_spec(bundled_spec("demo"))
     assert spec.detect.checkpoint == spec.segment.checkpoint == spec.invert.checkpoint == "tiny"
     assert spec.segment.model_type == "tiny"
+
+
+def test_a_partial_resources_table_keeps_the_stages_defaults():
+    spec = spec_from_dict({"detect": {"resources": {"actors": 4}}})
+    assert spec.detect.resources.actors == 4
+    assert spec.detect.resources.gpus == JobSpec().detect.resources.gpus == 1.0
+    assert spec.detect.resources.batch_size == JobSpec().detect.resources.batch_size

@@ -132,3 +132,21 @@ def test_commits_are_read_back_by_shard(job):
     read = commits.read_commits(jd)
     assert list(read) == [1] and read[1]["rows"] == [4, 8]
     assert json.loads(commits.commit_path(jd, 1).read_text())["zarr"]["status"] == read[1]["zarr"]["status"]
+
+
+def test_status_is_written_last_and_unreadable_commits_are_reported(job, monkeypatch):
+    jd, group = job
+    order = []
+    real_setitem = type(group["status"]).__setitem__
+
+    def spy(self, key, value):
+        order.append(self.basename)
+        real_setitem(self, key, value)
+
+    monkeypatch.setattr(type(group["status"]), "__setitem__", spy)
+    commits.write_shard(jd, group, 0, 0, 4, shard_items(0, 4), DIMS, "sha256:f", manifest_digest="sha256:m")
+    monkeypatch.undo()
+    assert order[0] == "status" and order[-1] == "status" and set(order[1:-1]) == {a for a in group.array_keys()} - {"status"}
+    commits.commit_path(jd, 0).write_text('{"shard": 0, "rows": [0')  # a torn commit file
+    assert "unreadable commit file" in commits.read_commits(jd)[0]["unreadable"]
+    assert commits.valid_commits(jd) == {}

@@ -86,9 +86,9 @@ def resolve_index(jd: JobDir, image: str | None, index: int | None) -> int:
 
 def committed_rows(jd: JobDir) -> dict[int, dict[str, Any]]:
     """Commits by shard; a job with no commit at all is an error (it was never run)."""
-    from ..commit import read_commits
+    from ..commit import valid_commits
 
-    commits = read_commits(jd)
+    commits = valid_commits(jd)
     if not commits or not jd.tokens.exists():
         raise InspectError(f"{jd.root} has no results yet (no committed shard): run `masktok run {jd.root}` first")
     return commits
