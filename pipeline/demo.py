@@ -1,10 +1,11 @@
-"""`masktok demo`: the whole pipeline on generated images and tiny models, end to end.
+"""`masktok demo`: the whole of masktok on generated images and tiny models, end to end.
 
 It writes the demo corpus (generated scenes plus the file quirks of real corpora), plans a
 job over it with the bundled demo spec (tiny presets, materialised in their real checkpoint
 formats and loaded through the real loaders), runs it on a local Ray, verifies every
-committed shard and prints where the results are. Run it again: it resumes, and finds
-nothing left to do.
+committed shard, draws one image and the HTML report, trains a tiny Llama from the cache
+and asks it about one image, and prints where the results are. Run it again: it resumes,
+and finds nothing left to do.
 """
 
 from __future__ import annotations
@@ -60,4 +61,27 @@ def run_demo(root: Path, echo: Callable[[str], None] = print, progress: bool = T
     (root / "inspect.png").write_bytes(png)
     (root / "report.html").write_text(build_report(job.root))
     echo(f"  pictures: {root / 'inspect.png'} (masktok inspect), {root / 'report.html'} (masktok report)")
+    _train_tiny(root, job, source, echo)
     return job
+
+
+def _train_tiny(root: Path, job: JobDir, source: Path, echo: Callable[[str], None]) -> None:
+    """Stage-2 training of a tiny Llama from the cache, then one answer from it."""
+    import json
+
+    from ..trainer.generate import generate
+    from ..trainer.runtime import TrainConfig
+    from ..trainer.tiny_llm import build_tiny_llm
+    from ..trainer.train import train
+
+    llm, out = root / "llm", root / "train"
+    if not (llm / "config.json").exists():
+        texts = [turn["value"] for record in json.loads(source.read_text()) for turn in record["conversations"]]
+        build_tiny_llm(llm, texts)
+    if not (out / "latest").exists():
+        summary = train(TrainConfig(stage=2, cache=job.root, data=source, llm=llm, out=out, tokens="cls,patch:36,obj:21",
+                                    max_steps=60, batch_size=4, lr=3e-3, device="cpu", log_every=10))
+        echo(f"trained a tiny Llama from the cache (stage 2, {summary.get('step')} steps, "
+             f"last loss {summary.get('loss', float('nan')):.3f}): {out}")
+    answer = generate(out, job.root, "scenes/000.png", "What is in the picture?", tokens="cls,patch:9,obj:5")
+    echo(f"  masktok generate ... --image-id scenes/000.png --tokens cls,patch:9,obj:5 -> {answer!r}")

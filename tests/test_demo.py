@@ -40,5 +40,8 @@ def test_demo_runs_the_whole_job_and_says_where_the_results_are(tmp_path):
     assert str(tmp_path / "d/job/tokens.zarr") in result.output and "every committed shard matches" in result.output
     assert (tmp_path / "d/inspect.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "data:image/png;base64," in (tmp_path / "d/report.html").read_text()
+    assert "trained a tiny Llama from the cache" in result.output
+    assert (tmp_path / "d/train/metrics.jsonl").read_text().count("\n") == 6  # 60 steps, logged every 10
+    assert "masktok generate" in result.output
     again = CliRunner().invoke(main, ["demo", str(tmp_path / "d")])
     assert again.exit_code == 0 and "nothing to do" in again.output
