@@ -158,3 +158,17 @@ def test_resumable_sampler() -> None:
     seq = [blocks[i] for i in order]
     assert sorted(order) == list(range(10)) and all(seq[i] == seq[i + 1] or seq[i] not in seq[i + 1:]
                                                     for i in range(9))  # each block read in one run
+
+
+def test_the_streaming_reader_reads_committed_shards_only(tmp_path):
+    import shutil
+
+    from masktok.trainer.readers import WdsImages
+
+    job = write_tiny_cache(tmp_path / "job", n=12, shard_size=4)
+    assert sorted(r["index"] for r in WdsImages(job)) == list(range(12))
+    (job / "commits" / "shard-000001.json").unlink()  # e.g. removed by `masktok verify --repair`
+    assert sorted(r["index"] for r in WdsImages(job)) == [0, 1, 2, 3, 8, 9, 10, 11]
+    shutil.rmtree(job / "commits")
+    with pytest.raises(Exception, match="no committed WebDataset shards"):
+        WdsImages(job)

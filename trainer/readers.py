@@ -46,9 +46,14 @@ def zarr_path(job_dir: Path) -> Path:
 
 
 def wds_shards(job_dir: Path) -> list[Path]:
-    shards = sorted((Path(job_dir) / "wds").glob("shard-*.tar"))
+    """The tars of committed shards only: a tar without a commit may be half-redone."""
+    from ..pipeline.commit import valid_commits
+    from ..pipeline.jobdir import JobDir
+
+    jd = JobDir(Path(job_dir))
+    shards = sorted(jd.wds / c["wds"]["file"] for c in valid_commits(jd).values() if c.get("wds"))
     if not shards:
-        raise CacheError(f"no WebDataset shards under {Path(job_dir) / 'wds'} (write.webdataset off, or not run)")
+        raise CacheError(f"no committed WebDataset shards under {jd.wds} (write.webdataset off, or not run)")
     return shards
 
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..stages.write import TokenDims, encode_wds_shard, open_store, shard_rows, write_zarr_rows
+from ..pipeline.commit import write_shard
+from ..pipeline.jobdir import JobDir
+from ..stages.write import TokenDims, open_store
 
 CAPTIONS = ("a red square on grass", "a blue circle in the sky", "two green boats on a lake")
 
@@ -63,10 +65,7 @@ def write_tiny_cache(job_dir: Path, n: int = 12, shard_size: int = 4, dims: Toke
     group = open_store(job_dir / "tokens.zarr", n, shard_size, dims)
     for s, start in enumerate(range(0, n, shard_size)):
         end = min(start + shard_size, n)
-        chunk = items[start:end]
-        rows = shard_rows(chunk, start, end, dims)
-        write_zarr_rows(group, start, rows)
-        (job_dir / "wds" / f"shard-{s:06d}.tar").write_bytes(encode_wds_shard(chunk, start, rows))
+        write_shard(JobDir(job_dir), group, s, start, end, items[start:end], dims, "sha256:tiny-cache")
     return job_dir
 
 
