@@ -10,27 +10,18 @@ and finds nothing left to do.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from ..jobs import bundled_spec
 from ..schemas.spec import apply_overrides, read_toml, spec_from_dict
-from .views.inspect import inspect_image
+from .graph import quiet_model_libraries
 from .jobdir import JobDir
 from .plan import plan_job
-from .views.report import build_report
 from .run import run_job
 from .status import job_status, verify_job
-
-
-def quiet_model_libraries() -> None:
-    """Progress bars and notices of the model libraries are noise in a command's output."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" notice
+from .views.inspect import inspect_image
+from .views.report import build_report
 
 
 def run_demo(root: Path, echo: Callable[[str], None] = print, progress: bool = True) -> JobDir:

@@ -41,14 +41,16 @@ _OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)  # what the writer d
 
 
 @functools.lru_cache(maxsize=1)
-def _quiet_workers() -> None:
+def quiet_model_libraries() -> None:
+    """Progress bars and notices of the model libraries are noise in a command's output
+    (and in every worker's log)."""
     import logging
 
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" notice
 
 
 def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list[Item]) -> list[Item]:
@@ -83,7 +85,7 @@ class StageGroup:
     """A Ray Data callable class: builds its stages once per actor, runs them in order."""
 
     def __init__(self, factories: list[tuple[str, StageFactory]], drop: tuple[str, ...] = ()):
-        _quiet_workers()
+        quiet_model_libraries()
         self.stages = [(name, make()) for name, make in factories]
         self.drop = drop
 

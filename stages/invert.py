@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..schemas.spec import TINY, InvertSpec
+from ..schemas.spec import InvertSpec
 from .batch import Batch, decode_mask, exception_reason, fail, failed, pick_device
-from .clip import build_tiny_clip, llava_pad_image, llava_pad_masks, load_clip, preprocess_cfg
+from .clip import llava_pad_image, llava_pad_masks, load_clip, preprocess_cfg
+from .errors import require_materialised
 from .maskinversion import invert_batch, invert_masks, legrad_maps
 
 __all__ = ["InvertStage", "invert_masks", "invert_batch", "legrad_maps"]
@@ -43,7 +44,7 @@ class InvertStage:
     """CLIP forward + MaskInversion over a batch of records.
 
     ``spec``: the job's ``invert`` section. ``checkpoint``: the resolved weights path
-    (default ``spec.checkpoint``; ``"tiny"`` builds the tiny preset, seed 0). Images are
+    (default ``spec.checkpoint``; a real file: the pipeline materialises ``"tiny"`` first). Images are
     processed ``images_per_group`` at a time, all their masks optimised together (default:
     the whole batch on a GPU, which keeps it busy; 1 on CPU, where grouping gains nothing
     and costs memory). ``spec.precision == "bf16"`` runs the network and the LeGrad
@@ -55,10 +56,8 @@ class InvertStage:
         self.spec = spec
         self.device = pick_device(None if str(device) == "auto" else device)
         path = spec.checkpoint if checkpoint is None else checkpoint
-        if str(path) == TINY:
-            self.model = build_tiny_clip(seed=0).to(self.device)
-        else:
-            self.model = load_clip(spec.model, path, device=self.device)
+        require_materialised(path, "invert.checkpoint")
+        self.model = load_clip(spec.model, path, device=self.device)
         cfg = preprocess_cfg(self.model)
         size = cfg["size"]
         self.size = int(size if isinstance(size, int) else size[0])
