@@ -40,3 +40,26 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     from masktok.pipeline.tiny_models import materialize_tiny_checkpoints
 
     return materialize_tiny_checkpoints(tmp_path_factory.mktemp("tiny_checkpoints"), seed=0)
+
+
+
+# --- one finished job (tests/small_job.py) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def job_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(LLaVA-Instruct-style JSON naming small_job.JOB_IMAGES, image root)."""
+    from small_job import write_job_corpus
+
+    return write_job_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def finished_job(tmp_path_factory: pytest.TempPathFactory, job_corpus: tuple[Path, Path]):
+    """The small corpus planned and run once, uninterrupted, for the whole session: tests
+    read it and never change it (copy it first to change anything)."""
+    from small_job import plan_job, run_masktok
+
+    jd = plan_job(tmp_path_factory.mktemp("jobs") / "finished", job_corpus)
+    run_masktok("run", jd.root, "-q")
+    return jd

@@ -1,9 +1,8 @@
 """`masktok inspect` and `masktok report` on a small real job (tiny models, masks stored).
 
-The job (4 demo images, one broken; top_k 4, 2 inversion steps, shards of 3) is planned and
-run once per module with the `masktok` command, in a subprocess with a timeout (Ray waits
-forever when it cannot place work). The pictures are checked pixel by pixel through the
-layout the PNG carries in its metadata.
+The job is the session's one finished job (``finished_job``, conftest.py: 9 demo images, one
+broken; top_k 4, 2 inversion steps, shards of 3). The pictures are checked pixel by pixel
+through the layout the PNG carries in its metadata.
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ import base64
 import io
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,44 +18,18 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from masktok.pipeline.demo_corpus import write_demo_corpus
 from masktok.pipeline.views.inspect import inspect
 from masktok.pipeline.jobdir import JobDir
 from masktok.pipeline.views.jobview import decode_image, decode_rles, load_record, recompute_masks, stored_masks
 from masktok.pipeline.views.overlay import hatch_lines, scale_image, scale_masks
 from masktok.pipeline.views.report import report
 from masktok.pipeline.run import load_job
-
-MASKTOK = str(Path(sys.executable).parent / "masktok")
-IMAGES = ["scenes/000.png", "scenes/003.jpg", "quirks/broken.jpg", "quirks/rgba.png"]
-SMALL = ["--spec", "demo", "--set", "detect.top_k=4", "--set", "invert.iterations=2", "--shard-size", "3"]
+from small_job import JOB_IMAGES, manifest_index, plan_job
 
 
-def masktok(*args: object, timeout: int = 240) -> None:
-    result = subprocess.run([MASKTOK, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"masktok {args[0]}:\n{result.stdout}\n{result.stderr[-3000:]}"
-
-
-def plan(job: Path, corpus: tuple[Path, Path]) -> JobDir:
-    source, images = corpus
-    masktok("plan", job, "--corpus", "llava-instruct", "--source", source, "--image-root", images, *SMALL, "-q")
-    return JobDir(job)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("corpus")
-    write_demo_corpus(root)
-    source = root / "small.json"
-    source.write_text(json.dumps([{"id": str(i), "image": im, "conversations": []} for i, im in enumerate(IMAGES)]))
-    return source, root / "images"
-
-
-@pytest.fixture(scope="module")
-def job(tmp_path_factory: pytest.TempPathFactory, corpus: tuple[Path, Path]) -> JobDir:
-    jd = plan(tmp_path_factory.mktemp("jobs") / "small", corpus)
-    masktok("run", jd.root, "-q")
-    return jd
+@pytest.fixture
+def job(finished_job: JobDir) -> JobDir:
+    return finished_job
 
 
 def invoke(command, *args: object):
@@ -98,7 +69,7 @@ def test_inspect_draws_masks_exactly_where_they_are(job: JobDir, tmp_path: Path)
     assert pixels.shape[:2] == (layout["height"], layout["width"])
 
     spec, _ = load_job(job)
-    record = load_record(job, 3)  # manifest rows are sorted by id: quirks/*, then scenes/*
+    record = load_record(job, manifest_index(job, "scenes/003.jpg"))
     assert record.image_id == "scenes/003.jpg"
     image = decode_image(spec, record)
     plain = scale_image(image, layout["scale"])
@@ -123,9 +94,10 @@ def test_inspect_draws_masks_exactly_where_they_are(job: JobDir, tmp_path: Path)
 
 def test_inspect_by_index_with_maps_adds_a_tile_pair_per_object(job: JobDir, tmp_path: Path) -> None:
     by_id, by_digits, with_maps = tmp_path / "id.png", tmp_path / "digits.png", tmp_path / "maps.png"
+    index = manifest_index(job, "scenes/003.jpg")
     assert invoke(inspect, job.root, "scenes/003.jpg", "-o", by_id).exit_code == 0
-    assert invoke(inspect, job.root, "3", "-o", by_digits).exit_code == 0
-    result = invoke(inspect, job.root, "--index", 3, "--maps", "-o", with_maps)
+    assert invoke(inspect, job.root, str(index), "-o", by_digits).exit_code == 0
+    result = invoke(inspect, job.root, "--index", index, "--maps", "-o", with_maps)
     assert result.exit_code == 0, result.output
     a, layout = read_png(by_id)
     b, _ = read_png(by_digits)
@@ -136,20 +108,21 @@ def test_inspect_by_index_with_maps_adds_a_tile_pair_per_object(job: JobDir, tmp
     below = c[layout["height"]:]
     assert (below < 200).any(axis=2).mean() > 0.05, "the tiles hold pictures, not white space"
     top1 = tmp_path / "top1.png"
-    assert invoke(inspect, job.root, "--index", 3, "--top", 1, "-o", top1).exit_code == 0
+    assert invoke(inspect, job.root, "--index", index, "--top", 1, "-o", top1).exit_code == 0
     assert len(read_png(top1)[1]["objects"]) == 1
 
 
-def test_inspect_errors_and_failed_images(job: JobDir, corpus: tuple[Path, Path], tmp_path: Path) -> None:
+def test_inspect_errors_and_failed_images(job: JobDir, job_corpus: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "x.png"
     result = invoke(inspect, job.root, "scenes/999.jpg", "-o", out)
     assert result.exit_code == 1 and "no image 'scenes/999.jpg'" in result.output and "Traceback" not in result.output
-    result = invoke(inspect, job.root, "--index", 4, "-o", out)
-    assert result.exit_code == 1 and "index 4 is out of range" in result.output
+    past = len(JOB_IMAGES)
+    result = invoke(inspect, job.root, "--index", past, "-o", out)
+    assert result.exit_code == 1 and f"index {past} is out of range" in result.output
     result = invoke(inspect, job.root, "quirks/broken.jpg", "-o", out)
     assert result.exit_code == 0 and "FAILED at stage decode" in result.output
     assert read_png(out)[1]["width"] > 0
-    fresh = plan(tmp_path / "fresh", corpus)
+    fresh = plan_job(tmp_path / "fresh", job_corpus)
     result = invoke(inspect, fresh.root, "0", "-o", out)
     assert result.exit_code == 1 and "no results yet" in result.output
     result = invoke(report, fresh.root, "-o", tmp_path / "r.html")
@@ -159,7 +132,7 @@ def test_inspect_errors_and_failed_images(job: JobDir, corpus: tuple[Path, Path]
 def test_recomputed_masks_equal_the_stored_ones(job: JobDir) -> None:
     """The path taken when a job stores no masks: the front stages give the same rows."""
     spec, _ = load_job(job)
-    record = load_record(job, 2)
+    record = load_record(job, manifest_index(job, "scenes/000.png"))
     masks, note = recompute_masks(job, spec, record)
     assert "match" in note
     assert np.array_equal(masks, decode_rles(stored_masks(job, record)))

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from masktok.stages import maskinversion
 from masktok.stages.clip import TINY_CLIP_NAME, build_tiny_clip, register_tiny_clip_config
 from masktok.stages.invert import invert_batch, legrad_maps
 
@@ -119,13 +120,28 @@ def _image(seed: int) -> torch.Tensor:
     return torch.from_numpy(np.random.RandomState(seed).randn(3, 96, 96).astype(np.float32))
 
 
-@pytest.mark.parametrize("k", [1, 7, 101])
-def test_tokens_match_the_oracle(tiny, k: int) -> None:
+@pytest.mark.parametrize("k, masks_per_slice", [(1, None), (7, None), (7, 3)])
+def test_tokens_match_the_oracle(tiny, monkeypatch: pytest.MonkeyPatch, k: int, masks_per_slice: int | None) -> None:
+    """Batched (and, with ``masks_per_slice``, sliced: 3 + 3 + 1 masks) equals the oracle.
+
+    Conditioning: the comparison is only as good as the optimisation is stable. Two things
+    can turn fp32 rounding into a different token: AdamW's eps when gradient entries are near
+    1e-8 (the 1/K mean makes them small at large K), and a near-tie of the map's maximum,
+    whose min-max normalisation sends the gradient to one pixel or the other. At K=101 the
+    mask 30 of ``random_masks(101, 96, seed=101)`` is such a tie: the reference package itself
+    gives cosine 0.98 between its fp32 and fp64 tokens there, and the oracle and the stage land
+    on different sides of it. These inputs are well away from both (measured: stage vs
+    oracle cosine >= 1 - 2e-7, the oracle's fp32 vs fp64 tokens >= 1 - 1e-7). Large K is
+    checked against the reference package itself in ``test_invert_parity.py`` (one mask as
+    101 copies), which is cheaper and closer to the spec.
+    """
+    if masks_per_slice is not None:
+        monkeypatch.setattr(maskinversion, "_masks_per_slice", lambda *args: masks_per_slice)
     image, masks = _image(k), random_masks(k, 96, seed=k)
     tokens, losses, _ = invert_batch(tiny, image[None], [masks])
-    expected = oracle_invert(tiny, image, masks)  # K=101: ~18 s and ~3 GB here, by design
+    expected = oracle_invert(tiny, image, masks)
     cosine = F.cosine_similarity(tokens[0], expected, dim=-1)
-    assert cosine.min() >= 0.999, cosine.min()
+    assert cosine.min() >= 0.9999, cosine.min()
     assert torch.isfinite(losses[0]).all() and losses[0].shape == (k,)
 
 

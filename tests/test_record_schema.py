@@ -1,6 +1,6 @@
 """The record schema: the arrays of DESIGN.md, one source of truth (schemas/record.py)."""
 
-import numpy as np
+import zarr
 
 from masktok.schemas import record
 
@@ -26,10 +26,17 @@ def test_concrete_shapes_for_the_papers_models():
     assert record.record_shapes(dims)["image_id"] == ()
 
 
-def test_unwritten_rows_read_as_pending_and_suppressed():
-    assert record.BY_NAME["status"].fill == record.Status.PENDING == 0
-    assert record.BY_NAME["keep_rank"].fill == -1
-    assert record.BY_NAME["image_id"].numpy_dtype() == np.dtype(object)
+def test_unwritten_rows_read_as_pending_and_suppressed(tmp_path):
+    """A store whose shards were never written reads back as 'nothing to trust yet'."""
+    from masktok.stages.write import TokenDims, open_store
+
+    dims = TokenDims(K=3, D=4, C=5)
+    open_store(tmp_path / "tokens.zarr", rows=6, shard_size=4, dims=dims)
+    z = zarr.open_group(tmp_path / "tokens.zarr", mode="r")
+    assert z["status"][:].tolist() == [record.Status.PENDING] * 6
+    assert (z["keep_rank"][:] == -1).all() and (z["num_objects"][:] == 0).all()
+    assert z["image_id"][:].tolist() == [""] * 6
+    assert z["object_tokens"].shape == (6, 3, 4) and z["patch_tokens"].shape == (6, 36, 5)
 
 
 def test_every_array_is_either_a_json_scalar_or_an_npy_member():

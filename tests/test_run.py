@@ -1,10 +1,15 @@
 """`masktok run`, `status`, `verify`: the Ray job end to end with tiny models.
 
-Every run is a subprocess with a timeout (Ray waits forever when it cannot place work)."""
+Most tests read the session's one finished job (``finished_job``, conftest.py); those that
+need a job of their own plan it the same way (tests/small_job.py). Every run is a
+subprocess with a timeout (Ray waits forever when it cannot place work)."""
 
+import hashlib
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,49 +21,22 @@ import pytest
 import webdataset as wds
 import zarr
 
-from masktok.pipeline.demo_corpus import write_demo_corpus
 from masktok.pipeline.graph import operator_groups
 from masktok.pipeline.jobdir import JobDir
 from masktok.pipeline.models import resolve_checkpoints
 from masktok.pipeline.run import load_job
 from masktok.schemas.manifest import read_manifest
-
-MASKTOK = str(Path(sys.executable).parent / "masktok")
-IMAGES = ["scenes/000.png", "scenes/001.jpg", "scenes/002.jpg", "scenes/003.jpg", "scenes/004.png",
-          "quirks/broken.jpg", "quirks/cmyk.jpg", "quirks/animated.gif", "quirks/rgba.png"]
-SMALL = ["--set", "detect.top_k=4", "--set", "invert.iterations=2", "--shard-size", "3"]
-RUN_TIMEOUT = 300
+from small_job import JOB_IMAGES as IMAGES, MASKTOK, RUN_TIMEOUT, plan_job as plan, run_masktok as masktok
 
 
-def masktok(*args, timeout=RUN_TIMEOUT, check=True):
-    result = subprocess.run([MASKTOK, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"masktok {args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-3000:]}")
-    return result
+@pytest.fixture
+def finished(finished_job):
+    return finished_job
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    write_demo_corpus(root)
-    source = root / "small.json"
-    source.write_text(json.dumps([{"id": str(i), "image": im, "conversations": []} for i, im in enumerate(IMAGES)]))
-    return source, root / "images"
-
-
-def plan(job, corpus, *extra):
-    source, images = corpus
-    masktok("plan", job, "--spec", "demo", "--corpus", "llava-instruct", "--source", source, "--image-root", images,
-            *SMALL, *extra, "-q")
-    return JobDir(job)
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, corpus):
-    """A job run once, uninterrupted."""
-    jd = plan(tmp_path_factory.mktemp("jobs") / "a", corpus)
-    masktok("run", jd.root, "-q")
-    return jd
+@pytest.fixture
+def corpus(job_corpus):
+    return job_corpus
 
 
 def arrays(jd):
@@ -107,9 +85,14 @@ def test_bad_images_are_recorded_and_the_others_complete(finished):
 
 
 def test_a_committed_job_reruns_as_a_no_op(finished):
-    start = time.perf_counter()
+    def snapshot():  # every byte of the job (run.lock names the last run's holder)
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in finished.root.rglob("*")
+                if p.is_file() and p.name != "run.lock"}
+
+    before = snapshot()
     out = masktok("run", finished.root, "-q").stdout
-    assert "nothing to do" in out and time.perf_counter() - start < 30
+    assert "nothing to do" in out
+    assert snapshot() == before, "a rerun of a committed job changes nothing"
 
 
 def test_killed_run_resumes_to_the_same_arrays(tmp_path, corpus, finished):
@@ -156,8 +139,6 @@ def test_a_running_job_cannot_be_run_twice(tmp_path, corpus):
 
 
 def test_verify_names_a_flipped_byte_and_repair_uncommits_it(tmp_path, finished):
-    import shutil
-
     jd = JobDir(tmp_path / "copy")
     shutil.copytree(finished.root, jd.root)
     assert masktok("verify", jd.root).returncode == 0
@@ -173,20 +154,50 @@ def test_verify_names_a_flipped_byte_and_repair_uncommits_it(tmp_path, finished)
     assert status["shards_committed"] == 2 and status["images_pending"] == 3
 
 
-def test_a_dead_worker_is_replaced_and_the_job_finishes(tmp_path, corpus, finished):
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster():
+    """A one-node Ray cluster started as a user starts one (``ray start --head``), with the
+    dashboard, whose state API (``ray.util.state``) lists the actors and their pids.
+    Yields (the address for ``--ray-address``, the state API's address)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    gcs, dashboard = _free_port(), _free_port()
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
+                    "--include-dashboard=true", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_a_dead_worker_is_replaced_and_the_job_finishes(tmp_path, corpus, finished, ray_cluster):
+    """On a `ray start` cluster: a stage worker killed mid-run (as the OOM killer would) is
+    restarted by Ray Data and the job completes with the same tokens."""
+    from ray.util.state import list_actors
+
+    address, state_api = ray_cluster
     jd = plan(tmp_path / "d", corpus)
-    proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "-q"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "--ray-address", address, "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed = None
     deadline = time.time() + RUN_TIMEOUT
     while killed is None and time.time() < deadline and proc.poll() is None:
-        workers = subprocess.run(["pgrep", "-f", r"MapBatches\(StageGroup\)"], capture_output=True, text=True).stdout.split()
         done = len(list(jd.commits.glob("shard-*.json")))
-        if workers and done:
-            killed, done_at_kill = int(workers[-1]), done
-            os.kill(killed, signal.SIGKILL)  # as the OOM killer would
+        if done:
+            workers = [a for a in list_actors(address=state_api, filters=[("state", "=", "ALIVE")], detail=True)
+                       if "StageGroup" in a.class_name and a.pid]
+            if workers:
+                killed, done_at_kill = workers[-1].pid, done
+                os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
     out, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    assert killed is not None, "no Ray worker was found to kill"
+    assert killed is not None, "no stage worker was found to kill"
     assert done_at_kill < 3, "the worker should die while work remains"
     assert proc.returncode == 0, out[-3000:]
     status = json.loads(masktok("status", jd.root, "--json").stdout)
@@ -195,14 +206,9 @@ def test_a_dead_worker_is_replaced_and_the_job_finishes(tmp_path, corpus, finish
 
 
 def test_retry_failed_redoes_the_failed_images(tmp_path, corpus):
-    import shutil
-
-    source, images = corpus
     local = tmp_path / "images"
-    shutil.copytree(images, local)
-    jd = JobDir(tmp_path / "e")
-    masktok("plan", jd.root, "--spec", "demo", "--corpus", "llava-instruct", "--source", source, "--image-root", local,
-            *SMALL, "-q")
+    shutil.copytree(corpus[1], local)
+    jd = plan(tmp_path / "e", corpus, image_root=local)
     masktok("run", jd.root, "-q")
     assert json.loads(masktok("status", jd.root, "--json").stdout)["images_failed"] == 1
     shutil.copy(local / "scenes/001.jpg", local / "quirks/broken.jpg")  # the file is mended

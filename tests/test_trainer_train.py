@@ -69,11 +69,42 @@ def test_stage1_trains_the_projector_only(setup) -> None:
     assert load_file(str(setup["llm"] / "model.safetensors"))  # the source LM folder is untouched and loadable
     from masktok.trainer.generate import generate as run_generate
 
-    assert isinstance(run_generate(ck, setup["job"], "img/001.jpg", "ignored in stage 1", max_new_tokens=4), str)
+    answer = run_generate(ck, setup["job"], "img/001.jpg", "ignored in stage 1", max_new_tokens=4)
+    # stage 1 is LLaVA's plain template: the image alone, so the prompt changes nothing
+    assert answer == run_generate(ck, setup["job"], "img/001.jpg", "What is it?", max_new_tokens=4)
     s2 = run_train(cfg(setup, "stage2_from_1", max_steps=1, init_from=c.out, scaling="c7", lr=0.0))
     assert s2["step"] == 1  # stage 2 starts from the stage-1 projector (lr 0: it is unchanged)
     proj2 = torch.load(c.out.parent / "stage2_from_1" / "checkpoint-0000001" / "projector.pt")
     assert all(torch.equal(proj[k], proj2[k]) for k in proj)
+
+
+def test_generate_with_the_kv_cache_equals_greedy_recomputation(setup) -> None:
+    """MaskLlava.generate (KV cache, one new token per step) against recomputing the whole
+    sequence each step. Conditioning: an argmax is only comparable when the top two logits
+    are apart; the margin is asserted, so a tie would show up as what it is."""
+    import torch
+
+    from masktok.trainer import templates
+    from masktok.trainer.compose import compose
+    from masktok.trainer.generate import load_image
+    from masktok.trainer.readers import ZarrImages
+    from masktok.trainer.runtime import build_model, load_llm, load_tokenizer
+    from masktok.trainer.spec import parse_spec
+
+    tokenizer = load_tokenizer(setup["llm"])
+    visual = compose(load_image(setup["job"], "img/000.jpg"), parse_spec("cls,patch:9,obj:5"))
+    torch.manual_seed(0)
+    model = build_model(load_llm(setup["llm"]), ZarrImages(setup["job"]).dims).eval()
+    ids = templates.v1_prompt("Describe the image.", tokenizer, has_image=True)
+    cached = model.generate(ids, visual, max_new_tokens=6)  # no eos id: all 6 steps
+    sequence = list(ids)
+    with torch.no_grad():
+        for _ in range(6):
+            embeds, mask, _ = model.embed(torch.tensor([sequence]), torch.tensor([len(sequence)]), [visual])
+            top2 = model.llm(inputs_embeds=embeds, attention_mask=mask).logits[0, -1].topk(2)
+            assert top2.values[0] - top2.values[1] > 1e-4, "near-tie: choose another prompt"
+            sequence.append(int(top2.indices[0]))
+    assert cached == sequence[len(ids):]
 
 
 def test_resume_continues_from_the_checkpoint_step(setup) -> None:
@@ -105,7 +136,10 @@ def test_cli_train_generate_and_errors(setup) -> None:
     res = runner.invoke(generate, ["--checkpoint", str(out), "--cache", str(setup["job"]), "--image-id", "img/000.jpg",
                                    "--prompt", "Describe the image.", "--tokens", "patch:4", "--max-new-tokens", "5"])
     assert res.exit_code == 0, res.output
-    assert isinstance(res.output, str)
+    from masktok.trainer.generate import generate as run_generate
+
+    expected = run_generate(out, setup["job"], "img/000.jpg", "Describe the image.", tokens="patch:4", max_new_tokens=5)
+    assert res.output == expected + "\n", "the command prints the model's answer and nothing else"
     bad = [
         (train, [*args[:-7], "--tokens", "cls,patch:7:pool"], "token spec"),
         (train, [*args[:2], "--cache", str(setup["root"] / "nope"), *args[4:-5]], "no token cache"),

@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "stages" / "model_configs" / "masktok-tiny-clip.json"
 FIXTURE = ROOT / "tests" / "fixtures" / "maskinversion_reference.pt"
 SEED = 7
+#: The K-dependence case: this mask of :func:`inputs`, alone and as COPIES copies.
+K_MASK, COPIES = 3, 101
 CASES = {
     "quickgelu-defaults": dict(quick_gelu=True, layer_index=-1, alpha=0.0, lr=0.5, iterations=10, wd=0.0),
     "quickgelu-options": dict(quick_gelu=True, layer_index=-2, alpha=0.5, lr=0.3, iterations=8, wd=0.05),
@@ -84,6 +86,30 @@ def final_dice(wrapper: MaskInversion, image: torch.Tensor, masks: torch.Tensor,
     return torch.stack([batched_dice_loss(maps[k : k + 1], masks[k : k + 1]) for k in range(len(masks))])
 
 
+def k_dependence(visual_state: dict, image: torch.Tensor, masks: torch.Tensor) -> dict:
+    """Tokens of mask K_MASK alone and as COPIES copies (QuickGELU defaults), refused unless
+    the float64 reference gives the same tokens (the comparison must be well-conditioned)."""
+    case = CASES["quickgelu-defaults"]
+    options = {k: case[k] for k in ("layer_index", "alpha", "lr", "iterations", "wd")}
+
+    def tokens(count: int, dtype: torch.dtype) -> torch.Tensor:
+        wrapper = MaskInversion(build_model(True, visual_state), **options)
+        wrapper.to(dtype)  # LeWrapper copied the model's bound methods: this converts the model
+        mask = masks[K_MASK : K_MASK + 1].repeat(count, 1, 1)
+        out = wrapper.compute_maskinversion(image[None].to(dtype), mask.to(dtype)).detach()
+        assert (out - out[0]).abs().max() == 0, "copies of one mask must get one token"
+        return out[0].float()
+
+    alone, copies = tokens(1, torch.float32), tokens(COPIES, torch.float32)
+    for fp32, count in ((alone, 1), (copies, COPIES)):
+        cosine = F.cosine_similarity(fp32, tokens(count, torch.float64).float(), dim=0).item()
+        if cosine < 1 - 1e-7:
+            raise SystemExit(f"K={count}: fp32 and fp64 tokens differ (cosine {cosine}); the case is "
+                             "ill-conditioned, choose another K_MASK")
+    print("k-dependence: cosine alone vs copies", F.cosine_similarity(alone, copies, dim=0).item())
+    return {**case, "mask_index": K_MASK, "copies": COPIES, "alone": alone.clone(), "copies_token": copies.clone()}
+
+
 def main() -> None:
     visual_state = {k: v.clone() for k, v in build_model(True, None).visual.state_dict().items()}
     image, masks = inputs()
@@ -103,7 +129,7 @@ def main() -> None:
         print(name, "final dice", results[name]["losses"].numpy().round(4))
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"visual_state": visual_state, "image": image, "masks": masks.to(torch.uint8),
-                "cases": results, "versions": {"open_clip": "2.23.0", "maskinversion-torch": "1.1",
+                "cases": results, "k_dependence": k_dependence(visual_state, image, masks), "versions": {"open_clip": "2.23.0", "maskinversion-torch": "1.1",
                                                "legrad-torch": "1.1", "torch": str(torch.__version__)}}, FIXTURE)
     print("wrote", FIXTURE, FIXTURE.stat().st_size, "bytes")
 
