@@ -32,8 +32,9 @@ def du(path: Path) -> int:
 def in_process(jd, batch_size: int) -> float:
     """Stages called directly, batch by batch, shards written and committed as in a run."""
     from masktok.pipeline.commit import write_shard
-    from masktok.pipeline.graph import call_stage, operator_groups
-    from masktok.pipeline.models import resolve_checkpoints, token_dims
+    from masktok.pipeline.checkpoints import resolve_checkpoints, token_dims
+    from masktok.pipeline.graph import call_stage
+    from masktok.pipeline.topology import build_group, topology
     from masktok.pipeline.run import load_job
     from masktok.schemas.manifest import read_manifest
     from masktok.stages.write import open_store
@@ -41,8 +42,9 @@ def in_process(jd, batch_size: int) -> float:
     spec, meta = load_job(jd)
     rows = read_manifest(jd.manifest).to_pylist()
     start = time.perf_counter()
-    stages = [(n, make()) for _, _, fs in operator_groups(spec, spec.corpus.image_root, resolve_checkpoints(spec, jd))
-              for n, make in fs]
+    checkpoints = resolve_checkpoints(spec, jd)
+    stages = [named for group in topology(spec)
+              for named in build_group(spec, group, spec.corpus.image_root, checkpoints)]
     dims, size = token_dims(spec), spec.shards.size
     group = open_store(jd.tokens, len(rows), size, dims)
     for s0 in range(0, len(rows), size):
@@ -70,7 +72,7 @@ def main() -> None:
     import shutil
 
     from masktok.pipeline.demo_corpus import write_demo_corpus
-    from masktok.pipeline.jobdir import JobDir
+    from masktok.schemas.jobdir import JobDir
     from masktok.schemas.record import ARRAYS
 
     shutil.rmtree(args.work, ignore_errors=True)

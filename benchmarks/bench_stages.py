@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from masktok.pipeline.demo_corpus import draw_scene
-from masktok.pipeline.tiny_models import materialize_tiny_checkpoints
-from masktok.schemas.spec import DecodeSpec, DetectSpec, FilterSpec, SegmentSpec
+from masktok.models import load_model, materialize_tiny
+from masktok.schemas.spec import DecodeSpec, DetectSpec, FilterSpec
 from masktok.stages.background import BackgroundStage
 from masktok.stages.batch import decode_mask, encode_masks
 from masktok.stages.decode import DecodeStage
@@ -98,7 +98,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
-    checkpoints = materialize_tiny_checkpoints(work / "models")
+    checkpoints = materialize_tiny(work / "models")
     root = work / "images"
     root.mkdir()
     rng = random.Random(0)
@@ -110,9 +110,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
 
     stages = {
         "decode": DecodeStage(DecodeSpec(), root),
-        "detect (tiny DETR, top 100)": DetectStage(DetectSpec(), checkpoints["detector"]),
-        "segment (tiny SAM, 100 boxes)": SegmentStage(
-            SegmentSpec(model_type="tiny"), checkpoints["sam"]),
+        "detect (tiny DETR, top 100)": DetectStage(*load_model("detector", checkpoints["detector"]),
+                                                   top_k=DetectSpec().top_k),
+        "segment (tiny SAM, 100 boxes)": SegmentStage(load_model("sam", checkpoints["sam"], variant="tiny")),
         "box masks (source=boxes)": BoxMaskStage(),
         "tiles (source=tiles, 54)": TileMaskStage(),
         "background (101 masks)": BackgroundStage(),

@@ -3,7 +3,7 @@ CLIP vision tower on the images, and the data loaders' samples/s from Zarr and W
 
 - train: stage-2 steps (projector + tiny Llama, batch B, fp32 on CPU) over a synthetic
   cache with the demo's widths (K=21, D=32, C=64), samples/s. "tower" runs, in each step,
-  a frozen CLIP vision forward (``masktok.stages.clip.encode_vision``) on B random images
+  a frozen CLIP vision forward (``masktok.stages.vision.encode_vision``) on B random images
   and feeds its global and patch tokens instead of the cached ones (the object tokens stay
   the cached ones, or zeros of the tower's width, so both sequences have the same length).
   The ratio cached/tower is what the cache saves on the global/patch tokens alone; the
@@ -53,7 +53,9 @@ def main() -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    from masktok.stages.clip import build_tiny_clip, encode_vision
+    from masktok.models.clip import build_tiny_clip
+    from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+    from masktok.stages.vision import encode_vision
     from masktok.stages.write import TokenDims
     from masktok.trainer.compose import VisualTokens
     from masktok.trainer.data import ConversationDataset, ItemBuilder, StreamingConversations, collate
@@ -61,9 +63,8 @@ def main() -> None:
     from masktok.trainer.readers import WdsImages, ZarrImages
     from masktok.trainer.records import join_records, load_records
     from masktok.trainer.runtime import build_model, load_llm, load_tokenizer
-    from masktok.trainer.spec import parse_spec
-    from masktok.trainer.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
     from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.trainer.token_spec import parse_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
     dims = TokenDims(K=21, D=32, C=64)

@@ -1,6 +1,7 @@
 """The `masktok` command line. Each command is a thin shell over a function of pipeline/;
-every expected problem (bad spec, bad corpus, refused job) is one line on stderr and
-exit status 1, never a traceback."""
+every expected problem (bad spec, bad corpus, refused job) is a ``MasktokError``, which the
+group prints as one line on stderr with exit status 1, never a traceback
+(schemas/errors.py)."""
 
 from __future__ import annotations
 
@@ -13,32 +14,16 @@ from typing import Any
 import click
 
 from ..jobs import BUNDLED, bundled_spec
-from ..schemas.manifest import ManifestError
-from ..schemas.spec import CORPUS_KINDS, SpecError, apply_overrides, read_toml, set_value, spec_from_dict
-from ..stages.errors import ModelLoadError
+from ..schemas.errors import Group
+from ..schemas.jobdir import JobDir
+from ..schemas.spec import CORPUS_KINDS, apply_overrides, read_toml, set_value, spec_from_dict
 from ..trainer.cli import generate, train
-from .corpus import CorpusError
-from .errors import CheckpointError, RunError
-from .jobdir import JobDir
+from .plan import plan_job
 from .views.inspect import inspect
-from .views.jobview import InspectError
-from .lock import LockedError
-from .plan import PlanError, plan_job
 from .views.report import report
 
-USER_ERRORS = (SpecError, PlanError, CorpusError, ManifestError, RunError, CheckpointError, LockedError, ModelLoadError,
-               InspectError)
 
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except USER_ERRORS as exc:
-            raise click.ClickException(str(exc)) from None
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version("masktok"), prog_name="masktok")
 def main() -> None:
     """Precompute Mask-LLaVA visual tokens (global, pooled patch and object tokens) for

@@ -1,4 +1,4 @@
-"""Commit and verify shards: the rule that makes a job resumable.
+"""Write and verify shards: the rule that makes a job resumable.
 
 A shard counts as done only when ``commits/shard-NNNNNN.json`` exists. Everything the
 shard writes (its Zarr chunks, its tar) is written and fsynced first; the commit file is
@@ -7,6 +7,7 @@ committed and whole, or uncommitted (and redone by the next run).
 
 The commit file records the row range, counts, the failures, and a SHA-256 of every
 array slice and of the tar, which `masktok verify` recomputes from what is on disk.
+Reading commit files is schemas/commits.py (readers need it without the writers).
 """
 
 from __future__ import annotations
@@ -21,23 +22,12 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ..schemas.commits import Commit
+from ..schemas.jobdir import JobDir
 from ..schemas.record import ARRAYS, Status
+from ..schemas.versions import COMMIT_VERSION
 from ..stages.write import TokenDims, checksum, encode_wds_shard, failures_of, shard_rows, write_zarr_rows
-from .jobdir import JobDir, fsync_dir, write_atomic
-
-COMMIT_VERSION = 1
-
-
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:06d}"
-
-
-def commit_path(jd: JobDir, shard: int) -> Path:
-    return jd.commits / f"{shard_name(shard)}.json"
-
-
-def wds_path(jd: JobDir, shard: int) -> Path:
-    return jd.wds / f"{shard_name(shard)}.tar"
+from .durable import fsync_dir, write_atomic
 
 
 def _fsync_chunks(group_path: Path, shard: int, names: list[str]) -> None:
@@ -62,7 +52,7 @@ def _fsync_chunks(group_path: Path, shard: int, names: list[str]) -> None:
 
 def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int, items: list[dict[str, Any]],
                 dims: TokenDims, fingerprint: str, webdataset: bool = True, rle_masks: bool = False,
-                manifest_digest: str | None = None) -> dict[str, Any]:
+                manifest_digest: str | None = None) -> Commit:
     """Write one finished shard to both sinks, then commit it. Returns the commit record."""
     rows = shard_rows(items, start, end, dims)
     sums = write_zarr_rows(group, start, rows, flush=lambda names: _fsync_chunks(jd.tokens, shard, names))
@@ -70,9 +60,9 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
     if webdataset:
         data = encode_wds_shard(items, start, rows, rle_masks)
         jd.wds.mkdir(exist_ok=True)
-        write_atomic(wds_path(jd, shard), data)
+        write_atomic(jd.wds_path(shard), data)
         fsync_dir(jd.wds)
-        tar = {"file": wds_path(jd, shard).name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        tar = {"file": jd.wds_path(shard).name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     failures = failures_of(items)
     commit = {
         "version": COMMIT_VERSION, "shard": shard, "rows": [start, end],
@@ -82,39 +72,12 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
         "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     jd.commits.mkdir(exist_ok=True)
-    write_atomic(commit_path(jd, shard), json.dumps(commit, indent=1).encode())
+    write_atomic(jd.commit_path(shard), json.dumps(commit, indent=1).encode())
     fsync_dir(jd.commits)
     return commit
 
 
-def read_commits(jd: JobDir) -> dict[int, dict[str, Any]]:
-    """Every commit file of the job, by shard (temp files of an interrupted write ignored).
-
-    An unreadable commit file (a flipped byte, a truncated copy) is returned as
-    ``{"unreadable": reason}`` under the shard its name gives: it is not a valid commit.
-    """
-    if not jd.commits.is_dir():
-        return {}
-    out: dict[int, dict[str, Any]] = {}
-    for path in sorted(jd.commits.glob("shard-*.json")):
-        shard = int(path.stem.removeprefix("shard-")) if path.stem.removeprefix("shard-").isdigit() else -1
-        try:
-            commit = json.loads(path.read_text())
-            if commit["shard"] != shard or len(commit["rows"]) != 2:
-                raise ValueError("its content names another shard")
-        except (ValueError, KeyError, TypeError) as exc:
-            out[shard] = {"unreadable": f"{path.name}: unreadable commit file ({type(exc).__name__}: {exc})"}
-            continue
-        out[shard] = commit
-    return out
-
-
-def valid_commits(jd: JobDir) -> dict[int, dict[str, Any]]:
-    """The readable commits only."""
-    return {s: c for s, c in read_commits(jd).items() if "unreadable" not in c}
-
-
-def verify_shard(jd: JobDir, group: zarr.Group, commit: dict[str, Any]) -> list[str]:
+def verify_shard(jd: JobDir, group: zarr.Group, commit: Commit) -> list[str]:
     """What is wrong with a committed shard on disk (empty list: it matches its commit)."""
     if "unreadable" in commit:
         return [commit["unreadable"]]

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
+from ..schemas.errors import CorpusError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 _WS = re.compile(r"[ \t\n\r]*")
 EXAMPLES_KEPT = 5
-
-
-class CorpusError(ValueError):
-    """A corpus that cannot be read at all; the message says where and why."""
 
 
 @dataclass

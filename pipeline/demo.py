@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..jobs import bundled_spec
+from ..schemas.jobdir import JobDir
 from ..schemas.spec import apply_overrides, read_toml, spec_from_dict
 from .graph import quiet_model_libraries
-from .jobdir import JobDir
 from .plan import plan_job
 from .run import run_job
 from .status import job_status, verify_job

@@ -1,13 +1,10 @@
-"""The Ray Data execution graph: stages wrapped as actor pools, one operator per group.
+"""The Ray Data execution graph: one actor pool per group of the stage topology
+(topology.py), with that group's resources; each actor builds its group's models and
+stages once.
 
 Ray Data moves each image as one pickled item (a dict of the batch contract in
 ``masktok.stages``) in a binary column, so ragged arrays and RLE masks need no schema.
-The operators and their resources come from the spec:
-
-    decode           [decode.resources]
-    detect | tiles   [detect.resources]
-    segment | boxes  + background + filter   [segment.resources]   (tiles: folded into detect)
-    invert           [invert.resources]      (drops the image before the results travel)
+The last group (invert) drops the image before the results travel to the driver.
 
 An exception that escapes a stage for a whole batch is retried item by item; an item
 that still raises becomes a failure of that stage, so one bad image never stops a job.
@@ -24,18 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..schemas.spec import JobSpec, Resources
-from ..stages.background import BackgroundStage
+from ..schemas.spec import JobSpec
 from ..stages.batch import exception_reason, fail, failed
-from ..stages.decode import DecodeStage
-from ..stages.detect import DetectStage
-from ..stages.filter import FilterStage
-from ..stages.invert import InvertStage
-from ..stages.masks import BoxMaskStage, TileMaskStage
-from ..stages.segment import SegmentStage
+from .topology import build_group, topology
 
 Item = dict[str, Any]
-StageFactory = Callable[[], Callable[[list[Item]], list[Item]]]
 RESULT_DROPS = ("image",)
 _OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)  # what the writer does not need: never ship it back
 
@@ -82,11 +72,13 @@ def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list
 
 
 class StageGroup:
-    """A Ray Data callable class: builds its stages once per actor, runs them in order."""
+    """A Ray Data callable class: builds group ``index`` of the topology once per actor
+    (models loaded on the actor's device), runs its stages in order."""
 
-    def __init__(self, factories: list[tuple[str, StageFactory]], drop: tuple[str, ...] = ()):
+    def __init__(self, spec: JobSpec, index: int, image_root: str, checkpoints: dict[str, str],
+                 drop: tuple[str, ...] = ()):
         quiet_model_libraries()
-        self.stages = [(name, make()) for name, make in factories]
+        self.stages = build_group(spec, topology(spec)[index], image_root, checkpoints)
         self.drop = drop
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -99,24 +91,6 @@ class StageGroup:
         return {"item": np.array([pickle.dumps(it, protocol=5) for it in items], dtype=object)}
 
 
-def operator_groups(spec: JobSpec, image_root: str, checkpoints: dict[str, str]) -> list[tuple[str, Resources, list]]:
-    """(name, resources, stage factories) of each Ray operator, in pipeline order."""
-    P = functools.partial
-    tail = [("background", BackgroundStage), ("filter", P(FilterStage, spec.filter))]
-    groups: list[tuple[str, Resources, list]] = [
-        ("decode", spec.decode.resources, [("decode", P(DecodeStage, spec.decode, image_root))])]
-    if spec.masks.source == "tiles":
-        groups.append(("tiles", spec.detect.resources, [("tiles", TileMaskStage), *tail]))
-    else:
-        groups.append(("detect", spec.detect.resources,
-                       [("detect", P(DetectStage, spec.detect, checkpoints["detector"]))]))
-        masks = (("segment", P(SegmentStage, spec.segment, checkpoints["sam"])) if spec.masks.source == "sam"
-                 else ("boxes", BoxMaskStage))
-        groups.append((masks[0], spec.segment.resources, [masks, *tail]))
-    groups.append(("invert", spec.invert.resources, [("invert", P(InvertStage, spec.invert, checkpoints["clip"]))]))
-    return groups
-
-
 def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints: dict[str, str]):
     """The lazy Ray Dataset that turns planned items into finished ones."""
     import ray.data
@@ -127,11 +101,13 @@ def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints
     ray.data.DataContext.get_current().target_max_block_size = 1
     ds = ray.data.from_items([{"item": pickle.dumps(it, protocol=5)} for it in items],
                              override_num_blocks=max(1, min(len(items), 256)))
-    groups = operator_groups(spec, image_root, checkpoints)
-    for i, (name, res, factories) in enumerate(groups):
+    groups = topology(spec)
+    for i, group in enumerate(groups):
+        res = group.resources
         drop = RESULT_DROPS if i == len(groups) - 1 else ()
         ds = ds.map_batches(
-            StageGroup, fn_constructor_args=(factories, drop), batch_size=res.batch_size, batch_format="numpy",
+            StageGroup, fn_constructor_args=(spec, i, image_root, checkpoints, drop), batch_size=res.batch_size,
+            batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.cpus, num_gpus=res.gpus,
             udf_modifying_row_count=False,  # actors restart and retry their batch: Ray Data's default
         )

@@ -20,9 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-
-class LockedError(RuntimeError):
-    pass
+from ..schemas.errors import LockedError
 
 
 def _owner(path: Path) -> dict[str, Any]:

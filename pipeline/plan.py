@@ -19,20 +19,18 @@ import numpy as np
 from tqdm import tqdm
 
 from ..schemas import manifest as manifest_schema
-from ..schemas.spec import JobSpec, SpecError, expand_env, fingerprint, fingerprint_diff, read_toml, spec_to_toml
+from ..schemas.errors import PlanError, SpecError
+from ..schemas.jobdir import JobDir
+from ..schemas.spec import JobSpec, expand_env, fingerprint, fingerprint_diff, read_toml, spec_to_toml
 from ..schemas.versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION
 from .corpus import EXAMPLES_KEPT, CorpusScan, scan_folder, scan_llava
-from .jobdir import JobDir, write_atomic
+from .durable import write_atomic
 from .lock import RunLock
 
 JOB_TOML_HEADER = (
     "# masktok job: the resolved spec this job runs with, written by `masktok plan`.\n"
     "# Do not edit: plan again (with --force) to change it. [meta] is not part of the spec.\n\n"
 )
-
-
-class PlanError(ValueError):
-    """A job that cannot be planned; the message says why in one line."""
 
 
 @dataclass
@@ -217,7 +215,7 @@ def plan_job(jobdir: Path, spec: JobSpec, *, force: bool = False, progress: bool
 
 def _write_job(jd: JobDir, spec: JobSpec, table, digest: str, summary: PlanSummary, force: bool) -> None:
     jd.root.mkdir(parents=True, exist_ok=True)
-    with RunLock(jd.root / "run.lock"):  # never re-plan under a running job
+    with RunLock(jd.run_lock):  # never re-plan under a running job
         _replace_job(jd, spec, table, digest, summary, force)
 
 

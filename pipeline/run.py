@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from ..schemas.manifest import read_manifest
 from ..schemas.spec import JobSpec, apply_overrides, fingerprint, fingerprint_diff, read_toml, spec_from_dict
-from ..stages.errors import ModelLoadError
-from .errors import RunError
-from .commit import commit_path, read_commits, valid_commits, write_shard
-from .jobdir import JobDir, write_atomic
+from ..schemas.commits import read_commits, valid_commits
+from ..schemas.errors import ModelLoadError, RunError
+from ..schemas.jobdir import JobDir
+from .commit import write_shard
+from .durable import write_atomic
 from .lock import RunLock
 
 FAILURES_SCHEMA = pa.schema([("index", pa.int64()), ("image_id", pa.string()), ("shard", pa.int32()),
@@ -99,9 +100,9 @@ def _start_ray(address: str | None, spec: JobSpec) -> bool:
 
 def check_gpus_fit(spec: JobSpec, cluster_gpus: float) -> None:
     """Ray Data waits forever, silently, for GPUs the cluster does not have: refuse instead."""
-    from .graph import operator_groups
+    from .topology import topology
 
-    asked = {name: res.actors * res.gpus for name, res, _ in operator_groups(spec, "", defaultdict(str)) if res.gpus}
+    asked = {g.name: g.resources.actors * g.resources.gpus for g in topology(spec) if g.resources.gpus}
     if sum(asked.values()) > cluster_gpus + 1e-9:
         detail = ", ".join(f"{name} {n:g}" for name, n in asked.items())
         raise RunError(f"the spec asks for {sum(asked.values()):g} GPUs ({detail}) and the Ray cluster has "
@@ -112,7 +113,7 @@ def check_gpus_fit(spec: JobSpec, cluster_gpus: float) -> None:
 def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str, ...] = (),
             retry_failed: bool = False, progress: bool = True, echo: Callable[[str], None] = print) -> RunSummary:
     spec, meta = load_job(jd, overrides)
-    with RunLock(jd.root / "run.lock") as lock:
+    with RunLock(jd.run_lock) as lock:
         if lock.took_over:
             echo(f"took over the lock of a dead run (pid {lock.took_over.get('pid')})")
         return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, echo)
@@ -131,7 +132,7 @@ def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int, retry_failed:
                        "plan again with --force")
     if retry_failed:
         for shard in [s for s, c in commits.items() if c["images_failed"]]:
-            commit_path(jd, shard).unlink()  # uncommitted first: a kill now loses nothing
+            jd.commit_path(shard).unlink()  # uncommitted first: a kill now loses nothing
             del commits[shard]
     return [s for s in range(shards) if s not in commits], len(commits)
 
@@ -165,7 +166,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
 
     from ..stages.write import open_store
     from .graph import build_dataset
-    from .models import resolve_checkpoints, token_dims
+    from .checkpoints import resolve_checkpoints, token_dims
 
     checkpoints = resolve_checkpoints(spec, jd)
     dims = token_dims(spec)

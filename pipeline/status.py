@@ -7,10 +7,11 @@ from typing import Any
 
 import zarr
 
+from ..schemas.commits import read_commits, valid_commits
+from ..schemas.jobdir import JobDir
 from ..schemas.manifest import read_manifest
 from ..schemas.record import Status
-from .commit import commit_path, read_commits, valid_commits, verify_shard
-from .jobdir import JobDir
+from .commit import verify_shard
 from .lock import lock_holder
 
 RATE_WINDOW = 20  # commits
@@ -29,7 +30,7 @@ def job_status(jd: JobDir) -> dict[str, Any]:
     if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
         rate = sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0]).total_seconds()
     pending = total - ok - failed
-    running = lock_holder(jd.root / "run.lock")
+    running = lock_holder(jd.run_lock)
     return {
         "images_total": total, "images_done": ok, "images_failed": failed, "images_pending": pending,
         "shards_total": shards_total, "shards_committed": len(commits), "shards_pending": shards_total - len(commits),
@@ -48,7 +49,7 @@ def verify_job(jd: JobDir, repair: bool = False) -> dict[int, list[str]]:
         bad = {shard: [f"{jd.tokens} is missing"] for shard in sorted(commits)}
         if repair:
             for shard in bad:
-                commit_path(jd, shard).unlink()
+                jd.commit_path(shard).unlink()
         return bad
     group = zarr.open_group(jd.tokens, mode="r+" if repair else "r")
     bad = {}
@@ -57,7 +58,7 @@ def verify_job(jd: JobDir, repair: bool = False) -> dict[int, list[str]]:
         if problems:
             bad[shard] = problems
             if repair:
-                commit_path(jd, shard).unlink()  # uncommitted first, then the rows marked pending
+                jd.commit_path(shard).unlink()  # uncommitted first, then the rows marked pending
                 if "unreadable" not in commit:
                     start, end = commit["rows"]
                     group["status"][start:end] = Status.PENDING

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import ManifestError
 from .versions import MANIFEST_SCHEMA_VERSION
 
 VERSION = MANIFEST_SCHEMA_VERSION
@@ -27,10 +28,6 @@ SCHEMA = pa.schema(
     ],
     metadata={"masktok.manifest_version": str(VERSION)},
 )
-
-
-class ManifestError(ValueError):
-    pass
 
 
 def build_table(image_ids: list[str], paths: list[str], corpus_rows: list[list[int]], shard_size: int) -> pa.Table:

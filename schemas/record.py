@@ -22,7 +22,8 @@ import numpy as np
 
 from .versions import RECORD_SCHEMA_VERSION
 
-POOLED_PATCHES = 36  # 24x24 ViT-L/14-336 patch grid average-pooled 4x4 -> 6x6
+POOLED_GRID = 6  # 24x24 ViT-L/14-336 patch grid average-pooled 4x4 -> 6x6
+POOLED_PATCHES = POOLED_GRID * POOLED_GRID  # 36, stored in raster order
 VERSION = RECORD_SCHEMA_VERSION
 
 
@@ -74,6 +75,9 @@ BY_NAME = {a.name: a for a in ARRAYS}
 # are .npy members named after the array.
 SCALARS = ("image_id", "status", "width", "height", "num_objects", "patch_norm_mean", "patch_norm_std")
 TENSORS = tuple(a.name for a in ARRAYS if a.name not in SCALARS)
+# Arrays with one row per object (axis K): only the first ``num_objects`` rows are real, and a
+# WebDataset sample (or a reader's record) holds only those.
+OBJECT_ARRAYS = tuple(a.name for a in ARRAYS if a.axes[1:2] == ("K",))
 
 
 def sample_key(index: int) -> str:

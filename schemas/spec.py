@@ -28,15 +28,12 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import SpecError
 from .versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION, SPEC_VERSION
 
 CORPUS_KINDS = ("llava-pretrain", "llava-instruct", "folder")
 TINY = "tiny"
 _NOT_IN_FINGERPRINT = {"job", "resources", "meta"}
-
-
-class SpecError(ValueError):
-    """A job spec that cannot be used; the message names the key and the problem."""
 
 
 class _Section(BaseModel):

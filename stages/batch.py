@@ -57,11 +57,38 @@ def encode_mask(mask: np.ndarray) -> dict:
     return encode_masks(mask[None])[0]
 
 
+def rle_to_json(rle: dict) -> dict:
+    """A COCO RLE dict as JSON can hold it (``counts`` as str), e.g. a sample's masks.json."""
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.decode() if isinstance(counts, bytes) else counts}
+
+
+def rle_from_json(rle: dict) -> dict:
+    """The inverse of :func:`rle_to_json`: the dict pycocotools takes (``counts`` as bytes)."""
+    counts = rle["counts"]
+    return {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+
+
 def decode_mask(rle: dict) -> np.ndarray:
-    """One COCO RLE dict -> bool ``[H, W]``."""
+    """One COCO RLE dict (``counts`` as bytes or str) -> bool ``[H, W]``."""
     with warnings.catch_warnings():  # pycocotools' __array__ predates numpy 2's copy keyword
         warnings.simplefilter("ignore", DeprecationWarning)
-        return mask_utils.decode(rle).astype(bool)
+        return mask_utils.decode(rle_from_json(rle)).astype(bool)
+
+
+def decode_masks(rles: list[dict], size: tuple[int, int] | None = None) -> np.ndarray:
+    """COCO RLE dicts -> bool ``[K, H, W]``, the inverse of :func:`encode_masks`.
+
+    With ``size`` (H, W) every mask must have that size (ValueError otherwise), and no
+    masks give ``[0, H, W]``; without it, no masks give ``[0, 0, 0]``.
+    """
+    if size is not None:
+        for rle in rles:
+            if tuple(rle["size"]) != tuple(size):
+                raise ValueError(f"mask size {tuple(rle['size'])} differs from image size {tuple(size)}")
+    if not rles:
+        return np.zeros((0, *(size or (0, 0))), bool)
+    return np.stack([decode_mask(rle) for rle in rles])
 
 
 def take_rows(item: Item, rows: np.ndarray | list[int]) -> None:

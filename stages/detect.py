@@ -1,8 +1,5 @@
-"""Detection stage: Deformable-DETR boxes (paper: the top 100 boxes per image).
-
-The model part: the real loader for a Hugging Face folder (the layout of
-``SenseTime/deformable-detr``) and a tiny, seeded preset of the same architecture that tests
-and the demo save and reload through that loader. The stage part: :class:`DetectStage`.
+"""Detection stage: Deformable-DETR boxes (paper: the top 100 boxes per image). The model is
+built in ``models/detector.py``.
 
 Class-agnostic top-k: each query is one box, scored by its highest class probability
 (sigmoid, as Deformable-DETR is trained with a sigmoid focal loss; there is no "no object"
@@ -20,153 +17,14 @@ float rounding, ~1e-7).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import (
-    DeformableDetrConfig,
-    DeformableDetrForObjectDetection,
-    DeformableDetrImageProcessor,
-    ResNetConfig,
-)
+from transformers import DeformableDetrForObjectDetection, DeformableDetrImageProcessor
 
-from ..schemas.spec import DetectSpec
-from .batch import Batch, Item, exception_reason, fail, failed, pick_device
-from .errors import ModelLoadError, require_materialised
+from .batch import Batch, Item, exception_reason, fail, failed
 
-#: The pipeline keeps the top 100 boxes, so a detector needs at least this many queries.
-MIN_QUERIES = 100
-
-_CONFIG_FILE = "config.json"
-_PROCESSOR_FILE = "preprocessor_config.json"
-
-
-def build_tiny_detector(
-    seed: int = 0,
-) -> tuple[DeformableDetrForObjectDetection, DeformableDetrImageProcessor]:
-    """A randomly initialised Deformable-DETR with the paper's architecture, but tiny.
-
-    The backbone is a 4-stage transformers ResNet (no timm, nothing pretrained, nothing
-    downloaded) feeding 3 feature levels plus one extra conv level, as in the real model.
-    The decoder has 2 layers: transformers ties the per-layer class/box heads and fails to
-    build with a single decoder layer. The processor resizes the shortest edge to 128
-    (longest edge at most 213, the real 800/1333 ratio).
-    """
-    backbone = ResNetConfig(
-        embedding_size=8,
-        hidden_sizes=[8, 16, 32, 64],
-        depths=[1, 1, 1, 1],
-        layer_type="basic",
-        out_features=["stage2", "stage3", "stage4"],
-    )
-    config = DeformableDetrConfig(
-        backbone_config=backbone,
-        use_timm_backbone=False,
-        use_pretrained_backbone=False,
-        d_model=32,
-        encoder_layers=1,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        encoder_n_points=2,
-        decoder_n_points=2,
-        num_feature_levels=4,
-        num_queries=MIN_QUERIES,
-        num_labels=91,  # COCO ids, as in SenseTime/deformable-detr
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DeformableDetrForObjectDetection(config)
-    processor = DeformableDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 213})
-    return model.eval(), processor
-
-
-def save_detector(
-    model: DeformableDetrForObjectDetection,
-    processor: DeformableDetrImageProcessor,
-    folder: Path,
-) -> Path:
-    """Save model and processor as a Hugging Face folder (config.json, model.safetensors,
-    preprocessor_config.json), the layout :func:`load_detector` reads."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def _check_folder(folder: Path) -> None:
-    expected = (
-        f"a Hugging Face Deformable-DETR folder with {_CONFIG_FILE} and {_PROCESSOR_FILE} "
-        "(e.g. a download of SenseTime/deformable-detr)"
-    )
-    if not folder.is_dir():
-        raise ModelLoadError(f"detector folder not found: {folder}; expected {expected}")
-    for name in (_CONFIG_FILE, _PROCESSOR_FILE):
-        if not (folder / name).is_file():
-            raise ModelLoadError(f"detector folder {folder} has no {name}; expected {expected}")
-    try:
-        model_type = json.loads((folder / _CONFIG_FILE).read_text()).get("model_type")
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {folder / _CONFIG_FILE}: {exc}") from exc
-    if model_type != "deformable_detr":
-        raise ModelLoadError(
-            f"detector folder {folder} holds a {model_type!r} model; expected 'deformable_detr'"
-        )
-
-
-def _own_cpu_memory(model: torch.nn.Module) -> None:
-    """Copy every CPU parameter and buffer into freshly allocated memory.
-
-    from_pretrained leaves CPU weights memory-mapped from model.safetensors at unaligned
-    offsets; CPU kernels then take other code paths and outputs differ from the same weights
-    in ordinary memory in the last bits. Copying makes CPU results reproducible (bit-identical
-    to the in-memory model) and releases the file. Tied parameters stay tied because each
-    Parameter object is updated in place.
-    """
-    with torch.no_grad():
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            if tensor.device.type == "cpu":
-                tensor.data = tensor.data.clone()
-
-
-def load_detector(
-    folder: str | Path,
-    device: str | torch.device = "cpu",
-) -> tuple[DeformableDetrForObjectDetection, DeformableDetrImageProcessor]:
-    """Load a Deformable-DETR detector and its image processor from a local folder.
-
-    Accepts a Hugging Face folder as ``SenseTime/deformable-detr`` ships it (config.json,
-    preprocessor_config.json, model.safetensors or pytorch_model.bin), including configs with
-    a timm backbone (timm must then be installed; its weights come from the folder, never from
-    a hub). Nothing is downloaded (local_files_only). The model is returned in eval mode.
-    """
-    folder = Path(folder)
-    _check_folder(folder)
-    try:
-        model = DeformableDetrForObjectDetection.from_pretrained(folder, local_files_only=True)
-        processor = DeformableDetrImageProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(
-            f"cannot load Deformable-DETR from {folder}: {first_line}"
-        ) from exc
-    if model.config.num_queries < MIN_QUERIES:
-        raise ModelLoadError(
-            f"detector in {folder} has {model.config.num_queries} queries; "
-            f"expected at least {MIN_QUERIES} (the pipeline keeps the top {MIN_QUERIES} boxes)"
-        )
-    model = model.to(device)
-    _own_cpu_memory(model)
-    return model.eval(), processor
-
-
-# --- the stage ------------------------------------------------------------------------------
 
 
 def class_agnostic_top_k(
@@ -195,36 +53,14 @@ def to_pixel_xyxy(boxes_cxcywh: torch.Tensor, width: int, height: int) -> np.nda
 class DetectStage:
     """Adds ``boxes`` (float32 [M, 4] xyxy pixels, clipped) and ``scores`` (float32 [M]).
 
-    ``M = min(detect.top_k, num_queries)``, rows sorted by descending score. ``checkpoint``
-    overrides ``spec.checkpoint`` (the pipeline resolves ``"tiny"`` to a materialised
-    preset folder first).
+    ``M = min(top_k, num_queries)``, rows sorted by descending score. Runs on the model's
+    device.
     """
 
-    def __init__(
-        self,
-        spec: DetectSpec,
-        checkpoint: str | Path | None = None,
-        device: str | torch.device | None = None,
-    ) -> None:
-        path = spec.checkpoint if checkpoint is None else checkpoint
-        require_materialised(path, "detect.checkpoint")
-        self.top_k = spec.top_k
-        self.device = pick_device(device)
-        self.model, self.processor = load_detector(path, self.device)
-
-    @classmethod
-    def from_model(
-        cls,
-        model: DeformableDetrForObjectDetection,
-        processor: DeformableDetrImageProcessor,
-        top_k: int = MIN_QUERIES,
-        device: str | torch.device | None = None,
-    ) -> DetectStage:
-        """A stage around an in-memory model (tests: compare with the loaded checkpoint)."""
-        stage = cls.__new__(cls)
-        stage.top_k, stage.device = top_k, pick_device(device)
-        stage.model, stage.processor = model.to(stage.device).eval(), processor
-        return stage
+    def __init__(self, model: DeformableDetrForObjectDetection, processor: DeformableDetrImageProcessor,
+                 top_k: int = 100) -> None:
+        self.model, self.processor, self.top_k = model.eval(), processor, top_k
+        self.device = next(model.parameters()).device
 
     def _preprocess(self, item: Item) -> torch.Tensor | None:
         try:

@@ -32,7 +32,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ..schemas.spec import FilterSpec
-from .batch import Batch, Item, decode_mask, failed, take_rows
+from .batch import Batch, Item, decode_masks, failed, take_rows
 
 
 #: Measured on one core: one RLE run-pair step costs about this many dense multiply-adds.
@@ -42,7 +42,7 @@ _RLE_STEP_IN_MACS = 70.0
 def _dense_iou(masks: list[dict]) -> np.ndarray:
     height, width = masks[0]["size"]
     dtype = torch.float32 if height * width < 2**24 else torch.float64
-    flat = torch.from_numpy(np.stack([decode_mask(m).reshape(-1) for m in masks])).to(dtype)
+    flat = torch.from_numpy(decode_masks(masks).reshape(len(masks), -1)).to(dtype)
     inter = (flat @ flat.T).double().numpy()
     areas = np.diag(inter)
     union = areas[:, None] + areas[None, :] - inter

@@ -16,49 +16,33 @@ inverted, suppressed ones (``keep_rank == -1``) included, as the paper does for 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
+from ..models.clip import preprocess_cfg
 from ..schemas.spec import InvertSpec
-from .batch import Batch, decode_mask, exception_reason, fail, failed, pick_device
-from .clip import llava_pad_image, llava_pad_masks, load_clip, preprocess_cfg
-from .errors import require_materialised
+from .batch import Batch, decode_masks, exception_reason, fail, failed
 from .maskinversion import invert_batch, invert_masks, legrad_maps
+from .vision import llava_pad_image, llava_pad_masks
 
 __all__ = ["InvertStage", "invert_masks", "invert_batch", "legrad_maps"]
-
-
-def decode_masks(rles: list[dict], height: int, width: int) -> np.ndarray:
-    """COCO RLE dicts -> bool [K, H, W]; every mask must have the image's size."""
-    decoded = []
-    for rle in rles:
-        if tuple(rle["size"]) != (height, width):
-            raise ValueError(f"mask size {tuple(rle['size'])} differs from image size {(height, width)}")
-        decoded.append(decode_mask(rle))
-    return np.stack(decoded) if decoded else np.zeros((0, height, width), bool)
 
 
 class InvertStage:
     """CLIP forward + MaskInversion over a batch of records.
 
-    ``spec``: the job's ``invert`` section. ``checkpoint``: the resolved weights path
-    (default ``spec.checkpoint``; a real file: the pipeline materialises ``"tiny"`` first). Images are
-    processed ``images_per_group`` at a time, all their masks optimised together (default:
-    the whole batch on a GPU, which keeps it busy; 1 on CPU, where grouping gains nothing
-    and costs memory). ``spec.precision == "bf16"`` runs the network and the LeGrad
-    products under bf16 autocast; tokens, optimiser and losses stay fp32.
+    ``model``: a built open_clip CLIP (``models/clip.py``); the stage runs on its device.
+    ``spec``: the job's ``invert`` section. Images are processed ``images_per_group`` at a
+    time, all their masks optimised together (default: the whole batch on a GPU, which keeps
+    it busy; 1 on CPU, where grouping gains nothing and costs memory).
+    ``spec.precision == "bf16"`` runs the network and the LeGrad products under bf16
+    autocast; tokens, optimiser and losses stay fp32.
     """
 
-    def __init__(self, spec: InvertSpec, checkpoint: str | Path | None = None,
-                 device: str | torch.device | None = "auto", images_per_group: int | None = None) -> None:
-        self.spec = spec
-        self.device = pick_device(None if str(device) == "auto" else device)
-        path = spec.checkpoint if checkpoint is None else checkpoint
-        require_materialised(path, "invert.checkpoint")
-        self.model = load_clip(spec.model, path, device=self.device)
-        cfg = preprocess_cfg(self.model)
+    def __init__(self, model: torch.nn.Module, spec: InvertSpec, images_per_group: int | None = None) -> None:
+        self.spec, self.model = spec, model.eval()
+        self.device = next(model.parameters()).device
+        cfg = preprocess_cfg(model)
         size = cfg["size"]
         self.size = int(size if isinstance(size, int) else size[0])
         self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
@@ -68,7 +52,7 @@ class InvertStage:
         image = np.asarray(item["image"])
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-        masks = decode_masks(list(item.get("masks", [])), *image.shape[:2])
+        masks = decode_masks(list(item.get("masks", [])), image.shape[:2])
         return llava_pad_image(image, self.size, self.mean, self.std), llava_pad_masks(masks, self.size)
 
     def __call__(self, batch: Batch) -> Batch:

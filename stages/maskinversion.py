@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .clip import VisionFeatures, encode_vision
+from .vision import VisionFeatures, encode_vision
 from .legrad import BlockLinearisation, PositiveGradRelevance, legrad_start_depth, relevance_to_map
 
 #: Largest precomputed LeGrad operator (all layers, all images of a group) kept in memory.

@@ -23,13 +23,13 @@ import webdataset as wds
 import zarr
 
 from ..schemas import record
-from ..schemas.record import ARRAYS, SCALARS, TENSORS, Status, sample_key
-
-OBJECT_ARRAYS = ("object_tokens", "boxes", "scores", "keep_rank", "inversion_loss")
+from ..schemas.record import ARRAYS, OBJECT_ARRAYS, SCALARS, TENSORS, Status, sample_key
+from .batch import rle_to_json
 
 
 class WriteError(RuntimeError):
-    """An item that breaks the batch contract (a bug upstream, not a bad image)."""
+    """An item or store that breaks the write contract: a bug of the caller, not a user
+    error, so it is no ``MasktokError`` and keeps its traceback."""
 
 
 @dataclass(frozen=True)
@@ -138,14 +138,9 @@ def _sample(index: int, rows: dict[str, np.ndarray], i: int, item: dict[str, Any
             value = rows[name][i]
             sample[f"{name}.npy"] = value[:k] if name in OBJECT_ARRAYS else value
         if rle_masks:
-            sample["masks.json"] = [_rle_json(m) for m in item["masks"][:k]]
+            sample["masks.json"] = [rle_to_json(m) for m in item["masks"][:k]]
     sample["json"] = meta
     return sample
-
-
-def _rle_json(rle: dict[str, Any]) -> dict[str, Any]:
-    counts = rle["counts"]
-    return {"size": list(rle["size"]), "counts": counts.decode() if isinstance(counts, bytes) else counts}
 
 
 def encode_wds_shard(items: list[dict[str, Any]], start: int, rows: dict[str, np.ndarray],

@@ -35,11 +35,11 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     """The tiny detector/SAM/CLIP presets (seed 0) saved in the real formats, once per session.
 
     Keys: "detector" (HF folder), "sam" (.pth, model_type "tiny"), "clip" (state dict for
-    masktok.stages.clip.TINY_CLIP_NAME).
+    masktok.models.clip.TINY_CLIP_NAME).
     """
-    from masktok.pipeline.tiny_models import materialize_tiny_checkpoints
+    from masktok.models import materialize_tiny
 
-    return materialize_tiny_checkpoints(tmp_path_factory.mktemp("tiny_checkpoints"), seed=0)
+    return materialize_tiny(tmp_path_factory.mktemp("tiny_checkpoints"), seed=0)
 
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from masktok.pipeline.demo_corpus import write_demo_corpus
-from masktok.pipeline.jobdir import JobDir
+from masktok.schemas.jobdir import JobDir
 
 #: Demo scenes plus the file quirks of real corpora (quirks/broken.jpg is truncated, so one
 #: image fails at decode). Manifest rows are sorted by image id.

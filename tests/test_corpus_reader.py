@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from masktok.pipeline.corpus import CorpusError, iter_json_array, lexical_reject
+from masktok.pipeline.corpus import iter_json_array, lexical_reject
+from masktok.schemas.errors import CorpusError
 
 TRICKY = [
     {"id": "1", "image": "coco/train2017/000000033471.jpg", "conversations": [{"from": "human", "value": "<image>\nA \"quoted\" ünïcødé ✓ \\ path"}]},

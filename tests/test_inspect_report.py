@@ -19,10 +19,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from masktok.pipeline.views.inspect import inspect
-from masktok.pipeline.jobdir import JobDir
-from masktok.pipeline.views.jobview import decode_image, decode_rles, load_record, recompute_masks, stored_masks
+from masktok.pipeline.views.jobview import load_record, read_image, recompute_masks, stored_masks
+from masktok.stages.batch import decode_masks
 from masktok.pipeline.views.overlay import hatch_lines, scale_image, scale_masks
 from masktok.pipeline.views.report import report
+from masktok.schemas.jobdir import JobDir
 from masktok.pipeline.run import load_job
 from small_job import JOB_IMAGES, manifest_index, plan_job
 
@@ -71,13 +72,13 @@ def test_inspect_draws_masks_exactly_where_they_are(job: JobDir, tmp_path: Path)
     spec, _ = load_job(job)
     record = load_record(job, manifest_index(job, "scenes/003.jpg"))
     assert record.image_id == "scenes/003.jpg"
-    image = decode_image(spec, record)
+    image = read_image(spec, record)
     plain = scale_image(image, layout["scale"])
     assert layout["plain"][2:] == [plain.shape[1], plain.shape[0]] and layout["scale"] >= 2
     assert np.array_equal(panel(pixels, layout["plain"]), plain), "the plain panel is the image, pixel for pixel"
 
     overlay = panel(pixels, layout["overlay"]).astype(int)
-    masks = scale_masks(decode_rles(stored_masks(job, record)), layout["scale"])
+    masks = scale_masks(decode_masks(stored_masks(job, record)), layout["scale"])
     keep = record.rows("keep_rank")
     kept = np.zeros(plain.shape[:2], bool)
     for r in layout["objects"]:
@@ -135,7 +136,7 @@ def test_recomputed_masks_equal_the_stored_ones(job: JobDir) -> None:
     record = load_record(job, manifest_index(job, "scenes/000.png"))
     masks, note = recompute_masks(job, spec, record)
     assert "match" in note
-    assert np.array_equal(masks, decode_rles(stored_masks(job, record)))
+    assert np.array_equal(masks, decode_masks(stored_masks(job, record)))
 
 
 def test_report_is_one_self_contained_page(job: JobDir, tmp_path: Path) -> None:

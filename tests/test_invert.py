@@ -10,14 +10,10 @@ import torch.nn.functional as F
 from masktok.schemas.record import POOLED_PATCHES
 from masktok.schemas.spec import InvertSpec
 from masktok.stages.batch import encode_masks
-from masktok.stages.clip import (
-    TINY_CLIP_NAME,
-    build_tiny_clip,
-    encode_vision,
-    llava_pad_image,
-    llava_pad_masks,
-)
+from masktok.models import load_model
+from masktok.models.clip import TINY_CLIP_NAME, build_tiny_clip
 from masktok.stages.invert import InvertStage, invert_masks
+from masktok.stages.vision import encode_vision, llava_pad_image, llava_pad_masks
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -120,9 +116,14 @@ def _item(seed: int, height: int, width: int, k: int) -> dict:
     return {"image": image, "masks": encode_masks(masks)}
 
 
-def test_stage_fills_the_record_fields(tiny_checkpoints) -> None:
+@pytest.fixture(scope="module")
+def tiny_clip(tiny_checkpoints) -> torch.nn.Module:
+    return load_model("clip", tiny_checkpoints["clip"], variant=TINY_CLIP_NAME, device="cpu")
+
+
+def test_stage_fills_the_record_fields(tiny_clip) -> None:
     spec = InvertSpec(model=TINY_CLIP_NAME, iterations=3)
-    stage = InvertStage(spec, tiny_checkpoints["clip"], device="cpu")
+    stage = InvertStage(tiny_clip, spec)
     bad = _item(3, 40, 40, 2)
     bad["masks"] = encode_masks(np.zeros((1, 20, 20), bool))  # wrong size
     earlier = {"error": {"stage": "decode", "reason": "x"}}
@@ -137,18 +138,17 @@ def test_stage_fills_the_record_fields(tiny_checkpoints) -> None:
     assert earlier == {"error": {"stage": "decode", "reason": "x"}}
     assert bad["error"]["stage"] == "invert" and "object_tokens" not in bad
 
-    grouped = InvertStage(spec, tiny_checkpoints["clip"], device="cpu", images_per_group=4)
+    grouped = InvertStage(tiny_clip, spec, images_per_group=4)
     again = grouped([_item(1, 70, 110, 5), _item(2, 90, 50, 2)])
     for a, b in zip(again, (batch[0], batch[2])):
         assert F.cosine_similarity(torch.from_numpy(a["object_tokens"]),
                                    torch.from_numpy(b["object_tokens"])).min() > 0.999
 
 
-def test_bf16_tokens_stay_close_to_fp32(tiny_checkpoints) -> None:
+def test_bf16_tokens_stay_close_to_fp32(tiny_clip) -> None:
     item = _item(4, 64, 80, 4)
-    fp32 = InvertStage(InvertSpec(model=TINY_CLIP_NAME, iterations=3), tiny_checkpoints["clip"], device="cpu")
-    bf16 = InvertStage(InvertSpec(model=TINY_CLIP_NAME, iterations=3, precision="bf16"),
-                       tiny_checkpoints["clip"], device="cpu")
+    fp32 = InvertStage(tiny_clip, InvertSpec(model=TINY_CLIP_NAME, iterations=3))
+    bf16 = InvertStage(tiny_clip, InvertSpec(model=TINY_CLIP_NAME, iterations=3, precision="bf16"))
     a, b = fp32([dict(item)])[0], bf16([dict(item)])[0]
     cosine = F.cosine_similarity(torch.from_numpy(a["object_tokens"]), torch.from_numpy(b["object_tokens"]))
     assert cosine.min() > 0.98

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from masktok.stages import maskinversion
-from masktok.stages.clip import TINY_CLIP_NAME, build_tiny_clip, register_tiny_clip_config
+from masktok.models.clip import TINY_CLIP_NAME, build_tiny_clip, register_tiny_clip_config
 from masktok.stages.invert import invert_batch, legrad_maps
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from masktok.stages.clip import TINY_CLIP_NAME, build_tiny_clip, register_tiny_clip_config
+from masktok.models.clip import TINY_CLIP_NAME, build_tiny_clip, register_tiny_clip_config
 from masktok.stages.invert import invert_masks, legrad_maps
 
 FIXTURE = Path(__file__).parent / "fixtures" / "maskinversion_reference.pt"

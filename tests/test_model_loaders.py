@@ -1,4 +1,4 @@
-"""The real model loaders, exercised with the tiny presets (DESIGN.md, "Models and weights")."""
+"""The real model loaders, exercised with the tiny presets (docs/architecture.md, "Models")."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 from segment_anything import SamPredictor
 
-from masktok.pipeline.tiny_models import materialize_tiny_checkpoints
-from masktok.stages.clip import TINY_CLIP_NAME, build_tiny_clip, load_clip, save_clip
-from masktok.stages.detect import build_tiny_detector, load_detector, save_detector
-from masktok.stages.errors import ModelLoadError
-from masktok.stages.segment import build_tiny_sam, load_sam, save_sam
+from masktok.models import load_model, materialize_tiny
+from masktok.models.clip import TINY_CLIP_NAME, build_tiny_clip, load_clip, save_clip
+from masktok.models.detector import build_tiny_detector, load_detector, save_detector
+from masktok.schemas.errors import ModelLoadError
+from masktok.models.sam import build_tiny_sam, load_sam, save_sam
 
 BOX = np.array([10, 12, 120, 80])
 
@@ -266,7 +266,20 @@ def test_materialize_twice_rewrites_nothing(tiny_checkpoints) -> None:
     folder = tiny_checkpoints["sam"].parent
     files = [p for p in folder.rglob("*") if p.is_file()]
     stamps = {p: p.stat().st_mtime_ns for p in files}
-    again = materialize_tiny_checkpoints(folder, seed=0)
+    again = materialize_tiny(folder, seed=0)
     assert again == tiny_checkpoints
     assert {p: p.stat().st_mtime_ns for p in files} == stamps
     assert {p for p in folder.rglob("*") if p.is_file()} == set(files)  # no temp leftovers
+
+
+def test_the_registry_loads_each_model_by_name(tiny_checkpoints) -> None:
+    detector, _ = load_model("detector", tiny_checkpoints["detector"], device="cpu")
+    assert _same_state(detector, build_tiny_detector(seed=0)[0])
+    assert _same_state(load_model("sam", tiny_checkpoints["sam"], variant="tiny", device="cpu"), build_tiny_sam(seed=0))
+    clip = load_model("clip", tiny_checkpoints["clip"], variant=TINY_CLIP_NAME, device="cpu")
+    assert _same_state(clip, build_tiny_clip(seed=0))
+    with pytest.raises(ModelLoadError, match="unknown model 'yolo'"):
+        load_model("yolo", tiny_checkpoints["clip"])
+    with pytest.raises(ModelLoadError, match="materialised first"):
+        load_model("sam", "tiny", variant="tiny")
+

@@ -1,10 +1,11 @@
-"""The record schema: the arrays of DESIGN.md, one source of truth (schemas/record.py)."""
+"""The record schema: the arrays of docs/jobdir.md ("tokens.zarr: the record"), one source of
+truth (schemas/record.py)."""
 
 import zarr
 
 from masktok.schemas import record
 
-DESIGN_TABLE = {
+DOCUMENTED_TABLE = {
     "image_id": ("N", "str"), "status": ("N", "uint8"), "width": ("N", "int32"), "height": ("N", "int32"),
     "num_objects": ("N", "int16"), "object_tokens": ("N,K,D", "float16"), "boxes": ("N,K,4", "float32"),
     "scores": ("N,K", "float32"), "keep_rank": ("N,K", "int16"), "inversion_loss": ("N,K", "float32"),
@@ -13,8 +14,8 @@ DESIGN_TABLE = {
 }
 
 
-def test_arrays_match_the_design_table():
-    assert {a.name: (",".join(a.axes), a.dtype) for a in record.ARRAYS} == DESIGN_TABLE
+def test_arrays_match_the_documented_table():
+    assert {a.name: (",".join(a.axes), a.dtype) for a in record.ARRAYS} == DOCUMENTED_TABLE
 
 
 def test_concrete_shapes_for_the_papers_models():
@@ -40,7 +41,7 @@ def test_unwritten_rows_read_as_pending_and_suppressed(tmp_path):
 
 
 def test_every_array_is_either_a_json_scalar_or_an_npy_member():
-    assert set(record.SCALARS) | set(record.TENSORS) == set(DESIGN_TABLE)
+    assert set(record.SCALARS) | set(record.TENSORS) == set(DOCUMENTED_TABLE)
     assert not set(record.SCALARS) & set(record.TENSORS)
 
 
@@ -48,3 +49,8 @@ def test_sample_keys_are_zero_padded_and_sort_like_the_manifest():
     keys = [record.sample_key(i) for i in (0, 9, 10, 123456)]
     assert keys == sorted(keys) and keys[0] == "000000000"
     assert all("." not in k and "/" not in k for k in keys)
+
+
+def test_object_arrays_are_the_rows_along_k():
+    assert record.OBJECT_ARRAYS == ("object_tokens", "boxes", "scores", "keep_rank", "inversion_loss")
+    assert record.POOLED_PATCHES == record.POOLED_GRID**2 == 36

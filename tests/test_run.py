@@ -21,9 +21,9 @@ import pytest
 import webdataset as wds
 import zarr
 
-from masktok.pipeline.graph import operator_groups
-from masktok.pipeline.jobdir import JobDir
-from masktok.pipeline.models import resolve_checkpoints
+from masktok.schemas.jobdir import JobDir
+from masktok.pipeline.checkpoints import resolve_checkpoints
+from masktok.pipeline.topology import build_group, topology
 from masktok.pipeline.run import load_job
 from masktok.schemas.manifest import read_manifest
 from small_job import JOB_IMAGES as IMAGES, MASKTOK, RUN_TIMEOUT, plan_job as plan, run_masktok as masktok
@@ -54,9 +54,10 @@ def test_zarr_equals_webdataset_equals_the_stages(finished):
 
     spec, _ = load_job(finished)
     items = [{k: row[k] for k in ("index", "image_id", "path")} for row in manifest]
-    for _, _, factories in operator_groups(spec, spec.corpus.image_root, resolve_checkpoints(spec, finished)):
-        for _, make in factories:
-            items = make()(items)
+    checkpoints = resolve_checkpoints(spec, finished)
+    for group in topology(spec):
+        for _, stage in build_group(spec, group, spec.corpus.image_root, checkpoints, device="cpu"):
+            items = stage(items)
     for item in items:
         i, s = item["index"], samples[item["index"]]
         assert z["image_id"][i] == s["json"]["image_id"] == item["image_id"]
@@ -221,11 +222,11 @@ def test_retry_failed_redoes_the_failed_images(tmp_path, corpus):
 
 def test_a_model_that_cannot_load_in_an_actor_is_one_clear_line():
     from masktok.pipeline.run import _model_load_error
-    from masktok.stages.errors import ModelLoadError
+    from masktok.schemas.errors import ModelLoadError
 
     remote = RuntimeError("The actor died because of an error raised in its creation task, ray::MapWorker:\n"
                           "Traceback (most recent call last):\n  File \"segment.py\", line 148\n"
-                          "masktok.stages.errors.ModelLoadError: SAM checkpoint /w/sam.pth does not match model_type 'vit_b'")
+                          "masktok.schemas.errors.ModelLoadError: SAM checkpoint /w/sam.pth does not match model_type 'vit_b'")
     wrapper = ValueError("execution failed")
     wrapper.__cause__ = remote
     assert _model_load_error(wrapper) == "SAM checkpoint /w/sam.pth does not match model_type 'vit_b'"
@@ -234,7 +235,7 @@ def test_a_model_that_cannot_load_in_an_actor_is_one_clear_line():
 
 
 def test_gpus_the_cluster_lacks_are_refused_not_waited_for():
-    from masktok.pipeline.errors import RunError
+    from masktok.schemas.errors import RunError
     from masktok.pipeline.run import check_gpus_fit
     from masktok.schemas.spec import JobSpec
 

@@ -5,8 +5,9 @@ import tomllib
 import pytest
 
 from masktok.jobs import BUNDLED, bundled_spec
+from masktok.schemas.errors import SpecError
 from masktok.schemas.spec import (
-    JobSpec, SpecError, apply_overrides, expand_env, fingerprint, fingerprint_diff, load_spec,
+    JobSpec, apply_overrides, expand_env, fingerprint, fingerprint_diff, load_spec,
     spec_from_dict, spec_to_toml,
 )
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from masktok.schemas.spec import DetectSpec
-from masktok.stages.detect import DetectStage, build_tiny_detector, class_agnostic_top_k, to_pixel_xyxy
-from masktok.stages.errors import ModelLoadError
+from masktok.models import load_model
+from masktok.models.detector import build_tiny_detector
+from masktok.schemas.errors import ModelLoadError
+from masktok.stages.detect import DetectStage, class_agnostic_top_k, to_pixel_xyxy
 
 SIZES = [(320, 240), (240, 320), (320, 240), (500, 200)]  # (width, height); two share a shape
 
@@ -30,7 +31,7 @@ def _items(images: list[np.ndarray]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def stage(tiny_checkpoints) -> DetectStage:
-    return DetectStage(DetectSpec(top_k=100), tiny_checkpoints["detector"], device="cpu")
+    return DetectStage(*load_model("detector", tiny_checkpoints["detector"], device="cpu"), top_k=100)
 
 
 def test_top_k_is_one_box_per_query_by_best_class_probability() -> None:
@@ -67,8 +68,8 @@ def test_boxes_are_pixel_xyxy_clipped_to_the_image() -> None:
     assert xyxy.tolist() == [[50, 25, 150, 75], [0, 70, 30, 100]]
 
 
-def test_top_k_from_spec(tiny_checkpoints) -> None:
-    stage = DetectStage(DetectSpec(top_k=7), tiny_checkpoints["detector"], device="cpu")
+def test_top_k_limits_the_boxes(tiny_checkpoints) -> None:
+    stage = DetectStage(*load_model("detector", tiny_checkpoints["detector"], device="cpu"), top_k=7)
     (item,) = stage(_items(_images()[:1]))
     assert item["boxes"].shape == (7, 4)
 
@@ -86,7 +87,7 @@ def test_mixed_sizes_in_one_batch_equal_one_at_a_time(stage) -> None:
 
 
 def test_loaded_preset_gives_identical_stage_outputs(stage) -> None:
-    in_memory = DetectStage.from_model(*build_tiny_detector(seed=0), top_k=100, device="cpu")
+    in_memory = DetectStage(*build_tiny_detector(seed=0), top_k=100)
     for loaded_item, memory_item in zip(stage(_items(_images())), in_memory(_items(_images()))):
         assert np.array_equal(loaded_item["boxes"], memory_item["boxes"])
         assert np.array_equal(loaded_item["scores"], memory_item["scores"])
@@ -96,7 +97,7 @@ def test_failed_items_pass_through_and_tiny_needs_a_path(stage) -> None:
     failed = {"index": 0, "image_id": "a", "path": "a", "error": {"stage": "decode", "reason": "x"}}
     assert stage([dict(failed)]) == [failed]
     with pytest.raises(ModelLoadError, match="materialise"):
-        DetectStage(DetectSpec(checkpoint="tiny"))
+        load_model("detector", "tiny")
 
 
 def test_pil_and_array_inputs_agree(stage) -> None:

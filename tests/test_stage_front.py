@@ -14,7 +14,7 @@ from masktok.pipeline.demo_corpus import write_quirks
 from masktok.schemas.spec import JobSpec
 from masktok.stages.batch import ROW_KEYS
 from masktok.stages.detect import DetectStage
-from masktok.stages.front import front_stages, run_stages
+from masktok.pipeline.topology import front_stages, run_stages
 from masktok.stages.segment import SegmentStage
 
 
@@ -57,7 +57,7 @@ def test_each_mask_source_produces_the_contract(corpus, tiny_checkpoints, source
         "masks": {"source": source}, "segment": {"model_type": "tiny"},
         "filter": {"iou_threshold": 0.8, "max_objects": max_objects},
     })
-    stages = front_stages(spec, root, tiny_checkpoints["detector"], tiny_checkpoints["sam"], "cpu")
+    stages = front_stages(spec, root, tiny_checkpoints, "cpu")
     has_models = [type(s) for s in stages if isinstance(s, (DetectStage, SegmentStage))]
     assert has_models == {"sam": [DetectStage, SegmentStage], "boxes": [DetectStage], "tiles": []}[source]
     out = run_stages(stages, [dict(item) for item in batch])

@@ -8,13 +8,24 @@ from pycocotools import mask as mask_utils
 
 from masktok.schemas.spec import FilterSpec
 from masktok.stages.background import BackgroundStage
-from masktok.stages.batch import decode_mask
+from masktok.stages.batch import decode_mask, decode_masks, encode_masks, rle_to_json
 from masktok.stages.filter import FilterStage
 from masktok.stages.masks import BoxMaskStage, TileMaskStage, box_masks, tile_boxes
 
 
 def _item(width: int, height: int, **extra) -> dict:
     return {"index": 0, "image_id": "x", "path": "x", "width": width, "height": height, **extra}
+
+
+def test_rle_codec_round_trips_through_json() -> None:
+    """One decoder for the stages' RLEs (counts bytes) and masks.json's (counts str)."""
+    masks = np.random.default_rng(0).random((3, 7, 5)) > 0.5
+    rles = encode_masks(masks)
+    assert np.array_equal(decode_masks(rles), masks)
+    assert np.array_equal(decode_masks([rle_to_json(r) for r in rles], size=(7, 5)), masks)
+    assert decode_masks([], size=(7, 5)).shape == (0, 7, 5) and decode_masks([]).shape == (0, 0, 0)
+    with pytest.raises(ValueError, match="differs from image size"):
+        decode_masks(rles, size=(5, 7))
 
 
 def test_integer_box_covers_exactly_its_pixels() -> None:

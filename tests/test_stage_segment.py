@@ -8,9 +8,10 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from masktok.schemas.spec import SegmentSpec
+from masktok.models import load_model
+from masktok.models.sam import build_tiny_sam
 from masktok.stages.batch import decode_mask
-from masktok.stages.segment import SegmentStage, build_tiny_sam
+from masktok.stages.segment import SegmentStage
 
 SIZES = [(160, 96), (90, 130), (300, 41)]  # (width, height)
 
@@ -33,8 +34,8 @@ def _items() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def stage(tiny_checkpoints) -> SegmentStage:
-    spec = SegmentSpec(checkpoint=str(tiny_checkpoints["sam"]), model_type="tiny")
-    return SegmentStage(spec, device="cpu", upsample_chunk=2)  # chunks of 2: 5 boxes -> 3 chunks
+    sam = load_model("sam", tiny_checkpoints["sam"], variant="tiny", device="cpu")
+    return SegmentStage(sam, upsample_chunk=2)  # chunks of 2: 5 boxes -> 3 chunks
 
 
 def test_masks_equal_sam_predictor_box_by_box(stage) -> None:
@@ -60,7 +61,7 @@ def test_mixed_sizes_in_one_batch_equal_one_at_a_time(stage) -> None:
 
 
 def test_loaded_preset_gives_identical_stage_outputs(stage) -> None:
-    in_memory = SegmentStage.from_model(build_tiny_sam(seed=0), device="cpu", upsample_chunk=16)
+    in_memory = SegmentStage(build_tiny_sam(seed=0), upsample_chunk=16)
     for loaded, memory in zip(stage(_items()), in_memory(_items())):
         assert loaded["masks"] == memory["masks"]
         assert np.array_equal(loaded["mask_iou"], memory["mask_iou"])

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from masktok.schemas.errors import TokenSpecError
 from masktok.trainer.compose import compose, reduce_patches, select_objects
 from masktok.trainer.position import box_center_embedding, sincos_2d
 from masktok.trainer.scaling import CacheStats, scale_tokens
-from masktok.trainer.spec import PAPER_SPECS, TokenSpecError, parse_spec, prune_indices
+from masktok.trainer.token_spec import PAPER_SPECS, parse_spec, prune_indices
 
 D, C = 32, 8
 
@@ -133,7 +134,7 @@ def test_compose_scales_global_and_objects_not_patches() -> None:
 def test_cache_stats_pool_the_per_image_statistics(tmp_path) -> None:
     from masktok.stages.write import TokenDims
     from masktok.trainer.stats import cache_stats
-    from masktok.trainer.tiny_cache import tiny_items, write_tiny_cache
+    from masktok.pipeline.tiny_cache import tiny_items, write_tiny_cache
 
     dims = TokenDims(K=6, D=16, C=24)
     job = write_tiny_cache(tmp_path / "job", n=7, shard_size=3, dims=dims, failed=(2,))

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+from masktok.schemas.errors import CacheError
 from masktok.trainer import templates
 from masktok.trainer.compose import compose
 from masktok.trainer.data import ConversationDataset, ItemBuilder, StreamingConversations
 from masktok.trainer.distributed import ResumableSampler
-from masktok.trainer.readers import CacheError, WdsImages, ZarrImages, split_for_worker
+from masktok.trainer.readers import WdsImages, ZarrImages, split_for_worker
 from masktok.trainer.records import join_records, load_records
-from masktok.trainer.spec import parse_spec
-from masktok.trainer.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+from masktok.trainer.token_spec import parse_spec
 
 N = 10
 

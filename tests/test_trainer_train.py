@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
 from masktok.trainer.cli import generate, train
 from masktok.trainer.runtime import TrainConfig
-from masktok.trainer.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
 from masktok.trainer.train import train as run_train
 
 N = 12
@@ -89,7 +89,7 @@ def test_generate_with_the_kv_cache_equals_greedy_recomputation(setup) -> None:
     from masktok.trainer.generate import load_image
     from masktok.trainer.readers import ZarrImages
     from masktok.trainer.runtime import build_model, load_llm, load_tokenizer
-    from masktok.trainer.spec import parse_spec
+    from masktok.trainer.token_spec import parse_spec
 
     tokenizer = load_tokenizer(setup["llm"])
     visual = compose(load_image(setup["job"], "img/000.jpg"), parse_spec("cls,patch:9,obj:5"))

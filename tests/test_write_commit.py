@@ -8,7 +8,8 @@ import webdataset as wds
 import zarr
 
 from masktok.pipeline import commit as commits
-from masktok.pipeline.jobdir import JobDir
+from masktok.schemas.commits import read_commits, valid_commits
+from masktok.schemas.jobdir import JobDir
 from masktok.stages.write import TokenDims, WriteError, open_store, shard_rows
 
 DIMS = TokenDims(K=5, D=8, C=6)
@@ -88,7 +89,7 @@ def test_commit_file_is_written_last(job, monkeypatch):
     monkeypatch.setattr(commits, "write_atomic", crash_on_commit)
     with pytest.raises(KeyboardInterrupt):
         commits.write_shard(jd, group, 0, 0, 4, shard_items(0, 4), DIMS, "sha256:f")
-    assert (jd.wds / "shard-000000.tar").exists() and commits.read_commits(jd) == {}
+    assert (jd.wds / "shard-000000.tar").exists() and read_commits(jd) == {}
 
 
 def test_verify_passes_a_clean_shard_and_names_a_flipped_byte(job):
@@ -129,9 +130,9 @@ def test_commits_are_read_back_by_shard(job):
     jd, group = job
     commits.write_shard(jd, group, 1, 4, 8, shard_items(4, 4), DIMS, "sha256:f")
     (jd.commits / ".shard-000000.json.tmp-1").write_text("{")  # a torn temp file is not a commit
-    read = commits.read_commits(jd)
+    read = read_commits(jd)
     assert list(read) == [1] and read[1]["rows"] == [4, 8]
-    assert json.loads(commits.commit_path(jd, 1).read_text())["zarr"]["status"] == read[1]["zarr"]["status"]
+    assert json.loads(jd.commit_path(1).read_text())["zarr"]["status"] == read[1]["zarr"]["status"]
 
 
 def test_status_is_written_last_and_unreadable_commits_are_reported(job, monkeypatch):
@@ -147,6 +148,6 @@ def test_status_is_written_last_and_unreadable_commits_are_reported(job, monkeyp
     commits.write_shard(jd, group, 0, 0, 4, shard_items(0, 4), DIMS, "sha256:f", manifest_digest="sha256:m")
     monkeypatch.undo()
     assert order[0] == "status" and order[-1] == "status" and set(order[1:-1]) == {a for a in group.array_keys()} - {"status"}
-    commits.commit_path(jd, 0).write_text('{"shard": 0, "rows": [0')  # a torn commit file
-    assert "unreadable commit file" in commits.read_commits(jd)[0]["unreadable"]
-    assert commits.valid_commits(jd) == {}
+    jd.commit_path(0).write_text('{"shard": 0, "rows": [0')  # a torn commit file
+    assert "unreadable commit file" in read_commits(jd)[0]["unreadable"]
+    assert valid_commits(jd) == {}

@@ -1,9 +1,10 @@
 """The slim Mask-LLaVA trainer: learns from a finished job's cached tokens, never running
-the vision encoder (DESIGN.md "Consuming the cache"; paper 3.1-3.5, 4.2, C.6-C.7).
+the vision encoder (docs/trainer.md; paper 3.1-3.5, 4.2, C.6-C.7). It reads a job
+directory through schemas/ only (jobdir, commits, record), never through pipeline/.
 
 Modules, one job each:
 
-    spec        the token spec string (cls,patch:N[:pool|max|prune],obj:K) -> TokenSpec
+    token_spec  the token spec string (cls,patch:N[:pool|max|prune],obj:K) -> TokenSpec
     readers     ZarrImages (map-style) and WdsImages (streaming): one record dict per image
     stats       cache-wide norm statistics (dataset-global and c7 scaling)
     scaling     the norm-scaling modes none / per-image / dataset-global / c7
@@ -21,5 +22,7 @@ Modules, one job each:
     cli         the `masktok train` / `masktok generate` click commands
     launch      `python -m masktok.trainer.launch` (for torchrun)
     tiny_llm    a tiny Llama + byte-level BPE tokenizer built offline (tests, demos)
-    tiny_cache  a small synthetic cache written with the real writers (tests, benchmarks)
+
+A small synthetic cache for its tests and benchmarks: pipeline/tiny_cache.py (it is written
+with the pipeline's own writers).
 """

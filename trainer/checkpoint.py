@@ -24,11 +24,9 @@ from typing import Any
 
 import torch
 
+from ..schemas.errors import CheckpointError
+
 LATEST = "latest"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder that is missing or incomplete."""
 
 
 def checkpoint_name(step: int) -> str:

@@ -1,35 +1,23 @@
 """``masktok train`` and ``masktok generate`` as click commands (registered in pipeline/cli.py
 with ``main.add_command``). Imports stay light here; torch and transformers load inside the
 commands. Expected problems (bad spec, missing cache or LM folder, unknown image id, a
-refused resume) are one line on stderr and exit status 1.
+refused resume) are ``MasktokError``s: one line on stderr and exit status 1 (schemas/errors.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
+
+from ..schemas.errors import Command
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
-def _user_errors(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``, turning the trainer's expected errors into one-line ClickExceptions."""
-    from .checkpoint import CheckpointError
-    from .readers import CacheError
-    from .records import DataError
-    from .spec import TokenSpecError
-    from .train import TrainError
-
-    try:
-        return fn()
-    except (CheckpointError, CacheError, DataError, TokenSpecError, TrainError) as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@click.command("train")
+@click.command("train", cls=Command)
 @click.option("--stage", type=click.IntRange(1, 2), required=True,
               help="1: projector only, plain template (captions). 2: projector + LM, v1 conversations.")
 @click.option("--cache", type=_DIR, required=True, help="A finished masktok job directory (JOBDIR).")
@@ -71,12 +59,12 @@ def train(quiet: bool, **opts: Any) -> None:
 
     cfg = TrainConfig(**opts)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    summary = _user_errors(lambda: run(cfg, echo))
+    summary = run(cfg, echo)
     if summary.get("checkpoint"):
         click.echo(f"step {summary['step']}  loss {summary['loss']:.4f}  checkpoint {summary['checkpoint']}")
 
 
-@click.command("generate")
+@click.command("generate", cls=Command)
 @click.option("--checkpoint", type=_DIR, required=True, help="A checkpoint-*/ folder, or a run folder (its latest).")
 @click.option("--cache", type=_DIR, required=True, help="The job directory holding the image's tokens.")
 @click.option("--image-id", required=True, help="The image's id, as the corpus names it.")
@@ -86,6 +74,9 @@ def train(quiet: bool, **opts: Any) -> None:
 @click.option("--device", default="cpu", show_default=True)
 def generate(**opts: Any) -> None:
     """Print a trained model's greedy answer about one cached image."""
+    from transformers.utils.logging import disable_progress_bar
+
     from .generate import generate as run
 
-    click.echo(_user_errors(lambda: run(**opts)))
+    disable_progress_bar()  # the answer is all the command prints (transformers 5 shows "Loading weights")
+    click.echo(run(**opts))

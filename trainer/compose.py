@@ -1,7 +1,7 @@
-"""Compose one image's visual tokens from its cached record (DESIGN "Consuming the cache").
+"""Compose one image's visual tokens from its cached record (docs/trainer.md, "Token spec").
 
 Per image, in this order: the global token, the patch tokens (pooled or pruned, see
-trainer/spec.py), then the object tokens. The result keeps the two widths apart
+trainer/token_spec.py), then the object tokens. The result keeps the two widths apart
 (``patch`` is [p, C], ``glob``/``objects`` are [., D]) because they go through different
 projectors (trainer/model.py).
 
@@ -26,9 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..schemas.record import POOLED_GRID, POOLED_PATCHES
 from .position import box_center_embedding
 from .scaling import CacheStats, scale_tokens
-from .spec import GRID, TokenSpec, pool_kernel, prune_indices
+from .token_spec import TokenSpec, pool_kernel, prune_indices
 
 
 @dataclass
@@ -61,12 +62,12 @@ def select_objects(keep_rank: np.ndarray, k: int | None) -> np.ndarray:
 
 
 def reduce_patches(patch: torch.Tensor, n: int, mode: str) -> torch.Tensor:
-    """[36, C] raster-order patch tokens -> [n, C] (pool / max / prune, see trainer/spec.py)."""
-    if n == GRID * GRID and mode != "prune":
+    """[36, C] raster-order patch tokens -> [n, C] (pool / max / prune, see trainer/token_spec.py)."""
+    if n == POOLED_PATCHES and mode != "prune":
         return patch
     if mode == "prune":
         return patch[torch.as_tensor(prune_indices(n))]
-    grid = patch.T.reshape(1, -1, GRID, GRID)  # [1, C, 6, 6], row-major like the cache
+    grid = patch.T.reshape(1, -1, POOLED_GRID, POOLED_GRID)  # [1, C, 6, 6], row-major like the cache
     k = pool_kernel(n)
     pooled = F.avg_pool2d(grid, k) if mode == "pool" else F.max_pool2d(grid, k)
     return pooled.flatten(2)[0].T.contiguous()  # [g*g, C], raster order

@@ -20,7 +20,7 @@ from .compose import VisualTokens, compose
 from .readers import WdsImages, ZarrImages, split_for_worker
 from .records import Example
 from .scaling import CacheStats
-from .spec import TokenSpec
+from .token_spec import TokenSpec
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import torch
 
+from ..schemas.errors import CacheError
+from ..schemas.record import Status
 from . import checkpoint as ckpt
 from . import templates
 from .compose import compose
-from .readers import CacheError, ZarrImages
+from .readers import ZarrImages
 from .runtime import build_model, load_llm, load_tokenizer
 from .scaling import CacheStats
-from .spec import parse_spec
-from ..schemas.record import Status
+from .token_spec import parse_spec
 
 
 def load_image(cache: Path, image_id: str, dims: dict[str, int] | None = None) -> dict:

@@ -12,8 +12,9 @@ Images that are not ok (status 0 pending, 2 failed) carry the scalars only.
 
 Zarr chunks span a whole shard along N (schemas: chunks = shard size), so reading one row
 decodes its shard's chunk. ``ZarrImages`` keeps the last decoded chunk of each array, so
-reading rows in shard order (the trainer's block shuffle, trainer/sampler.py) decodes each
-chunk once; purely random access would decode a chunk per row.
+reading rows in shard order (the trainer's block shuffle: ``ResumableSampler``,
+trainer/distributed.py) decodes each chunk once; purely random access would decode a
+chunk per row.
 """
 
 from __future__ import annotations
@@ -29,17 +30,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ..schemas.record import SCALARS, TENSORS, Status
-
-OBJECT_ARRAYS = ("object_tokens", "boxes", "scores", "keep_rank", "inversion_loss")
-
-
-class CacheError(ValueError):
-    """A job directory without a usable cache (the message says what to run)."""
+from ..schemas.commits import valid_commits
+from ..schemas.errors import CacheError
+from ..schemas.jobdir import JobDir
+from ..schemas.record import OBJECT_ARRAYS, SCALARS, TENSORS, Status
 
 
 def zarr_path(job_dir: Path) -> Path:
-    path = Path(job_dir) / "tokens.zarr"
+    """The job's ``tokens.zarr``; CacheError when the job was never run."""
+    path = JobDir(Path(job_dir)).tokens
     if not (path / "zarr.json").exists():
         raise CacheError(f"no token cache at {path}: run `masktok run {job_dir}` first")
     return path
@@ -47,9 +46,6 @@ def zarr_path(job_dir: Path) -> Path:
 
 def wds_shards(job_dir: Path) -> list[Path]:
     """The tars of committed shards only: a tar without a commit may be half-redone."""
-    from ..pipeline.commit import valid_commits
-    from ..pipeline.jobdir import JobDir
-
     jd = JobDir(Path(job_dir))
     shards = sorted(jd.wds / c["wds"]["file"] for c in valid_commits(jd).values() if c.get("wds"))
     if not shards:

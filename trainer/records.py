@@ -21,11 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..schemas.errors import DataError
 from ..schemas.record import Status
-
-
-class DataError(ValueError):
-    """A data file that cannot be read (the message names the file and the problem)."""
 
 
 @dataclass

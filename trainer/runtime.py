@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..schemas.errors import DataError
 from .data import ConversationDataset, ItemBuilder, StreamingConversations, collate
 from .distributed import DistEnv, ResumableSampler
 from .model import MaskLlava, Projector
 from .readers import WdsImages, ZarrImages
-from .records import DataError, Example
+from .records import Example
 
 STAGE_LR = {1: 1e-3, 2: 2e-5}  # paper 4.2 (LLaVA-1.5's values)
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..schemas.errors import CacheError
 from ..schemas.record import Status
-from .readers import CacheError, zarr_path
+from .readers import zarr_path
 from .scaling import CacheStats
 
 

@@ -23,22 +23,19 @@ from typing import Any, Callable
 
 import torch
 
+from ..schemas.errors import DataError, TrainError
 from . import checkpoint as ckpt
 from .data import ItemBuilder
 from .distributed import DistEnv, mean_across, setup, teardown
 from .readers import ZarrImages
-from .records import DataError, join_records, load_records
+from .records import join_records, load_records
 from .runtime import (STAGE_LR, TrainConfig, autocast, build_model, load_llm, load_tokenizer, make_loader,
                       micro_batches_per_epoch, scheduler)
 from .scaling import MODES, CacheStats
-from .spec import DEFAULT_SPEC, parse_spec
 from .stats import cache_stats
+from .token_spec import DEFAULT_SPEC, parse_spec
 
 DEFAULT_SCALING = "per-image"
-
-
-class TrainError(ValueError):
-    """A run that cannot start as asked (the message says why)."""
 
 
 def _resolve_run(cfg: TrainConfig) -> tuple[Path | None, dict[str, Any] | None]:

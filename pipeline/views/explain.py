@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..jobdir import JobDir
+from ...schemas.jobdir import JobDir
 
 #: Long side of a returned map in original-frame pixels (maps are coarse: 24x24 patches).
 MAP_SIDE = 256
@@ -43,12 +43,14 @@ def explain_tokens(jd: JobDir, spec: Any, image: np.ndarray, tokens: np.ndarray,
     import torch
     import torch.nn.functional as F
 
-    from ...stages.clip import llava_pad_image, llava_pad_masks, load_clip, pad_offsets, preprocess_cfg
+    from ...models import load_model
+    from ...models.clip import preprocess_cfg
     from ...stages.maskinversion import dice_loss_per_mask, legrad_maps
-    from ..models import resolve_checkpoints
+    from ...stages.vision import llava_pad_image, llava_pad_masks, pad_offsets
+    from ..checkpoints import resolve_checkpoints
 
     checkpoints = resolve_checkpoints(spec, jd)
-    model = load_clip(spec.invert.model, checkpoints["clip"])
+    model = load_model("clip", checkpoints["clip"], variant=spec.invert.model, device="cpu")
     cfg = preprocess_cfg(model)
     size = int(cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0])
     pixels = llava_pad_image(image, size, cfg["mean"], cfg["std"])

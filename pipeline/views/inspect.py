@@ -18,15 +18,11 @@ stage and reason of the failure; the command prints them too and exits 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-if TYPE_CHECKING:
-    from ...schemas.spec import JobSpec
-    from ..jobdir import JobDir
+from ...schemas.errors import Command
 
 
 def inspect_image(jobdir: Path, image: str | None = None, index: int | None = None, maps: bool = False,
@@ -34,35 +30,36 @@ def inspect_image(jobdir: Path, image: str | None = None, index: int | None = No
     """PNG bytes, layout and a one-line summary of one image of the job in ``jobdir``.
 
     ``recompute=False`` draws boxes only when the job stored no masks (the report uses it:
-    it must stay fast). Raises jobview.InspectError for user errors.
+    it must stay fast). Raises a MasktokError (InspectError, RunError...) for user errors.
     """
     import numpy as np
 
-    from .figure import Scene, render
-    from ..jobdir import JobDir
-    from .jobview import (InspectError, decode_image, decode_rles, load_record, recompute_masks, resolve_index,
-                          stored_masks)
+    from ...schemas.errors import InspectError
+    from ...schemas.jobdir import JobDir
+    from ...stages.batch import decode_masks
     from ..run import load_job
+    from .figure import Scene, render
+    from .jobview import load_record, read_image, recompute_masks, resolve_index, stored_masks
 
     jd = JobDir(Path(jobdir))
-    spec = _load_spec(jd, load_job)
+    spec, _ = load_job(jd)
     record = load_record(jd, resolve_index(jd, image, index), tokens=maps)
     size = f"{record.width}x{record.height}" if record.width else "size unknown"
     title = f"{record.image_id}   (index {record.index}, shard {record.shard}, {size})"
     if record.failure is not None:
         reason = f"FAILED at stage {record.failure['stage']}: {record.failure['reason']}"
         try:
-            picture = decode_image(spec, record)
+            picture = read_image(spec, record)
         except Exception:  # the failure is usually that the file cannot be decoded
             picture = None
         scene = Scene(title=title, notes=[], image=picture, boxes=np.zeros((0, 4)), scores=np.zeros(0),
                       keep_rank=np.zeros(0, np.int16), losses=np.zeros(0), failure=reason)
         png, layout = render(scene)
         return png, layout, f"{record.image_id} (index {record.index}) {reason}"
-    picture = decode_image(spec, record)
+    picture = read_image(spec, record)
     rles = stored_masks(jd, record)
     if rles is not None:
-        masks, source = decode_rles(rles), "masks stored by the job (masks.json)"
+        masks, source = decode_masks(rles), "masks stored by the job (masks.json)"
     elif recompute:
         masks, source = recompute_masks(jd, spec, record)
     else:
@@ -86,19 +83,7 @@ def inspect_image(jobdir: Path, image: str | None = None, index: int | None = No
     return png, layout, f"{record.image_id} (index {record.index}): {kept} objects kept of {record.num_objects - 1}"
 
 
-def _load_spec(jd: "JobDir", load_job: Callable) -> "JobSpec":
-    """The job's spec; a directory without a planned job is a user error."""
-    from ..errors import RunError
-    from .jobview import InspectError
-
-    try:
-        spec, _ = load_job(jd)
-    except RunError as exc:
-        raise InspectError(str(exc)) from None
-    return spec
-
-
-@click.command("inspect")
+@click.command("inspect", cls=Command)
 @click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("image", required=False, metavar="IMAGE_ID")
 @click.option("--index", type=int, help="Manifest index instead of IMAGE_ID (an all-digit IMAGE_ID is one too).")
@@ -114,14 +99,9 @@ def inspect(jobdir: Path, image: str | None, index: int | None, output: Path, ma
     IMAGE_ID is the image's path relative to the image root, as the manifest names it,
     or its manifest index (all digits, or --index N).
     """
-    from .jobview import InspectError
-
     if image is not None and index is not None:
         raise click.ClickException("give IMAGE_ID or --index, not both")
-    try:
-        png, _, line = inspect_image(jobdir, image, index, maps=maps, top=top)
-    except InspectError as exc:
-        raise click.ClickException(str(exc)) from None
+    png, _, line = inspect_image(jobdir, image, index, maps=maps, top=top)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(png)
     click.echo(line)

@@ -4,13 +4,15 @@
 the one place that turns "an image id or a manifest index" into its record: the Zarr row,
 its failure (if any), the decoded image and its masks. Every problem a user can cause (an
 unknown id, an index out of range, a job that was never run, an image whose shard is not
-committed yet) is an :class:`InspectError` with one line saying what to do.
+committed yet) is a ``MasktokError`` (mostly :class:`InspectError`) with one line saying
+what to do.
 
 Masks: with ``write.rle_masks = true`` they are read from the sample's ``masks.json`` in the
-WebDataset shard (same rows as Zarr). Otherwise :func:`recompute_masks` runs the job's front
-stages (decode -> detect/segment or tiles -> background -> filter) on that one image with the
-job's own checkpoints; the stages are deterministic on one machine, so the rows match the
-stored ones, and :func:`recompute_masks` checks this on the boxes and says so when they differ.
+WebDataset shard (same rows as Zarr; ``stages.batch.decode_masks`` decodes them). Otherwise
+:func:`recompute_masks` runs the job's front stages (decode -> detect/segment or tiles ->
+background -> filter) on that one image with the job's own checkpoints; the stages are
+deterministic on one machine, so the rows match the stored ones, and
+:func:`recompute_masks` checks this on the boxes and says so when they differ.
 """
 
 from __future__ import annotations
@@ -18,21 +20,17 @@ from __future__ import annotations
 import json
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..jobdir import JobDir
+from ...schemas.errors import InspectError
+from ...schemas.jobdir import JobDir
+from ...stages.batch import decode_masks
 
 #: Arrays of one Zarr row the pictures need (object_tokens only for --maps).
 RECORD_ARRAYS = ("status", "width", "height", "num_objects", "boxes", "scores", "keep_rank", "inversion_loss",
                  "patch_norm_mean", "patch_norm_std")
-
-
-class InspectError(Exception):
-    """A user error of inspect/report: the message is one line for the terminal."""
-
 
 @dataclass
 class ImageRecord:
@@ -63,12 +61,9 @@ def resolve_index(jd: JobDir, image: str | None, index: int | None) -> int:
     An argument made only of digits is an index unless the manifest holds an image with
     exactly that id (a folder corpus may name a file ``123``): the id wins.
     """
-    from ...schemas.manifest import ManifestError, read_manifest
+    from ...schemas.manifest import read_manifest
 
-    try:
-        ids = read_manifest(jd.manifest, columns=["image_id"]).column("image_id").to_pylist()
-    except ManifestError as exc:
-        raise InspectError(str(exc)) from None
+    ids = read_manifest(jd.manifest, columns=["image_id"]).column("image_id").to_pylist()
     if index is None and image is not None and image in ids:
         return ids.index(image)
     if index is None and image is not None and image.isdigit():
@@ -86,7 +81,7 @@ def resolve_index(jd: JobDir, image: str | None, index: int | None) -> int:
 
 def committed_rows(jd: JobDir) -> dict[int, dict[str, Any]]:
     """Commits by shard; a job with no commit at all is an error (it was never run)."""
-    from ..commit import valid_commits
+    from ...schemas.commits import valid_commits
 
     commits = valid_commits(jd)
     if not commits or not jd.tokens.exists():
@@ -118,9 +113,8 @@ def load_record(jd: JobDir, index: int, tokens: bool = False) -> ImageRecord:
 def stored_masks(jd: JobDir, record: ImageRecord) -> list[dict] | None:
     """The COCO RLEs of ``record`` from its WebDataset sample, or None when not stored."""
     from ...schemas.record import sample_key
-    from ..commit import wds_path
 
-    path = wds_path(jd, record.shard)
+    path = jd.wds_path(record.shard)
     if not path.exists():
         return None
     name = f"{sample_key(record.index)}.masks.json"
@@ -132,24 +126,14 @@ def stored_masks(jd: JobDir, record: ImageRecord) -> list[dict] | None:
         return json.loads(tar.extractfile(member).read())
 
 
-def decode_rles(rles: list[dict]) -> np.ndarray:
-    """COCO RLE dicts (counts as str or bytes) -> bool [K, H, W]."""
-    from ...stages.batch import decode_mask
-
-    masks = [decode_mask({"size": r["size"], "counts": r["counts"].encode() if isinstance(r["counts"], str)
-                          else r["counts"]}) for r in rles]
-    return np.stack(masks) if masks else np.zeros((0, 0, 0), bool)
-
-
-def decode_image(spec: Any, record: ImageRecord) -> np.ndarray:
+def read_image(spec: Any, record: ImageRecord) -> np.ndarray:
     """The image as the decode stage saw it (EXIF, alpha, 16-bit rules applied): uint8 RGB."""
-    from ...stages.decode import DecodeStage
+    from ...stages.decode import DecodeError, decode_image
 
-    item = DecodeStage(spec.decode, spec.corpus.image_root)([{"index": record.index, "image_id": record.image_id,
-                                                              "path": record.path}])[0]
-    if "error" in item:
-        raise InspectError(f"cannot read {record.image_id!r} again: {item['error']['reason']}")
-    return item["image"]
+    try:
+        return decode_image(record.path, spec.corpus.image_root, spec.decode.max_pixels)
+    except DecodeError as exc:
+        raise InspectError(f"cannot read {record.image_id!r} again: {exc}") from None
 
 
 def recompute_masks(jd: JobDir, spec: Any, record: ImageRecord) -> tuple[np.ndarray, str]:
@@ -158,15 +142,14 @@ def recompute_masks(jd: JobDir, spec: Any, record: ImageRecord) -> tuple[np.ndar
     Used when the job did not store masks (``write.rle_masks = false``). Loads the job's
     detector/SAM (real ones can take a while on a CPU) and runs them on this image alone.
     """
-    from ...stages.front import front_stages, run_stages
-    from ..models import resolve_checkpoints
+    from ..checkpoints import resolve_checkpoints
+    from ..topology import front_stages, run_stages
 
-    checkpoints = resolve_checkpoints(spec, jd)
-    stages = front_stages(spec, spec.corpus.image_root, detector=checkpoints["detector"], sam=checkpoints["sam"])
+    stages = front_stages(spec, spec.corpus.image_root, resolve_checkpoints(spec, jd), device="cpu")
     item = run_stages(stages, [{"index": record.index, "image_id": record.image_id, "path": record.path}])[0]
     if "error" in item:
         raise InspectError(f"recomputing the masks of {record.image_id!r} failed: {item['error']['reason']}")
-    masks = decode_rles(item["masks"])
+    masks = decode_masks(item["masks"])
     boxes = np.asarray(item["boxes"], np.float32)
     same = len(boxes) == record.num_objects and np.allclose(boxes, record.rows("boxes"), atol=1.0)
     note = ("masks recomputed by the front stages (not stored by this job); boxes match the stored ones" if same else

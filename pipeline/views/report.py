@@ -21,6 +21,8 @@ from pathlib import Path
 
 import click
 
+from ...schemas.errors import Command
+
 
 def pick_images(indices: list[int], kept: list[int], count: int) -> list[int]:
     """Up to ``count`` distinct manifest indices: most, median, fewest kept objects, then more."""
@@ -38,13 +40,13 @@ def pick_images(indices: list[int], kept: list[int], count: int) -> list[int]:
 
 
 def build_report(jobdir: Path, images: int = 3) -> str:
-    """The HTML text of the report on the job in ``jobdir`` (raises InspectError for user errors)."""
+    """The HTML text of the report on the job in ``jobdir`` (a MasktokError for user errors)."""
     from collections import Counter
     from datetime import datetime, timezone
 
+    from ...schemas.jobdir import JobDir
     from . import report_plots as plots
     from .inspect import inspect_image
-    from ..jobdir import JobDir
     from .report_html import Page
     from .report_stats import gather, spec_highlights
 
@@ -96,7 +98,7 @@ def build_report(jobdir: Path, images: int = 3) -> str:
     return page.html()
 
 
-@click.command("report")
+@click.command("report", cls=Command)
 @click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="HTML file to write (default: JOBDIR/report.html).")
@@ -106,12 +108,7 @@ def report(jobdir: Path, output: Path | None, images: int) -> None:
     """Write a self-contained HTML report on JOBDIR: summary, throughput, failures,
     distributions of objects, inversion loss, mask area and patch norms, and a few
     inspected images. Open it in any browser; it needs no server and no network."""
-    from .jobview import InspectError
-
-    try:
-        text = build_report(jobdir, images=images)
-    except InspectError as exc:
-        raise click.ClickException(str(exc)) from None
+    text = build_report(jobdir, images=images)
     output = output or jobdir / "report.html"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text, encoding="utf-8")

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ...schemas.jobdir import JobDir
 from ...schemas.record import Status
-from ..jobdir import JobDir
 from .jobview import committed_rows
 
 BINS = np.linspace(0.0, 1.0, 41)
@@ -52,15 +52,10 @@ def gather(jd: JobDir) -> JobStats:
     """Every number the report shows, for the job in ``jd``."""
     import zarr
 
-    from ..errors import RunError
-    from .jobview import InspectError
     from ..run import load_job
     from ..status import job_status
 
-    try:
-        spec, meta = load_job(jd)
-    except RunError as exc:
-        raise InspectError(str(exc)) from None
+    spec, meta = load_job(jd)
     commits = committed_rows(jd)
     plan = json.loads(jd.plan_report.read_text()) if jd.plan_report.exists() else None
     times = sorted((datetime.fromisoformat(c["committed_at"]), c["rows"][1] - c["rows"][0]) for c in commits.values())
@@ -110,9 +105,7 @@ def _add_shard(stats: JobStats, jd: JobDir, shard: int, start: int, rows: dict[s
 
 def _shard_masks(jd: JobDir, shard: int) -> dict[int, list[dict]]:
     """masks.json of every sample of a shard's tar, by manifest index."""
-    from ..commit import wds_path
-
-    path, out = wds_path(jd, shard), {}
+    path, out = jd.wds_path(shard), {}
     if not path.exists():
         return out
     with tarfile.open(path) as tar:
@@ -126,11 +119,11 @@ def _rle_areas(rles: list[dict]) -> np.ndarray:
     """Pixel counts of COCO RLEs, without decoding them."""
     from pycocotools import mask as mask_utils
 
+    from ...stages.batch import rle_from_json
+
     if not rles:
         return np.zeros(0)
-    encoded = [{"size": r["size"], "counts": r["counts"].encode() if isinstance(r["counts"], str) else r["counts"]}
-               for r in rles]
-    return np.asarray(mask_utils.area(encoded), dtype=np.float64)
+    return np.asarray(mask_utils.area([rle_from_json(r) for r in rles]), dtype=np.float64)
 
 
 def spec_highlights(spec: Any, meta: dict[str, Any]) -> list[tuple[str, str]]:

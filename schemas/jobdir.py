@@ -1,10 +1,18 @@
-"""Names of the files in a job directory (the contract of DESIGN.md), in one place."""
+"""Names of the files in a job directory, in one place (docs/jobdir.md).
+
+The pipeline writes these files and the trainer and the views read them; both sides take
+every name from :class:`JobDir`.
+"""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def shard_name(shard: int) -> str:
+    """``shard-000012``: the stem of a shard's commit file and of its WebDataset tar."""
+    return f"shard-{shard:06d}"
 
 
 @dataclass(frozen=True)
@@ -40,29 +48,23 @@ class JobDir:
         return self.root / "failures.parquet"
 
     @property
+    def run_lock(self) -> Path:
+        """Held (flock) by the one run or re-plan of the job (pipeline/lock.py)."""
+        return self.root / "run.lock"
+
+    @property
     def models(self) -> Path:
         """Where the tiny presets are materialised for jobs that ask for them."""
         return self.root / "models"
 
+    def commit_path(self, shard: int) -> Path:
+        """The commit file of ``shard``: the shard is done only when it exists."""
+        return self.commits / f"{shard_name(shard)}.json"
+
+    def wds_path(self, shard: int) -> Path:
+        """The WebDataset tar of ``shard``."""
+        return self.wds / f"{shard_name(shard)}.tar"
+
     def results(self) -> list[Path]:
         """Everything a run writes; a re-plan with --force removes these."""
         return [self.tokens, self.wds, self.commits, self.failures]
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name, fsync, rename: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make renames inside ``path`` durable (POSIX: the directory entry itself)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,9 +1,9 @@
-"""A small synthetic token cache written with the real writers (tests, benchmarks).
+"""A small synthetic token cache written with the real writers (trainer tests, benchmarks).
 
-``write_tiny_cache`` fills ``JOBDIR/tokens.zarr`` and ``JOBDIR/wds/`` through
-``stages.write`` (the same functions ``masktok run`` commits with), so the readers are
+``write_tiny_cache`` fills ``JOBDIR/tokens.zarr``, ``JOBDIR/wds/`` and the commits through
+``write_shard`` (the function ``masktok run`` commits with), so the trainer's readers are
 tested against the real on-disk format without running the models. It writes no
-manifest or commits: the trainer reads neither. Each image gets seeded random tokens, a
+manifest: the trainer does not read it. Each image gets seeded random tokens, a
 random number of objects (some suppressed, the background empty on every third image)
 and one of a few captions tied to its "class", so a tiny model can learn the mapping.
 """
@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..pipeline.commit import write_shard
-from ..pipeline.jobdir import JobDir
+from ..schemas.jobdir import JobDir
+from ..schemas.record import POOLED_PATCHES
 from ..stages.write import TokenDims, open_store
+from .commit import write_shard
 
 CAPTIONS = ("a red square on grass", "a blue circle in the sky", "two green boats on a lake")
 
@@ -50,7 +51,7 @@ def tiny_items(n: int, dims: TokenDims, failed: tuple[int, ...] = (), seed: int 
             boxes=boxes.astype(np.float32), scores=rng.uniform(0, 1, k).astype(np.float32),
             keep_rank=rank, inversion_loss=rng.uniform(0, 1, k).astype(np.float32),
             global_token=(rng.normal(size=dims.D) * 3 + cls).astype(np.float16),
-            patch_tokens=(rng.normal(size=(36, dims.C)) + cls).astype(np.float16),
+            patch_tokens=(rng.normal(size=(POOLED_PATCHES, dims.C)) + cls).astype(np.float16),
         )
         items.append(item)
     return items
@@ -59,14 +60,14 @@ def tiny_items(n: int, dims: TokenDims, failed: tuple[int, ...] = (), seed: int 
 def write_tiny_cache(job_dir: Path, n: int = 12, shard_size: int = 4, dims: TokenDims = TokenDims(K=6, D=16, C=24),
                      failed: tuple[int, ...] = (5,), seed: int = 0) -> Path:
     """Write ``n`` images (``failed`` ones with status 2) into ``job_dir``; returns it."""
-    job_dir = Path(job_dir)
-    (job_dir / "wds").mkdir(parents=True, exist_ok=True)
+    jd = JobDir(Path(job_dir))
+    jd.wds.mkdir(parents=True, exist_ok=True)
     items = tiny_items(n, dims, failed, seed)
-    group = open_store(job_dir / "tokens.zarr", n, shard_size, dims)
+    group = open_store(jd.tokens, n, shard_size, dims)
     for s, start in enumerate(range(0, n, shard_size)):
         end = min(start + shard_size, n)
-        write_shard(JobDir(job_dir), group, s, start, end, items[start:end], dims, "sha256:tiny-cache")
-    return job_dir
+        write_shard(jd, group, s, start, end, items[start:end], dims, "sha256:tiny-cache")
+    return jd.root
 
 
 def write_corpus(path: Path, n: int, extra: list[dict[str, Any]] | None = None) -> Path:

@@ -2,7 +2,7 @@
 
 A checkpoint of ``"tiny"`` in the spec means the project's tiny preset: it is built once
 into ``JOBDIR/models/`` in the real checkpoint format and then loaded through the real
-loader, exactly like a user's checkpoint.
+loader, exactly like a user's checkpoint (``models.materialize_tiny``).
 """
 
 from __future__ import annotations
@@ -11,25 +11,24 @@ from pathlib import Path
 
 import open_clip
 
-from ..schemas.spec import TINY, JobSpec
-from ..stages.clip import TINY_CLIP_NAME, register_tiny_clip_config
+from ..models import TINY, materialize_tiny
+from ..models.clip import TINY_CLIP_NAME, register_tiny_clip_config
+from ..schemas.errors import CheckpointError
+from ..schemas.jobdir import JobDir
+from ..schemas.spec import JobSpec
 from ..stages.masks import TILE_GRIDS
 from ..stages.write import TokenDims
-from .errors import CheckpointError
-from .jobdir import JobDir
-from .tiny_models import materialize_tiny_checkpoints
+from .topology import model_checkpoint, models_needed
 
 
 def resolve_checkpoints(spec: JobSpec, jd: JobDir) -> dict[str, str]:
-    """Paths for the detector, SAM and CLIP (only those the mask source needs must exist)."""
-    wanted = {"detector": spec.detect.checkpoint, "sam": spec.segment.checkpoint, "clip": spec.invert.checkpoint}
-    if TINY in wanted.values():
-        tiny = materialize_tiny_checkpoints(jd.models)
-        wanted = {k: str(tiny[k]) if v == TINY else v for k, v in wanted.items()}
-    needed = {"sam": ("detector", "sam", "clip"), "boxes": ("detector", "clip"), "tiles": ("clip",)}[spec.masks.source]
-    for name in needed:
-        if not Path(wanted[name]).exists():
-            raise CheckpointError(f"{name} checkpoint not found: {wanted[name]} (see README: real checkpoints)")
+    """The checkpoint path of every model the job runs; "tiny" ones are materialised."""
+    wanted = {m: model_checkpoint(spec, m) for m in models_needed(spec)}
+    tiny = materialize_tiny(jd.models, tuple(m for m, path in wanted.items() if path == TINY))
+    wanted = {m: str(tiny.get(m, path)) for m, path in wanted.items()}
+    for model, path in wanted.items():
+        if not Path(path).exists():
+            raise CheckpointError(f"{model} checkpoint not found: {path} (see README: real checkpoints)")
     return wanted
 
 

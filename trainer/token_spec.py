@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GRID = 6  # the cached patch tokens are a 6x6 grid (24x24 pooled 4x4)
-PATCHES = GRID * GRID
+from ..schemas.errors import TokenSpecError
+from ..schemas.record import POOLED_GRID, POOLED_PATCHES
 PATCH_MODES = ("pool", "max", "prune")
 PRUNE_SEED = 0
 PAPER_SPECS = {
@@ -42,16 +42,12 @@ PAPER_SPECS = {
 DEFAULT_SPEC = PAPER_SPECS[138]
 
 
-class TokenSpecError(ValueError):
-    """A spec string that cannot be parsed (the message names the bad item)."""
-
-
 @dataclass(frozen=True)
 class TokenSpec:
     """Parsed spec: ``patches`` 0 means no patch tokens, ``objects`` None means all."""
 
     cls: bool = True
-    patches: int = PATCHES
+    patches: int = POOLED_PATCHES
     patch_mode: str = "pool"
     use_objects: bool = True
     objects: int | None = None
@@ -89,9 +85,9 @@ def parse_spec(text: str) -> TokenSpec:
         if name == "cls" and not args:
             fields["cls"] = True
         elif name == "patch" and len(args) <= 2:
-            n = _int(args[0], item, text) if args else PATCHES
-            if not 1 <= n <= PATCHES:
-                raise TokenSpecError(f"token spec {text!r}: {item!r} needs 1..{PATCHES} patch tokens")
+            n = _int(args[0], item, text) if args else POOLED_PATCHES
+            if not 1 <= n <= POOLED_PATCHES:
+                raise TokenSpecError(f"token spec {text!r}: {item!r} needs 1..{POOLED_PATCHES} patch tokens")
             mode = args[1] if len(args) == 2 else ("pool" if n in _POOLABLE else "prune")
             if mode not in PATCH_MODES:
                 raise TokenSpecError(f"token spec {text!r}: patch mode {mode!r} is not one of {PATCH_MODES}")
@@ -119,9 +115,9 @@ def _int(value: str, item: str, text: str) -> int:
 def prune_indices(n: int) -> np.ndarray:
     """The raster positions kept by ``patch:n:prune``: a fixed seeded subset, sorted."""
     rng = np.random.default_rng(PRUNE_SEED)
-    return np.sort(rng.permutation(PATCHES)[:n])
+    return np.sort(rng.permutation(POOLED_PATCHES)[:n])
 
 
 def pool_kernel(n: int) -> int:
     """Window side for pooling the 6x6 grid down to n = g*g tokens."""
-    return GRID // _POOLABLE[n]
+    return POOLED_GRID // _POOLABLE[n]

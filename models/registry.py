@@ -1,0 +1,107 @@
+"""The registry of the three models, by name, as segment-anything's ``sam_model_registry``.
+
+Each entry knows how to load the real checkpoint format, how to build its tiny preset (the
+same architecture, small and seeded) and how to save it in that format. ``"tiny"`` is one
+checkpoint name among the others: :func:`materialize_tiny` builds the presets once into a
+folder, in the real formats, and from then on they load through the real loaders, exactly
+like a user's checkpoint. Device placement happens here, once, for every model.
+
+    from masktok.models import load_model
+    detector, processor = load_model("detector", "/weights/deformable-detr")
+    sam = load_model("sam", "/weights/sam_vit_h_4b8939.pth", variant="vit_h", device="cuda")
+    clip = load_model("clip", "/weights/ViT-L-14-336px.pt", variant="ViT-L-14-336-quickgelu")
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..schemas.errors import ModelLoadError
+from ..schemas.spec import TINY  # the checkpoint name of the tiny presets in a job spec
+from . import clip, detector, sam
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the pipeline: its loader, its tiny preset and its checkpoint format."""
+
+    what: str  # for messages
+    load: Callable[[Path, str | None, torch.device], Any]  # (checkpoint, variant, device) -> built model
+    build_tiny: Callable[[int], Any]  # seed -> the tiny preset, in memory
+    save: Callable[[Any, Path], Path]  # (built model, path) -> path, in the format ``load`` reads
+    tiny_file: str  # the tiny preset's file (or folder) name under a models folder
+    tiny_variant: str | None  # what ``variant`` is for the tiny preset
+
+
+MODEL_REGISTRY: dict[str, ModelEntry] = {
+    "detector": ModelEntry(
+        "Deformable-DETR (a Hugging Face folder)",
+        lambda path, variant, device: detector.load_detector(path, device),
+        detector.build_tiny_detector,
+        lambda built, path: detector.save_detector(*built, path),
+        "detector", None,
+    ),
+    "sam": ModelEntry(
+        "SAM (a .pth state dict; variant = model_type)",
+        lambda path, variant, device: sam.load_sam(path, variant or "vit_h", device),
+        sam.build_tiny_sam, sam.save_sam, "sam_tiny.pth", "tiny",
+    ),
+    "clip": ModelEntry(
+        "open_clip CLIP (a local weights file; variant = open_clip model name)",
+        lambda path, variant, device: clip.load_clip(variant or clip.PAPER_CLIP_NAME, path, device),
+        clip.build_tiny_clip, clip.save_clip, "clip_tiny.pt", clip.TINY_CLIP_NAME,
+    ),
+}
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given (``"auto"`` counts as not given), else CUDA when available, else CPU."""
+    if device is not None and str(device) != "auto":
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(name: str, checkpoint: str | Path, *, variant: str | None = None,
+               device: str | torch.device | None = None) -> Any:
+    """The model ``name`` of :data:`MODEL_REGISTRY` loaded from ``checkpoint`` (a real file or
+    folder; materialise ``"tiny"`` first), in eval mode on ``device`` (default: CUDA if any)."""
+    if name not in MODEL_REGISTRY:
+        raise ModelLoadError(f"unknown model {name!r}; expected one of {', '.join(MODEL_REGISTRY)}")
+    if str(checkpoint) == TINY:
+        raise ModelLoadError(f"the {name} checkpoint 'tiny' must be materialised first "
+                             "(masktok.models.materialize_tiny) and passed as a path")
+    return MODEL_REGISTRY[name].load(Path(checkpoint), variant, pick_device(device))
+
+
+def _temp_name(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+
+
+def materialize_tiny(folder: Path, names: tuple[str, ...] = tuple(MODEL_REGISTRY), seed: int = 0) -> dict[str, Path]:
+    """Build the tiny presets of ``names`` and save them under ``folder``; skip those present.
+
+    Returns the checkpoint path of each, for :func:`load_model` (the variants are the
+    entries' ``tiny_variant``). A preset that exists is not rebuilt, whatever ``seed`` it was
+    built with. Each is written under a temporary name and renamed into place, so an
+    interrupted call never leaves a half-written checkpoint that a later call would skip.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name in names:
+        entry = MODEL_REGISTRY[name]
+        target = paths[name] = folder / entry.tiny_file
+        if target.exists():
+            continue
+        tmp = _temp_name(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        entry.save(entry.build_tiny(seed), tmp)
+        tmp.rename(target)
+    return paths

@@ -1,0 +1,127 @@
+"""The stage topology, defined once: what runs, in which group, with which resources and
+which model. Everything else derives from it: the Ray graph (one actor pool per group,
+graph.py), the in-process chain (:func:`front_stages`), the checkpoints a job needs
+(checkpoints.py) and the GPU check (run.py).
+
+    group      stages                                   resources            model
+    decode     decode                                   [decode.resources]   -
+    detect     detect                                   [detect.resources]   detector
+    segment    segment + background + filter            [segment.resources]  sam
+    invert     invert                                   [invert.resources]   clip
+
+``masks.source`` swaps the middle (paper Table 2): ``boxes`` puts box masks in the segment
+group (no SAM); ``tiles`` replaces detect and segment by one group of tiles + background +
+filter in the detect slot (no detector, no SAM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models import load_model
+from ..schemas.spec import JobSpec, Resources
+from ..stages.background import BackgroundStage
+from ..stages.batch import Batch
+from ..stages.decode import DecodeStage
+from ..stages.detect import DetectStage
+from ..stages.filter import FilterStage
+from ..stages.invert import InvertStage
+from ..stages.masks import BoxMaskStage, TileMaskStage
+from ..stages.segment import SegmentStage
+
+Stage = Callable[[Batch], Batch]
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """One stage: its name (as failures record it), the model of ``models.MODEL_REGISTRY`` it
+    takes (or None) and how it is made from (spec, image root, built model)."""
+
+    name: str
+    model: str | None
+    make: Callable[[JobSpec, str, Any], Stage]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Stages that run together, in order, in one actor pool with one set of resources."""
+
+    name: str
+    resources: Resources
+    stages: tuple[StageDef, ...]
+
+    @property
+    def models(self) -> list[str]:
+        return [s.model for s in self.stages if s.model]
+
+
+DECODE = StageDef("decode", None, lambda spec, root, _: DecodeStage(spec.decode, root))
+DETECT = StageDef("detect", "detector", lambda spec, root, built: DetectStage(*built, top_k=spec.detect.top_k))
+SEGMENT = StageDef("segment", "sam", lambda spec, root, sam: SegmentStage(sam))
+BOXES = StageDef("boxes", None, lambda *_: BoxMaskStage())
+TILES = StageDef("tiles", None, lambda *_: TileMaskStage())
+BACKGROUND = StageDef("background", None, lambda *_: BackgroundStage())
+FILTER = StageDef("filter", None, lambda spec, *_: FilterStage(spec.filter))
+INVERT = StageDef("invert", "clip", lambda spec, root, clip: InvertStage(clip, spec.invert))
+
+#: Where a job spec names each model: its section, and the key of that section naming the
+#: architecture variant (SAM's model_type, the open_clip model name).
+MODEL_SECTIONS: dict[str, tuple[str, str | None]] = {
+    "detector": ("detect", None), "sam": ("segment", "model_type"), "clip": ("invert", "model")}
+
+
+def topology(spec: JobSpec) -> list[Group]:
+    """The groups of this job, in pipeline order."""
+    tail = (BACKGROUND, FILTER)
+    groups = [Group("decode", spec.decode.resources, (DECODE,))]
+    if spec.masks.source == "tiles":
+        groups.append(Group("tiles", spec.detect.resources, (TILES, *tail)))
+    else:
+        masks = SEGMENT if spec.masks.source == "sam" else BOXES
+        groups.append(Group("detect", spec.detect.resources, (DETECT,)))
+        groups.append(Group(masks.name, spec.segment.resources, (masks, *tail)))
+    groups.append(Group("invert", spec.invert.resources, (INVERT,)))
+    return groups
+
+
+def models_needed(spec: JobSpec) -> list[str]:
+    """The models this job runs, in pipeline order."""
+    return [model for group in topology(spec) for model in group.models]
+
+
+def model_checkpoint(spec: JobSpec, model: str) -> str:
+    """The checkpoint the spec gives for ``model`` (a path or "tiny")."""
+    return getattr(spec, MODEL_SECTIONS[model][0]).checkpoint
+
+
+def model_variant(spec: JobSpec, model: str) -> str | None:
+    """The architecture variant the spec gives for ``model``, if it has variants."""
+    section, key = MODEL_SECTIONS[model]
+    return getattr(getattr(spec, section), key) if key else None
+
+
+def build_group(spec: JobSpec, group: Group, image_root: str | Path, checkpoints: dict[str, str],
+                device: str | torch.device | None = None) -> list[tuple[str, Stage]]:
+    """(name, stage) of each stage of ``group``, its models loaded from ``checkpoints``
+    (resolved paths, checkpoints.py) onto ``device`` (default: CUDA when available)."""
+    built = {m: load_model(m, checkpoints[m], variant=model_variant(spec, m), device=device) for m in group.models}
+    return [(s.name, s.make(spec, str(image_root), built.get(s.model))) for s in group.stages]
+
+
+def front_stages(spec: JobSpec, image_root: str | Path, checkpoints: dict[str, str],
+                 device: str | torch.device | None = None) -> list[Stage]:
+    """The stages from decode to filter (every group but invert), in process, no Ray."""
+    return [stage for group in topology(spec)[:-1]
+            for _, stage in build_group(spec, group, image_root, checkpoints, device)]
+
+
+def run_stages(stages: list[Stage], batch: Batch) -> Batch:
+    """Apply ``stages`` in order to one batch."""
+    for stage in stages:
+        batch = stage(batch)
+    return batch

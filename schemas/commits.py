@@ -1,0 +1,43 @@
+"""Reading the commit files of a job: which shards are done (docs/jobdir.md, "commits/").
+
+A shard counts as done only when ``commits/shard-NNNNNN.json`` exists and is readable; it
+records the row range, counts, the failures, and a SHA-256 of every array slice and of
+the tar. pipeline/commit.py writes and verifies them; readers (the trainer, the views,
+``masktok status``) only need what is here.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .jobdir import JobDir
+
+Commit = dict[str, Any]
+
+
+def read_commits(jd: JobDir) -> dict[int, Commit]:
+    """Every commit file of the job, by shard (temp files of an interrupted write ignored).
+
+    An unreadable commit file (a flipped byte, a truncated copy) is returned as
+    ``{"unreadable": reason}`` under the shard its name gives: it is not a valid commit.
+    """
+    if not jd.commits.is_dir():
+        return {}
+    out: dict[int, Commit] = {}
+    for path in sorted(jd.commits.glob("shard-*.json")):
+        shard = int(path.stem.removeprefix("shard-")) if path.stem.removeprefix("shard-").isdigit() else -1
+        try:
+            commit = json.loads(path.read_text())
+            if commit["shard"] != shard or len(commit["rows"]) != 2:
+                raise ValueError("its content names another shard")
+        except (ValueError, KeyError, TypeError) as exc:
+            out[shard] = {"unreadable": f"{path.name}: unreadable commit file ({type(exc).__name__}: {exc})"}
+            continue
+        out[shard] = commit
+    return out
+
+
+def valid_commits(jd: JobDir) -> dict[int, Commit]:
+    """The readable commits only."""
+    return {s: c for s, c in read_commits(jd).items() if "unreadable" not in c}
