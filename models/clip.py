@@ -13,16 +13,13 @@ import open_clip
 import torch
 
 from ..schemas.errors import ModelLoadError
+from .clip_config import PAPER_CLIP_NAME, TINY_CLIP_CONFIG, TINY_CLIP_NAME
 
 #: open_clip model name of the tiny preset (config: configs/masktok-tiny-clip.json).
-TINY_CLIP_NAME = "masktok-tiny-clip"
-#: The paper's model: OpenAI weights were trained with QuickGELU, so use the -quickgelu config.
-PAPER_CLIP_NAME = "ViT-L-14-336-quickgelu"
 
 # What torch.load / load_state_dict raise for a bad file; turned into ModelLoadError.
 _LOAD_ERRORS = (RuntimeError, ValueError, KeyError, EOFError, OSError, pickle.UnpicklingError)
 
-_TINY_CONFIG = Path(__file__).parent / "configs" / f"{TINY_CLIP_NAME}.json"
 
 
 def register_tiny_clip_config() -> None:
@@ -33,7 +30,7 @@ def register_tiny_clip_config() -> None:
     as for any built-in model. Needs ``model_configs/*.json`` as package data.
     """
     if TINY_CLIP_NAME not in open_clip.list_models():
-        open_clip.add_model_config(_TINY_CONFIG)
+        open_clip.add_model_config(TINY_CLIP_CONFIG)
 
 
 def build_tiny_clip(seed: int = 0) -> open_clip.CLIP:

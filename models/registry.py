@@ -14,6 +14,7 @@ like a user's checkpoint. Device placement happens here, once, for every model.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from collections.abc import Callable
@@ -21,11 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..schemas.errors import ModelLoadError
 from ..schemas.spec import TINY  # the checkpoint name of the tiny presets in a job spec
-from . import clip, detector, sam
+from .clip_config import PAPER_CLIP_NAME
+
+
+def _module(name: str) -> Any:
+    """models/<name>.py, imported on first use: a process loads only the model libraries it
+    runs (open_clip, transformers and segment-anything each take seconds to import)."""
+    return importlib.import_module(f"{__package__}.{name}")
 
 
 @dataclass(frozen=True)
@@ -33,43 +38,47 @@ class ModelEntry:
     """One model of the pipeline: its loader, its tiny preset and its checkpoint format."""
 
     what: str  # for messages
-    load: Callable[[Path, str | None, torch.device], Any]  # (checkpoint, variant, device) -> built model
+    load: Callable[[Path, str | None, Any], Any]  # (checkpoint, variant, torch device) -> built model
     build_tiny: Callable[[int], Any]  # seed -> the tiny preset, in memory
     save: Callable[[Any, Path], Path]  # (built model, path) -> path, in the format ``load`` reads
     tiny_file: str  # the tiny preset's file (or folder) name under a models folder
-    tiny_variant: str | None  # what ``variant`` is for the tiny preset
 
 
 MODEL_REGISTRY: dict[str, ModelEntry] = {
     "detector": ModelEntry(
         "Deformable-DETR (a Hugging Face folder)",
-        lambda path, variant, device: detector.load_detector(path, device),
-        detector.build_tiny_detector,
-        lambda built, path: detector.save_detector(*built, path),
-        "detector", None,
+        lambda path, variant, device: _module("detector").load_detector(path, device),
+        lambda seed: _module("detector").build_tiny_detector(seed),
+        lambda built, path: _module("detector").save_detector(*built, path),
+        "detector",
     ),
     "sam": ModelEntry(
-        "SAM (a .pth state dict; variant = model_type)",
-        lambda path, variant, device: sam.load_sam(path, variant or "vit_h", device),
-        sam.build_tiny_sam, sam.save_sam, "sam_tiny.pth", "tiny",
+        "SAM (a .pth state dict; variant = model_type, e.g. vit_h or tiny)",
+        lambda path, variant, device: _module("sam").load_sam(path, variant or "vit_h", device),
+        lambda seed: _module("sam").build_tiny_sam(seed),
+        lambda built, path: _module("sam").save_sam(built, path),
+        "sam_tiny.pth",
     ),
     "clip": ModelEntry(
         "open_clip CLIP (a local weights file; variant = open_clip model name)",
-        lambda path, variant, device: clip.load_clip(variant or clip.PAPER_CLIP_NAME, path, device),
-        clip.build_tiny_clip, clip.save_clip, "clip_tiny.pt", clip.TINY_CLIP_NAME,
+        lambda path, variant, device: _module("clip").load_clip(variant or PAPER_CLIP_NAME, path, device),
+        lambda seed: _module("clip").build_tiny_clip(seed),
+        lambda built, path: _module("clip").save_clip(built, path),
+        "clip_tiny.pt",
     ),
 }
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
+def pick_device(device: Any = None) -> Any:
     """``device`` if given (``"auto"`` counts as not given), else CUDA when available, else CPU."""
+    import torch
+
     if device is not None and str(device) != "auto":
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(name: str, checkpoint: str | Path, *, variant: str | None = None,
-               device: str | torch.device | None = None) -> Any:
+def load_model(name: str, checkpoint: str | Path, *, variant: str | None = None, device: Any = None) -> Any:
     """The model ``name`` of :data:`MODEL_REGISTRY` loaded from ``checkpoint`` (a real file or
     folder; materialise ``"tiny"`` first), in eval mode on ``device`` (default: CUDA if any)."""
     if name not in MODEL_REGISTRY:
@@ -87,8 +96,8 @@ def _temp_name(target: Path) -> Path:
 def materialize_tiny(folder: Path, names: tuple[str, ...] = tuple(MODEL_REGISTRY), seed: int = 0) -> dict[str, Path]:
     """Build the tiny presets of ``names`` and save them under ``folder``; skip those present.
 
-    Returns the checkpoint path of each, for :func:`load_model` (the variants are the
-    entries' ``tiny_variant``). A preset that exists is not rebuilt, whatever ``seed`` it was
+    Returns the checkpoint path of each, for :func:`load_model` (variants: SAM "tiny", CLIP
+    ``models.clip_config.TINY_CLIP_NAME``). A preset that exists is not rebuilt, whatever ``seed`` it was
     built with. Each is written under a temporary name and renamed into place, so an
     interrupted call never leaves a half-written checkpoint that a later call would skip.
     """

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import open_clip
-
 from ..models import TINY, materialize_tiny
-from ..models.clip import TINY_CLIP_NAME, register_tiny_clip_config
+from ..models.clip_config import clip_config
 from ..schemas.errors import CheckpointError
 from ..schemas.jobdir import JobDir
 from ..schemas.spec import JobSpec
@@ -37,9 +35,7 @@ def token_dims(spec: JobSpec) -> TokenDims:
     objects = sum(n * n for n in TILE_GRIDS) if spec.masks.source == "tiles" else spec.detect.top_k
     if spec.filter.max_objects is not None:
         objects = min(objects, spec.filter.max_objects)
-    if spec.invert.model == TINY_CLIP_NAME:
-        register_tiny_clip_config()
-    config = open_clip.get_model_config(spec.invert.model)
+    config = clip_config(spec.invert.model)
     if config is None:
         raise CheckpointError(f"unknown open_clip model {spec.invert.model!r}")
     return TokenDims(K=objects + 1, D=int(config["embed_dim"]), C=int(config["vision_cfg"]["width"]))

@@ -15,31 +15,41 @@ from __future__ import annotations
 
 import functools
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..schemas.spec import JobSpec
 from ..stages.batch import exception_reason, fail, failed
 from .topology import build_group, topology
 
 Item = dict[str, Any]
-RESULT_DROPS = ("image",)
-_OUT_OF_MEMORY = (torch.cuda.OutOfMemoryError, MemoryError)  # what the writer does not need: never ship it back
+RESULT_DROPS = ("image",)  # what the writer does not need: never ship it back
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Running out of (GPU) memory: not a property of an image. torch is looked up only if
+    the actor's stages imported it (a decode actor never loads torch)."""
+    torch = sys.modules.get("torch")
+    return isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError))
 
 
 @functools.lru_cache(maxsize=1)
 def quiet_model_libraries() -> None:
     """Progress bars and notices of the model libraries are noise in a command's output
-    (and in every worker's log)."""
+    (and in every worker's log). transformers reads the variables when it is imported, so an
+    actor that never loads it does not pay for its import here."""
     import logging
+    import os
 
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:  # imported already: its settings are read
+        transformers = sys.modules["transformers"]
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
     logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" notice
 
 
@@ -53,10 +63,9 @@ def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list
     before = [dict(item) for item in items]
     try:
         return stage(items)
-    except _OUT_OF_MEMORY:
-        raise
-    except Exception:  # noqa: BLE001 - isolate the bad image below
-        pass
+    except Exception as exc:  # noqa: BLE001 - isolate the bad image below
+        if _out_of_memory(exc):
+            raise
     out = []
     for item in before:
         if failed(item):
@@ -64,9 +73,9 @@ def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list
             continue
         try:
             out.extend(stage([item]))
-        except _OUT_OF_MEMORY:
-            raise
         except Exception as exc:  # noqa: BLE001 - a per-image failure, recorded
+            if _out_of_memory(exc):
+                raise
             out.append(fail(item, name, exception_reason(exc)))
     return out
 

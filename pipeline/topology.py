@@ -21,18 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..models import load_model
 from ..schemas.spec import JobSpec, Resources
-from ..stages.background import BackgroundStage
 from ..stages.batch import Batch
-from ..stages.decode import DecodeStage
-from ..stages.detect import DetectStage
-from ..stages.filter import FilterStage
-from ..stages.invert import InvertStage
-from ..stages.masks import BoxMaskStage, TileMaskStage
-from ..stages.segment import SegmentStage
 
 Stage = Callable[[Batch], Batch]
 
@@ -60,14 +51,59 @@ class Group:
         return [s.model for s in self.stages if s.model]
 
 
-DECODE = StageDef("decode", None, lambda spec, root, _: DecodeStage(spec.decode, root))
-DETECT = StageDef("detect", "detector", lambda spec, root, built: DetectStage(*built, top_k=spec.detect.top_k))
-SEGMENT = StageDef("segment", "sam", lambda spec, root, sam: SegmentStage(sam))
-BOXES = StageDef("boxes", None, lambda *_: BoxMaskStage())
-TILES = StageDef("tiles", None, lambda *_: TileMaskStage())
-BACKGROUND = StageDef("background", None, lambda *_: BackgroundStage())
-FILTER = StageDef("filter", None, lambda spec, *_: FilterStage(spec.filter))
-INVERT = StageDef("invert", "clip", lambda spec, root, clip: InvertStage(clip, spec.invert))
+# Each stage's module is imported when the stage is made: an actor then loads only the
+# libraries of its own group (importing all of torch, transformers, open_clip and
+# segment-anything takes ~9 s of CPU per process, once per actor and run).
+
+
+def _decode(spec: JobSpec, root: str, _: Any) -> Stage:
+    from ..stages.decode import DecodeStage
+    return DecodeStage(spec.decode, root)
+
+
+def _detect(spec: JobSpec, root: str, built: Any) -> Stage:
+    from ..stages.detect import DetectStage
+    return DetectStage(*built, top_k=spec.detect.top_k)
+
+
+def _segment(spec: JobSpec, root: str, sam: Any) -> Stage:
+    from ..stages.segment import SegmentStage
+    return SegmentStage(sam)
+
+
+def _boxes(*_: Any) -> Stage:
+    from ..stages.masks import BoxMaskStage
+    return BoxMaskStage()
+
+
+def _tiles(*_: Any) -> Stage:
+    from ..stages.masks import TileMaskStage
+    return TileMaskStage()
+
+
+def _background(*_: Any) -> Stage:
+    from ..stages.background import BackgroundStage
+    return BackgroundStage()
+
+
+def _filter(spec: JobSpec, *_: Any) -> Stage:
+    from ..stages.filter import FilterStage
+    return FilterStage(spec.filter)
+
+
+def _invert(spec: JobSpec, root: str, clip: Any) -> Stage:
+    from ..stages.invert import InvertStage
+    return InvertStage(clip, spec.invert)
+
+
+DECODE = StageDef("decode", None, _decode)
+DETECT = StageDef("detect", "detector", _detect)
+SEGMENT = StageDef("segment", "sam", _segment)
+BOXES = StageDef("boxes", None, _boxes)
+TILES = StageDef("tiles", None, _tiles)
+BACKGROUND = StageDef("background", None, _background)
+FILTER = StageDef("filter", None, _filter)
+INVERT = StageDef("invert", "clip", _invert)
 
 #: Where a job spec names each model: its section, and the key of that section naming the
 #: architecture variant (SAM's model_type, the open_clip model name).
@@ -106,7 +142,7 @@ def model_variant(spec: JobSpec, model: str) -> str | None:
 
 
 def build_group(spec: JobSpec, group: Group, image_root: str | Path, checkpoints: dict[str, str],
-                device: str | torch.device | None = None) -> list[tuple[str, Stage]]:
+                device: str | None = None) -> list[tuple[str, Stage]]:
     """(name, stage) of each stage of ``group``, its models loaded from ``checkpoints``
     (resolved paths, checkpoints.py) onto ``device`` (default: CUDA when available)."""
     built = {m: load_model(m, checkpoints[m], variant=model_variant(spec, m), device=device) for m in group.models}
@@ -114,7 +150,7 @@ def build_group(spec: JobSpec, group: Group, image_root: str | Path, checkpoints
 
 
 def front_stages(spec: JobSpec, image_root: str | Path, checkpoints: dict[str, str],
-                 device: str | torch.device | None = None) -> list[Stage]:
+                 device: str | None = None) -> list[Stage]:
     """The stages from decode to filter (every group but invert), in process, no Ray."""
     return [stage for group in topology(spec)[:-1]
             for _, stage in build_group(spec, group, image_root, checkpoints, device)]

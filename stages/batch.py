@@ -9,7 +9,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
 
 #: Keys that hold one entry per object row (background included once it is appended).
@@ -35,13 +34,6 @@ def exception_reason(exc: BaseException) -> str:
     """One line naming the exception, for a failure record."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
-
-
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def encode_masks(masks: np.ndarray) -> list[dict]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 import zarr
 
 from ..schemas import record
@@ -146,6 +145,8 @@ def _sample(index: int, rows: dict[str, np.ndarray], i: int, item: dict[str, Any
 def encode_wds_shard(items: list[dict[str, Any]], start: int, rows: dict[str, np.ndarray],
                      rle_masks: bool = False) -> bytes:
     """The shard's WebDataset tar, in memory (the caller writes it atomically)."""
+    import webdataset as wds  # here: webdataset imports torch, which readers of the cache need not pay for
+
     by_index = {item["index"]: item for item in items}
     buffer = io.BytesIO()
     with wds.TarWriter(buffer) as sink:

@@ -96,8 +96,16 @@ def test_a_committed_job_reruns_as_a_no_op(finished):
     assert snapshot() == before, "a rerun of a committed job changes nothing"
 
 
-def test_killed_run_resumes_to_the_same_arrays(tmp_path, corpus, finished):
-    jd = plan(tmp_path / "b", corpus)
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory, job_corpus):
+    """A job (over its own copy of the images) killed with SIGKILL between its first and its
+    last commit, then run again. Yields its JobDir, its image root, the commits the kill left,
+    the second run's output and the arrays and verify result right after it; the retry test
+    goes on from there (it mends the broken image), so this costs one run less."""
+    root = tmp_path_factory.mktemp("resumed")
+    images = root / "images"
+    shutil.copytree(job_corpus[1], images)
+    jd = plan(root / "b", job_corpus, image_root=images)
     proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + RUN_TIMEOUT
     while not list(jd.commits.glob("shard-*.json")) and time.time() < deadline and proc.poll() is None:
@@ -105,17 +113,23 @@ def test_killed_run_resumes_to_the_same_arrays(tmp_path, corpus, finished):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     committed = len(list(jd.commits.glob("shard-*.json")))
-    assert 1 <= committed < 3, "the kill should land between the first and the last commit"
     out = masktok("run", jd.root, "-q").stdout
-    assert "took over the lock of a dead run" in out and f"{committed} already committed" in out
-    a, b = arrays(finished), arrays(jd)
+    return {"jd": jd, "images": images, "committed": committed, "out": out, "arrays": arrays(jd),
+            "verify": masktok("verify", jd.root, check=False).returncode}
+
+
+def test_killed_run_resumes_to_the_same_arrays(resumed, finished):
+    committed = resumed["committed"]
+    assert 1 <= committed < 3, "the kill should land between the first and the last commit"
+    assert "took over the lock of a dead run" in resumed["out"] and f"{committed} already committed" in resumed["out"]
+    a, b = arrays(finished), resumed["arrays"]
     for name in a:
         if a[name].dtype.kind == "f":  # batches differ between the runs: float rounding may too
             tol = 2e-3 if a[name].dtype == np.float16 else 1e-5
             np.testing.assert_allclose(a[name], b[name], rtol=tol, atol=tol, err_msg=name)
         else:
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-    assert masktok("verify", jd.root).returncode == 0
+    assert resumed["verify"] == 0
 
 
 def test_changed_spec_is_refused(finished):
@@ -206,11 +220,8 @@ def test_a_dead_worker_is_replaced_and_the_job_finishes(tmp_path, corpus, finish
     np.testing.assert_allclose(arrays(jd)["global_token"], arrays(finished)["global_token"], rtol=2e-3, atol=2e-3)
 
 
-def test_retry_failed_redoes_the_failed_images(tmp_path, corpus):
-    local = tmp_path / "images"
-    shutil.copytree(corpus[1], local)
-    jd = plan(tmp_path / "e", corpus, image_root=local)
-    masktok("run", jd.root, "-q")
+def test_retry_failed_redoes_the_failed_images(resumed):
+    jd, local = resumed["jd"], resumed["images"]
     assert json.loads(masktok("status", jd.root, "--json").stdout)["images_failed"] == 1
     shutil.copy(local / "scenes/001.jpg", local / "quirks/broken.jpg")  # the file is mended
     out = masktok("run", jd.root, "--retry-failed", "-q").stdout
