@@ -17,6 +17,7 @@ BENCHMARKS = {
     "invert_vit_l_14_336": ["bench_invert.py", "--shape", "vit-l-14-336", "--quick-gelu"],
     "run": ["bench_run.py"],
     "trainer": ["bench_trainer.py"],
+    "reader": ["bench_reader.py"],
 }
 
 

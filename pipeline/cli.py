@@ -64,7 +64,7 @@ def spec_document(spec: str | None) -> tuple[dict[str, Any], str]:
 def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path | None, spec: str | None,
          shard_size: int | None, sample: int | None, overrides: tuple[str, ...], force: bool, quiet: bool) -> None:
     """Plan a job: read the corpus, check and deduplicate its images, write JOBDIR/job.toml
-    and JOBDIR/manifest.parquet (one row per unique image, sorted by image id, in shards).
+    and JOBDIR/manifest.parquet (one row per unique image, in a seeded pseudo-random order, in shards).
 
     \b
     Examples:

@@ -31,7 +31,8 @@ from .durable import fsync_dir, write_atomic
 
 
 def _fsync_chunks(group_path: Path, shard: int, names: list[str]) -> None:
-    """Flush this shard's chunk files (chunk key c/<shard>/...) of ``names``, and their folders."""
+    """Flush this shard's files of ``names`` (key c/<shard>/...: the shard file of a sharded
+    array, the chunk of an older store; the index along N is the shard's in both), and their folders."""
     for name in names:
         root = group_path / name / "c" / str(shard)
         if root.is_file():

@@ -1,7 +1,10 @@
-"""Planning a job: corpus -> checked, deduplicated, sorted manifest + resolved job.toml.
+"""Planning a job: corpus -> checked, deduplicated, shuffled manifest + resolved job.toml.
 
-The same inputs always give the same manifest: rows are unique image ids sorted by id,
-a ``--sample`` is drawn with the spec's seed, and shards are consecutive row ranges.
+The same inputs always give the same manifest: the unique image ids are sorted, a
+``--sample`` is drawn from them with the spec's seed (``corpus.seed``), they are laid out in
+a permutation seeded the same way, and shards are consecutive row ranges. The permutation
+makes every shard a uniform sample of the corpus: in id order a shard of LLaVA-Instruct
+would hold one source folder (coco, gqa, ocr_vqa, ...).
 """
 
 from __future__ import annotations
@@ -151,6 +154,12 @@ class _FileChecker:
         return None
 
 
+def row_order(ids: list[str], seed: int) -> list[str]:
+    """The manifest's rows: ``ids`` (sorted) in numpy's seeded permutation, which depends on
+    nothing but the ids and the seed (no Python hash randomisation)."""
+    return [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+
+
 def _sample(ids: list[str], n: int | None, seed: int) -> list[str]:
     if n is None or n >= len(ids):
         return ids
@@ -169,8 +178,8 @@ def _digest(ids: list[str], paths: list[str], rows: list[list[int]], shard_size:
 def plan_job(jobdir: Path, spec: JobSpec, *, force: bool = False, progress: bool = False) -> PlanSummary:
     """Plan ``spec`` into ``jobdir``; refuses to replace a different job unless ``force``."""
     spec = resolve_corpus(spec)
-    scan = _scan(spec, progress)
     c = spec.corpus
+    scan = _scan(spec, progress)
     if scan.records_read == 0:
         raise PlanError(f"empty corpus: {c.source} holds no {'images' if c.kind == 'folder' else 'records'}")
 
@@ -192,7 +201,7 @@ def plan_job(jobdir: Path, spec: JobSpec, *, force: bool = False, progress: bool
                 scan.note_rejected(image_id, problem)
         ids = kept
     unique = len(ids)
-    ids = _sample(ids, c.sample, c.seed)
+    ids = row_order(_sample(ids, c.sample, c.seed), c.seed)
     if not ids:
         raise PlanError(f"no images to plan in {c.source}: every record was text-only, invalid, rejected or missing")
 

@@ -1,7 +1,9 @@
 """The manifest: one row per unique image of a job, the index every other file keys on.
 
-Rows are sorted by ``image_id``; ``index`` is the row number (the first axis of every
-Zarr array, and the WebDataset sample key); ``shard`` is ``index // shards.size``.
+Rows are the unique image ids in a permutation seeded by ``corpus.seed``
+(pipeline/plan.py ``row_order``), so every shard is a uniform sample of the corpus;
+``index`` is the row number (the first axis of every Zarr array, and the WebDataset sample
+key); ``shard`` is ``index // shards.size``.
 ``corpus_rows`` lists the positions (0-based) in the corpus JSON of the records that name
 the image, so the trainer can join conversations back; it is empty for folder corpora.
 """
@@ -31,7 +33,7 @@ SCHEMA = pa.schema(
 
 
 def build_table(image_ids: list[str], paths: list[str], corpus_rows: list[list[int]], shard_size: int) -> pa.Table:
-    """Assemble a manifest from rows already sorted by image_id."""
+    """Assemble a manifest from rows already in manifest order (pipeline/plan.py)."""
     n = len(image_ids)
     index = pa.array(range(n), pa.int64())
     shard = pa.array([i // shard_size for i in range(n)], pa.int32())

@@ -74,7 +74,7 @@ class CorpusSpec(_Section):
     image_root: str = ""
     check_files: bool = True
     sample: int | None = Field(None, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="seeds --sample and the manifest row order")
 
 
 class ShardSpec(_Section):

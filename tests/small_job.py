@@ -16,7 +16,8 @@ from masktok.pipeline.demo_corpus import write_demo_corpus
 from masktok.schemas.jobdir import JobDir
 
 #: Demo scenes plus the file quirks of real corpora (quirks/broken.jpg is truncated, so one
-#: image fails at decode). Manifest rows are sorted by image id.
+#: image fails at decode). Manifest rows follow a seeded permutation: find them by id
+#: with :func:`manifest_index`.
 JOB_IMAGES = ["scenes/000.png", "scenes/001.jpg", "scenes/002.jpg", "scenes/003.jpg", "scenes/004.png",
               "quirks/broken.jpg", "quirks/cmyk.jpg", "quirks/animated.gif", "quirks/rgba.png"]
 #: The demo spec made small: 4 boxes, 2 inversion steps, shards of 3 images (3 shards).

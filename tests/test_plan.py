@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from masktok.pipeline.cli import main
+from masktok.pipeline.plan import row_order
 from masktok.schemas.manifest import SCHEMA, read_manifest
 
 TINY = ["--spec", "demo"]  # tiny presets: no checkpoint env vars needed
@@ -48,18 +49,24 @@ def plan(*args):
     return result
 
 
-def test_manifest_has_one_sorted_row_per_unique_existing_image(tmp_path, corpus):
+def seed_of(job):
+    return tomllib.loads((job / "job.toml").read_text())["corpus"]["seed"]
+
+
+def test_manifest_has_one_row_per_unique_existing_image_in_seeded_order(tmp_path, corpus):
     source, root = corpus
     r = plan(tmp_path / "job", "--corpus", "llava-instruct", "--source", source, "--image-root", root,
              "--shard-size", 2, *TINY)
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "job" / "manifest.parquet").to_pylist()
-    assert [row["image_id"] for row in m] == ["coco/a.jpg", "coco/b.jpg", "coco/inside_link.jpg", "gqa/c.jpg", "vg/d.jpg"]
+    unique = ["coco/a.jpg", "coco/b.jpg", "coco/inside_link.jpg", "gqa/c.jpg", "vg/d.jpg"]
+    assert [row["image_id"] for row in m] == row_order(unique, seed_of(tmp_path / "job")) != unique
     assert [row["index"] for row in m] == [0, 1, 2, 3, 4]
     assert [row["shard"] for row in m] == [0, 0, 1, 1, 2]
-    assert m[1]["corpus_rows"] == [0, 3]  # the duplicate is computed once, both records kept
-    assert m[4]["corpus_rows"] == [13]
-    assert m[0]["path"] == str(root.absolute() / "coco/a.jpg")
+    by_id = {row["image_id"]: row for row in m}
+    assert by_id["coco/b.jpg"]["corpus_rows"] == [0, 3]  # the duplicate is computed once, both records kept
+    assert by_id["vg/d.jpg"]["corpus_rows"] == [13]
+    assert by_id["coco/a.jpg"]["path"] == str(root.absolute() / "coco/a.jpg")
     assert pq.read_schema(tmp_path / "job" / "manifest.parquet").equals(SCHEMA, check_metadata=False)
 
 
@@ -95,6 +102,33 @@ def test_same_inputs_give_the_same_manifest(tmp_path, corpus):
     assert (tmp_path / "a/manifest.parquet").read_bytes() == (tmp_path / "b/manifest.parquet").read_bytes()
     meta = [tomllib.loads((tmp_path / n / "job.toml").read_text())["meta"] for n in ("a", "b")]
     assert meta[0]["fingerprint"] == meta[1]["fingerprint"] and meta[0]["manifest_digest"] == meta[1]["manifest_digest"]
+    plan(tmp_path / "c", "--corpus", "llava-instruct", "--source", source, "--image-root", root, *TINY,
+         "--set", f"corpus.seed={seed_of(tmp_path / 'a') + 1}")
+    a, c = (read_manifest(tmp_path / n / "manifest.parquet").column("image_id").to_pylist() for n in ("a", "c"))
+    assert a != c and sorted(a) == sorted(c)  # another seed: another order of the same images
+
+
+def test_every_shard_is_a_mix_of_the_corpus_sources(tmp_path):
+    sources = ["coco", "gqa", "ocr_vqa", "textvqa", "vg"]
+    records = [conv(f"{s}/{i:03d}.jpg", rid=f"{s}{i}") for s in sources for i in range(40)]  # 200 images, by source
+    (tmp_path / "images").mkdir()
+    (tmp_path / "mix.json").write_text(json.dumps(records))
+    r = plan(tmp_path / "job", "--corpus", "llava-instruct", "--source", tmp_path / "mix.json", "--image-root",
+             tmp_path / "images", "--set", "corpus.check_files=false", "--shard-size", 20, *TINY)
+    assert r.exit_code == 0, r.output
+    m = read_manifest(tmp_path / "job" / "manifest.parquet").to_pylist()
+    assert len(m) == 200 and max(row["shard"] for row in m) == 9
+    for shard in range(10):
+        held = {row["image_id"].split("/")[0] for row in m if row["shard"] == shard}
+        assert len(held) >= 3, (shard, held)  # in id order, a shard would be one source
+
+
+def test_a_negative_seed_is_refused_in_one_line(tmp_path, corpus):
+    source, root = corpus
+    r = plan(tmp_path / "job", "--corpus", "llava-instruct", "--source", source, "--image-root", root, *TINY,
+             "--set", "corpus.seed=-1")
+    assert r.exit_code == 1 and "'corpus.seed': input should be greater than or equal to 0" in r.output
+    assert "Traceback" not in r.output
 
 
 def test_sample_is_a_seeded_subset(tmp_path, corpus):
@@ -104,7 +138,7 @@ def test_sample_is_a_seeded_subset(tmp_path, corpus):
     for name, seed in (("s1", 0), ("s2", 0), ("s3", 1)):
         assert plan(tmp_path / name, *args, "--set", f"corpus.seed={seed}").exit_code == 0
         ids[name] = read_manifest(tmp_path / name / "manifest.parquet").column("image_id").to_pylist()
-    assert ids["s1"] == ids["s2"] and len(ids["s1"]) == 3 and ids["s1"] == sorted(ids["s1"])
+    assert ids["s1"] == ids["s2"] and len(ids["s1"]) == 3 and ids["s1"] == row_order(sorted(ids["s1"]), 0)
     full = {"coco/a.jpg", "coco/b.jpg", "coco/inside_link.jpg", "gqa/c.jpg", "vg/d.jpg"}
     assert set(ids["s3"]) <= full and ids["s3"] != ids["s1"]
 
@@ -144,7 +178,8 @@ def test_folder_corpus_plans_every_image_below_the_folder(tmp_path):
     r = plan(tmp_path / "job", "--corpus", "folder", "--source", photos, *TINY)
     assert r.exit_code == 0, r.output
     m = read_manifest(tmp_path / "job" / "manifest.parquet").to_pylist()
-    assert [row["image_id"] for row in m] == ["a/deep/z.webp", "a/w.gif", "a/y.png", "b/x.JPG"]
+    assert [row["image_id"] for row in m] == row_order(["a/deep/z.webp", "a/w.gif", "a/y.png", "b/x.JPG"],
+                                                       seed_of(tmp_path / "job"))
     assert all(row["corpus_rows"] == [] for row in m)
     assert "leak.jpg" in r.output
 

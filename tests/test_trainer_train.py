@@ -107,14 +107,17 @@ def test_generate_with_the_kv_cache_equals_greedy_recomputation(setup) -> None:
     assert cached == sequence[len(ids):]
 
 
-def test_resume_continues_from_the_checkpoint_step(setup) -> None:
-    straight = cfg(setup, "straight", max_steps=5)
+@pytest.mark.parametrize("reader", ["zarr", "wds"])
+def test_resume_continues_from_the_checkpoint_step(setup, reader: str) -> None:
+    """Both readers: the resumed run sees the batches the straight run saw (the epoch's
+    seeded order is replayed; 5 steps of 4 cross the end of the 12-example epoch)."""
+    straight = cfg(setup, f"straight-{reader}", max_steps=5, reader=reader)
     run_train(straight)
-    part = cfg(setup, "resumed", max_steps=3)
+    part = cfg(setup, f"resumed-{reader}", max_steps=3, reader=reader)
     run_train(part)
     with pytest.raises(Exception, match="--resume"):
-        run_train(cfg(setup, "resumed", max_steps=5))
-    summary = run_train(cfg(setup, "resumed", max_steps=5, resume=True))
+        run_train(cfg(setup, f"resumed-{reader}", max_steps=5, reader=reader))
+    summary = run_train(cfg(setup, f"resumed-{reader}", max_steps=5, resume=True, reader=reader))
     m = metrics(part.out)
     assert [r["step"] for r in m] == [1, 2, 3, 4, 5] and summary["step"] == 5
     ref = metrics(straight.out)

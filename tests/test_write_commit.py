@@ -121,7 +121,8 @@ def test_items_that_break_the_contract_are_refused(job):
 
 def test_store_reopened_with_other_dims_is_refused(job):
     jd, _ = job
-    assert open_store(jd.tokens, rows=8, shard_size=4, dims=DIMS)["object_tokens"].chunks == (4, 5, 8)
+    tokens = open_store(jd.tokens, rows=8, shard_size=4, dims=DIMS)["object_tokens"]
+    assert (tokens.shards, tokens.chunks) == ((4, 5, 8), (1, 5, 8))
     with pytest.raises(WriteError, match="was created for"):
         open_store(jd.tokens, rows=8, shard_size=4, dims=TokenDims(K=7, D=8, C=6))
 

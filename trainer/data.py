@@ -2,9 +2,9 @@
 
 ``ConversationDataset`` is map-style over the joined examples and reads images from Zarr
 (the default: random access, exact resume). ``StreamingConversations`` streams the
-WebDataset shards and yields every example of each image as the image comes by, then the
-text-only examples (each split over ranks and DataLoader workers). Both apply the same
-template and composition, so they give identical items for the same example.
+WebDataset shards and yields every example of each image as the image comes by, with the
+text-only examples mixed in (each split over ranks and DataLoader workers). Both apply the
+same template and composition, so they give identical items for the same example.
 """
 
 from __future__ import annotations
@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from . import templates
 from .compose import VisualTokens, compose
-from .readers import WdsImages, ZarrImages, split_for_worker
+from .order import epoch_rng, grouped_batches
+from .readers import WdsImages, ZarrImages, consumer, split_for_worker
 from .records import Example
 from .scaling import CacheStats
 from .token_spec import TokenSpec
@@ -65,10 +67,21 @@ class ConversationDataset(Dataset):
 
 
 class StreamingConversations(IterableDataset):
-    """Streaming: the WebDataset shards in order, each image's examples as it comes by."""
+    """Streaming: each image's examples as the image comes by (``WdsImages``: shards shuffled
+    per epoch, a shuffle buffer), with this consumer's share of the text-only examples mixed
+    in at random places (seeded per epoch and consumer), so they spread over the epoch as in
+    a global shuffle instead of piling up at its end.
 
-    def __init__(self, examples: list[Example], images: WdsImages, build: ItemBuilder) -> None:
-        self.images, self.build = images, build
+    ``group_batch`` (the per-rank batch size): LLaVA-1.5's ``group_by_modality_length`` for a
+    stream: examples wait in a window of ``GROUP_WINDOW`` batches, which is cut into batches
+    of one modality, sorted by length, emitted in a random order (trainer/order.py).
+    """
+
+    GROUP_WINDOW = 16
+
+    def __init__(self, examples: list[Example], images: WdsImages, build: ItemBuilder,
+                 group_batch: int | None = None) -> None:
+        self.images, self.build, self.group_batch = images, build, group_batch
         self.by_row: dict[int, list[Example]] = {}
         self.text_only: list[Example] = []
         for ex in examples:
@@ -76,13 +89,46 @@ class StreamingConversations(IterableDataset):
                 self.text_only.append(ex)
             else:
                 self.by_row.setdefault(ex.row, []).append(ex)
+        self.image_examples = len(examples) - len(self.text_only)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def set_epoch(self, epoch: int) -> None:
+        self.images.set_epoch(epoch)
+
+    def _pairs(self, rng: np.random.Generator) -> Iterator[tuple[Example, dict[str, Any] | None]]:
+        """(example, its image record or None) in stream order, text-only ones mixed in: before
+        each image example, a text-only one comes with probability (text left) / (text left +
+        image examples left, as expected for this consumer)."""
+        text = split_for_worker(self.text_only, self.images.rank, self.images.world)
+        text = [text[i] for i in rng.permutation(len(text))]
+        _, consumers = consumer(self.images.rank, self.images.world)
+        images_left = -(-self.image_examples // consumers)
+        t = 0
         for record in self.images:
             for ex in self.by_row.get(record["index"], ()):
+                while t < len(text) and rng.random() * (len(text) - t + max(images_left, 1)) < len(text) - t:
+                    yield text[t], None
+                    t += 1
+                yield ex, record
+                images_left -= 1
+        for ex in text[t:]:
+            yield ex, None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        me, _ = consumer(self.images.rank, self.images.world)
+        rng = epoch_rng(self.images.seed, self.images.epoch, me)
+        pairs = self._pairs(rng)
+        if not self.group_batch:
+            for ex, record in pairs:
                 yield self.build(ex, record)
-        for ex in split_for_worker(self.text_only, self.images.rank, self.images.world):
-            yield self.build(ex, None)
+            return
+        window: list[tuple[Example, Any]] = []
+        for pair in pairs:
+            window.append(pair)
+            if len(window) >= self.group_batch * self.GROUP_WINDOW:
+                ready, window = grouped_batches(window, self.group_batch, rng, final=False)
+                yield from (self.build(ex, record) for ex, record in ready)
+        ready, _ = grouped_batches(window, self.group_batch, rng, final=True)
+        yield from (self.build(ex, record) for ex, record in ready)
 
 
 def collate(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:

@@ -67,18 +67,24 @@ def mean_across(value: float, env: DistEnv) -> float:
 
 class ResumableSampler(Sampler[int]):
     """torch's DistributedSampler semantics (seeded per-epoch permutation, padded to a
-    multiple of the world size, strided by rank) plus two things it lacks:
+    multiple of the world size, strided by rank) plus what it lacks:
 
     - ``start``: skip the first ``start`` indices of this rank's epoch, so a resumed run
       continues with the very batches an uninterrupted run would have seen next;
+    - ``grouped`` (optional: each example's length, whether it has an image, the per-rank
+      batch size): LLaVA-1.5's ``group_by_modality_length`` order (trainer/order.py);
     - ``blocks`` (optional, one block id per item): shuffle the blocks, then the items
-      within each block, so a rank reads Zarr chunk by chunk (trainer/readers.py).
+      within each block, and give each rank a contiguous run of the order, so a rank reads
+      a store whose chunks are whole shards chunk by chunk (trainer/readers.py). A store
+      with one-row chunks has no such need: leave it out for a global shuffle.
     """
 
     def __init__(self, n: int, rank: int = 0, world: int = 1, seed: int = 0, shuffle: bool = True,
-                 blocks: Sequence[int] | None = None) -> None:
+                 blocks: Sequence[int] | None = None,
+                 grouped: tuple[np.ndarray, np.ndarray, int] | None = None) -> None:
         self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world, seed, shuffle
-        self.blocks = np.asarray(blocks) if blocks is not None else None
+        self.blocks = np.asarray(blocks) if blocks is not None and grouped is None else None
+        self.grouped = grouped
         self.epoch, self.start = 0, 0
         self.per_rank = math.ceil(n / world)
 
@@ -89,7 +95,14 @@ class ResumableSampler(Sampler[int]):
         """This epoch's permutation of all items (before the rank split)."""
         if not self.shuffle:
             return np.arange(self.n)
-        rng = np.random.default_rng(self.seed + self.epoch)
+        from .order import epoch_rng
+
+        rng = epoch_rng(self.seed, self.epoch)
+        if self.grouped is not None:
+            from .order import modality_length_grouped
+
+            lengths, has_image, batch = self.grouped
+            return modality_length_grouped(np.asarray(lengths), np.asarray(has_image), batch, self.world, rng)
         if self.blocks is None:
             return rng.permutation(self.n)
         ids, inverse = np.unique(self.blocks, return_inverse=True)

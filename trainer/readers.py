@@ -10,19 +10,18 @@ which sink it reads:
 with k = num_objects (Zarr's padding rows dropped, as a WebDataset sample stores them).
 Images that are not ok (status 0 pending, 2 failed) carry the scalars only.
 
-Zarr chunks span a whole shard along N (schemas: chunks = shard size), so reading one row
-decodes its shard's chunk. ``ZarrImages`` keeps the last decoded chunk of each array, so
-reading rows in shard order (the trainer's block shuffle: ``ResumableSampler``,
-trainer/distributed.py) decodes each chunk once; purely random access would decode a
-chunk per row.
+Zarr: a store in the current layout reads any row alone (one-row chunks inside one shard
+file per manifest shard); an older store whose chunks are whole shards is read chunk by
+chunk (see ``ZarrImages``). WebDataset: the committed tars, shuffled per epoch.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
-import tarfile
+import random
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +33,7 @@ from ..schemas.commits import valid_commits
 from ..schemas.errors import CacheError
 from ..schemas.jobdir import JobDir
 from ..schemas.record import OBJECT_ARRAYS, SCALARS, TENSORS, Status
+from ..schemas.versions import ZARR_LAYOUTS
 
 
 def zarr_path(job_dir: Path) -> Path:
@@ -62,16 +62,41 @@ def _scalar(name: str, value: Any) -> Any:
 
 
 class ZarrImages(Dataset):
-    """Map-style dataset: item ``i`` is manifest row ``i`` of the cache (any status)."""
+    """Map-style dataset: item ``i`` is manifest row ``i`` of the cache (any status).
+
+    The scalar columns are read whole at open (a few bytes per row); the tensors of a row
+    are read on demand, as the store's layout allows (group attr ``layout``,
+    schemas/versions.py):
+
+    - "sharded-rows": each row of a tensor is a chunk of its own inside its shard file, so
+      any order is cheap and ``chunk_rows`` is 1. A row is read straight from the shard file
+      as the Zarr v3 sharding format lays it out (the chunk's offset and size in an index at
+      the end of the file): zarr's own ``array[i]`` spends 1-3 ms per call in its event
+      loop, which caps a record of 7 tensors at ~100/s. Arrays coded otherwise go through zarr.
+    - "shard-chunks" (stores written before): one chunk per shard, ``chunk_rows`` = shard
+      size. The last decoded chunk of each array is kept, so reading in shard order (the
+      trainer's block shuffle, trainer/distributed.py) decodes each chunk once; random
+      access decodes a whole chunk per row.
+    """
 
     def __init__(self, job_dir: Path) -> None:
         self.path = zarr_path(job_dir)
         group = self._open()
-        self.image_ids: list[str] = [str(x) for x in group["image_id"][:]]
-        self.status: np.ndarray = np.asarray(group["status"][:])
         self.dims: dict[str, int] = dict(group.attrs["dims"])
-        self.chunk_rows: int = int(group["status"].chunks[0])
-        self._group: Any = None
+        self.layout: str = str(group.attrs.get("layout", "shard-chunks"))
+        if self.layout not in ZARR_LAYOUTS:
+            raise CacheError(f"{self.path} has layout {self.layout!r}, written by a newer masktok "
+                             f"(this one reads {', '.join(ZARR_LAYOUTS)})")
+        self._scalars: dict[str, np.ndarray] = {name: np.asarray(group[name][:]) for name in SCALARS}
+        self.image_ids: list[str] = [str(x) for x in self._scalars["image_id"]]
+        self.status: np.ndarray = self._scalars["status"]
+        sharded = self.layout == "sharded-rows"
+        self.chunk_rows: int = 1 if sharded else int(group["status"].chunks[0])
+        self._direct: dict[str, tuple[Any, ...]] = {}
+        if sharded:
+            formats = {name: self._shard_format(group[name]) for name in TENSORS}
+            self._direct = {name: f for name, f in formats.items() if f is not None}
+        self._arrays: dict[str, Any] = {}  # zarr handles, opened on first use (per process)
         self._chunks: dict[str, tuple[int, np.ndarray]] = {}
 
     def _open(self) -> Any:
@@ -83,15 +108,61 @@ class ZarrImages(Dataset):
         return len(self.image_ids)
 
     def __getstate__(self) -> dict[str, Any]:  # DataLoader workers open their own handle
-        return {**self.__dict__, "_group": None, "_chunks": {}}
+        return {**self.__dict__, "_arrays": {}, "_chunks": {}}
+
+    @staticmethod
+    def _shard_format(array: Any) -> tuple[Any, ...] | None:
+        """(shard rows, row shape, dtype, fill, chunk key encoding, zstd?) of an array coded as
+        stages/write.py codes it (sharding, one-row chunks of bytes [+ zstd], a little-endian
+        index with a CRC32C at the end); None for anything else."""
+        codecs = [c.to_dict() for c in array.metadata.codecs]
+        if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
+            return None
+        cfg = codecs[0]["configuration"]
+        inner = [c["name"] for c in cfg["codecs"]]
+        little = all(c.get("configuration", {}).get("endian", "little") == "little"
+                     for c in (cfg["codecs"][0], cfg["index_codecs"][0]))
+        index = [c["name"] for c in cfg["index_codecs"]]
+        if (list(cfg["chunk_shape"]) != [1, *array.shape[1:]] or cfg["index_location"] != "end" or not little
+                or inner not in (["bytes"], ["bytes", "zstd"]) or index != ["bytes", "crc32c"]):
+            return None
+        return (int(array.shards[0]), tuple(array.shape[1:]), np.dtype(array.dtype).newbyteorder("<"),
+                array.metadata.fill_value, array.metadata.chunk_key_encoding, inner[-1] == "zstd")
+
+    def _shard_row(self, name: str, i: int) -> np.ndarray:
+        """Row ``i`` of ``name`` read from its shard file: its index entry, then its chunk."""
+        rows, shape, dtype, fill, keys, zstd = self._direct[name]
+        shard, j = divmod(i, rows)
+        try:
+            fd = os.open(self.path / name / keys.encode_chunk_key((shard,) + (0,) * len(shape)), os.O_RDONLY)
+        except FileNotFoundError:  # the shard holds only fill values: zarr wrote no file
+            return np.full(shape, fill, dtype)
+        try:
+            index = os.fstat(fd).st_size - 4 - 16 * rows  # (offset, nbytes) uint64 per chunk, then the CRC
+            offset, nbytes = np.frombuffer(os.pread(fd, 16, index + 16 * j), "<u8").tolist()
+            if offset == 2 ** 64 - 1:  # an empty chunk: fill values
+                return np.full(shape, fill, dtype)
+            data = os.pread(fd, nbytes, offset)
+        finally:
+            os.close(fd)
+        if zstd:
+            from numcodecs import Zstd
+
+            data = Zstd().decode(data)
+        return np.frombuffer(data, dtype).reshape(shape)
 
     def _row(self, name: str, i: int) -> np.ndarray:
+        if name in self._direct:
+            return self._shard_row(name, i)
+        if not self._arrays:
+            group = self._open()
+            self._arrays = {a: group[a] for a in TENSORS}
+        if self.chunk_rows == 1:
+            return np.asarray(self._arrays[name][i])
         c = i // self.chunk_rows
         cached = self._chunks.get(name)
         if cached is None or cached[0] != c:
-            if self._group is None:
-                self._group = self._open()
-            cached = (c, np.asarray(self._group[name][c * self.chunk_rows:(c + 1) * self.chunk_rows]))
+            cached = (c, np.asarray(self._arrays[name][c * self.chunk_rows:(c + 1) * self.chunk_rows]))
             self._chunks[name] = cached
         return cached[1][i - c * self.chunk_rows]
 
@@ -99,7 +170,7 @@ class ZarrImages(Dataset):
         i = int(i)
         rec: dict[str, Any] = {"index": i}
         for name in SCALARS:
-            rec[name] = _scalar(name, self._row(name, i))
+            rec[name] = _scalar(name, self._scalars[name][i])
         if rec["status"] != Status.OK:
             return rec
         k = rec["num_objects"]
@@ -107,24 +178,6 @@ class ZarrImages(Dataset):
             value = self._row(name, i)
             rec[name] = value[:k].copy() if name in OBJECT_ARRAYS else value.copy()
         return rec
-
-
-def read_tar(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of one WebDataset shard, in tar order (members grouped by key)."""
-    current: dict[str, Any] = {}
-    key = None
-    with tarfile.open(path, "r|") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            k, _, ext = member.name.partition(".")
-            if k != key and current:
-                yield _sample_record(current)
-                current = {}
-            key = k
-            current[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    if current:
-        yield _sample_record(current)
 
 
 def _sample_record(members: dict[str, bytes]) -> dict[str, Any]:
@@ -139,29 +192,60 @@ def _sample_record(members: dict[str, bytes]) -> dict[str, Any]:
     return rec
 
 
-def split_for_worker(items: list[Any], rank: int = 0, world: int = 1) -> list[Any]:
-    """The share of ``items`` of this (rank, DataLoader worker): strided, so every consumer
-    of a multi-process, multi-worker run reads disjoint shards."""
+def consumer(rank: int = 0, world: int = 1) -> tuple[int, int]:
+    """(id, count) of this reader among all of a run's readers: one per (rank, DataLoader
+    worker), so that every consumer of a multi-process, multi-worker run reads its own share."""
     info = get_worker_info()
     workers, wid = (info.num_workers, info.id) if info else (1, 0)
-    return items[rank * workers + wid:: world * workers]
+    return rank * workers + wid, world * workers
+
+
+def split_for_worker(items: list[Any], rank: int = 0, world: int = 1) -> list[Any]:
+    """The share of ``items`` of this consumer (see :func:`consumer`): strided, disjoint."""
+    me, count = consumer(rank, world)
+    return items[me::count]
 
 
 class WdsImages(IterableDataset):
-    """Streaming dataset over the WebDataset shards, in shard and key order.
+    """Streaming dataset over the committed WebDataset shards, read with the webdataset library.
 
-    With ``rank``/``world`` (default: from torchrun's RANK/WORLD_SIZE) and DataLoader
-    workers, each consumer reads every ``world * workers``-th shard.
+    Every epoch (:meth:`set_epoch`) the shard list is shuffled with ``seed + epoch`` (the
+    same permutation on every rank), then split by node (``rank``/``world``, default: from
+    torchrun's RANK/WORLD_SIZE) and by DataLoader worker, so the consumers read disjoint
+    shards; samples then pass a shuffle buffer of ``shuffle_buffer`` records, seeded per
+    (epoch, consumer). ``shuffle=False``: shard and key order, no buffer. The stream of an
+    epoch is a function of (seed, epoch, world, workers): a resumed run replays it exactly.
     """
 
-    def __init__(self, job_dir: Path, rank: int | None = None, world: int | None = None) -> None:
+    def __init__(self, job_dir: Path, rank: int | None = None, world: int | None = None, seed: int = 0,
+                 shuffle: bool = True, shuffle_buffer: int = 1000) -> None:
         self.shards = wds_shards(job_dir)
         self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
         self.world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
+        self.seed, self.shuffle, self.shuffle_buffer = seed, shuffle, shuffle_buffer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for shard in split_for_worker(self.shards, self.rank, self.world):
-            yield from read_tar(shard)
+        import webdataset as wds
+
+        from .order import epoch_rng
+
+        urls = [str(p) for p in self.shards]
+        if self.shuffle:
+            urls = [urls[i] for i in epoch_rng(self.seed, self.epoch).permutation(len(urls))]
+        rank, world = self.rank, self.world
+        stream = wds.WebDataset(urls, shardshuffle=False, empty_check=False,
+                                nodesplitter=lambda src: itertools.islice(src, rank, None, world),
+                                workersplitter=wds.split_by_worker)
+        if self.shuffle and self.shuffle_buffer > 1:
+            me, _ = consumer(rank, world)
+            stream = stream.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                                    rng=random.Random(f"{self.seed}/{self.epoch}/{me}"))
+        for sample in stream:  # members as raw bytes, keyed by extension ("json", "boxes.npy", ...)
+            yield _sample_record(sample)
 
 
 def as_tensors(rec: dict[str, Any]) -> dict[str, Any]:

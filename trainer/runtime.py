@@ -19,6 +19,7 @@ from ..schemas.errors import DataError
 from .data import ConversationDataset, ItemBuilder, StreamingConversations, collate
 from .distributed import DistEnv, ResumableSampler
 from .model import MaskLlava, Projector
+from .order import example_lengths
 from .readers import WdsImages, ZarrImages
 from .records import Example
 
@@ -54,6 +55,7 @@ class TrainConfig:
     reader: str = "zarr"
     workers: int = 0
     seed: int = 0
+    group_by_modality_length: bool = False
     precision: str = "auto"
     device: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -102,13 +104,18 @@ def scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float,
 
 def make_loader(cfg: TrainConfig, env: DistEnv, examples: list[Example], images: ZarrImages,
                 build: ItemBuilder, pad_id: int) -> tuple[DataLoader, ResumableSampler | None]:
-    """The DataLoader of this rank: Zarr + ResumableSampler, or the streaming WebDataset."""
+    """The DataLoader of this rank: Zarr + ResumableSampler, or the streaming WebDataset.
+    Both shuffle with ``cfg.seed`` per epoch (trainer/order.py); with
+    ``cfg.group_by_modality_length`` batches hold one modality and similar lengths."""
     fn = partial(collate, pad_id=pad_id)
     if cfg.reader == "wds":
-        ds = StreamingConversations(examples, WdsImages(cfg.cache, env.rank, env.world), build)
+        ds = StreamingConversations(examples, WdsImages(cfg.cache, env.rank, env.world, seed=cfg.seed), build,
+                                    group_batch=cfg.batch_size if cfg.group_by_modality_length else None)
         return DataLoader(ds, batch_size=cfg.batch_size, collate_fn=fn, num_workers=cfg.workers), None
     ds = ConversationDataset(examples, images, build)
-    sampler = ResumableSampler(len(ds), env.rank, env.world, seed=cfg.seed, blocks=ds.blocks())
+    grouped = (*example_lengths(examples), cfg.batch_size) if cfg.group_by_modality_length else None
+    blocks = ds.blocks() if images.chunk_rows > 1 else None  # whole-shard chunks: read chunk by chunk
+    sampler = ResumableSampler(len(ds), env.rank, env.world, seed=cfg.seed, blocks=blocks, grouped=grouped)
     return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=fn,
                       num_workers=cfg.workers, drop_last=False), sampler
 

@@ -9,6 +9,8 @@ plain (LLaVA ``conv_llava_plain``, ``preprocess_plain``)::
     <s> <image> {caption}\\n          loss on "{caption}\\n" only
 
     The record's first turn is replaced by the image, its second turn is the caption.
+    "{caption}\\n" is one string, tokenized on its own after the sentinel as LLaVA's
+    ``tokenizer_image_token`` does (a SentencePiece "▁" dummy prefix included, and learnt).
 
 v1 (LLaVA ``conv_vicuna_v1``, ``preprocess_v1``; sep " ", sep2 "</s>")::
 
@@ -20,10 +22,17 @@ v1 (LLaVA ``conv_vicuna_v1``, ``preprocess_v1``; sep " ", sep2 "</s>")::
     turn loses that turn, and a text-only record has no image. An image record whose text
     lacks ``<image>`` gets it prepended too.
 
-Text is tokenized segment by segment (each masked prefix, each answer) and concatenated,
-never as one string: then the mask is exact for any tokenizer (LLaVA's ``-2`` offsets are
-tuned to Llama's SentencePiece), and the prompt ``masktok generate`` feeds is token for
-token the prefix the model saw in training.
+The whole v1 conversation is tokenized as one string, as ``preprocess_v1`` does (through
+``tokenizer_image_token``: each ``<image>``-free chunk is tokenized on its own, the
+sentinel goes between). It is never tokenized piece by piece: a SentencePiece tokenizer
+(Llama, Vicuna) adds a dummy-prefix "▁" at the start of every piece it is given, so
+``tokenizer(" Red.")`` is ``▁ ▁Red .`` where the conversation has ``: ▁Red .``, and in
+non-legacy mode ``USER`` right after ``</s>`` has no "▁" that a lone ``USER: ...`` gets.
+The labels come from the same ids: an answer's span starts and ends where the ids of the
+text before it end, and that text always stops at a space or at ``</s>``, where no token
+straddles (checked). LLaVA finds the same spans with ``-2``/``-1`` offsets tuned to Llama.
+The generation prompt is that text up to "ASSISTANT:", so ``masktok generate`` feeds
+token for token the prefix the model saw in training.
 """
 
 from __future__ import annotations
@@ -75,20 +84,29 @@ def _normalise(turns: list[dict[str, str]], has_image: bool) -> list[dict[str, s
 def v1(turns: list[dict[str, str]], tokenizer: Any, has_image: bool,
        system: str = SYSTEM_V1) -> tuple[list[int], list[int]]:
     """Stage-2 ids and labels (see the module docstring)."""
-    ids = _bos(tokenizer)
-    labels = [IGNORE_INDEX] * len(ids)
-    prefix = system + " "
+    text, answers = system + " ", []
     for t in _normalise(turns, has_image):
         if t["from"] == "human":
-            seg = encode(tokenizer, f"{prefix}{ROLES[0]}: {t['value']} {ROLES[1]}:")
-            ids += seg
-            labels += [IGNORE_INDEX] * len(seg)
-            prefix = ""
+            text += f"{ROLES[0]}: {t['value']} {ROLES[1]}:"
         else:
-            seg = encode(tokenizer, " " + t["value"]) + [tokenizer.eos_token_id]
-            ids += seg
-            labels += seg
+            start = len(text)
+            text += f" {t['value']}{tokenizer.eos_token}"
+            answers.append((start, len(text)))
+    bos = _bos(tokenizer)
+    ids = bos + encode(tokenizer, text)
+    labels = [IGNORE_INDEX] * len(ids)
+    for start, end in answers:
+        first, last = (_prefix_len(tokenizer, text[:k], ids, len(bos)) for k in (start, end))
+        labels[first:last] = ids[first:last]
     return ids, labels
+
+
+def _prefix_len(tokenizer: Any, prefix: str, ids: list[int], offset: int) -> int:
+    """Where, in ``ids``, the ids of ``prefix`` end (``prefix`` starts the text of ``ids[offset:]``)."""
+    head = encode(tokenizer, prefix)
+    if ids[offset:offset + len(head)] != head:
+        raise ValueError(f"a token straddles the end of {prefix[-40:]!r}: no exact label mask")
+    return offset + len(head)
 
 
 def v1_prompt(question: str, tokenizer: Any, has_image: bool, system: str = SYSTEM_V1) -> list[int]:

@@ -144,7 +144,8 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
             if sampler is not None:
                 sampler.set_epoch(epoch, start=skip * cfg.batch_size)
                 yield from loader
-            else:
+            else:  # the stream of an epoch is deterministic: replay it, drop what was consumed
+                loader.dataset.set_epoch(epoch)
                 for i, b in enumerate(loader):
                     if i >= skip:
                         yield b
