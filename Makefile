@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# Two pytest-xdist workers: the Ray tests (one group, in one worker) spend half their time
+# waiting on process start-up, while the other worker runs everything else.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 demo: install
 	$(VENV)/bin/masktok demo $(DEMO_DIR)

@@ -1,11 +1,17 @@
 """`masktok demo`: generated corpus with real-world quirks, planned with tiny models."""
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from masktok.pipeline.cli import main
 from masktok.pipeline.demo_corpus import SCENES, write_demo_corpus
 from masktok.schemas.manifest import read_manifest
+
+# The demo starts Ray; every test that starts Ray runs in one pytest-xdist worker, one after the other (`make test`
+# runs two workers): two local Rays at once would fight over 2 cores, and the dead-worker
+# test's `ray stop` stops every Ray of the machine.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def test_demo_corpus_has_the_quirks_of_real_corpora(tmp_path):

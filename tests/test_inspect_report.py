@@ -27,6 +27,11 @@ from masktok.schemas.jobdir import JobDir
 from masktok.pipeline.run import load_job
 from small_job import JOB_IMAGES, manifest_index, plan_job
 
+# Every test that starts Ray runs in one pytest-xdist worker, one after the other (`make test`
+# runs two workers): two local Rays at once would fight over 2 cores, and the dead-worker
+# test's `ray stop` stops every Ray of the machine.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 @pytest.fixture
 def job(finished_job: JobDir) -> JobDir:

@@ -28,6 +28,11 @@ from masktok.pipeline.run import load_job
 from masktok.schemas.manifest import read_manifest
 from small_job import JOB_IMAGES as IMAGES, MASKTOK, RUN_TIMEOUT, plan_job as plan, run_masktok as masktok
 
+# Every test that starts Ray runs in one pytest-xdist worker, one after the other (`make test`
+# runs two workers): two local Rays at once would fight over 2 cores, and the dead-worker
+# test's `ray stop` stops every Ray of the machine.
+pytestmark = pytest.mark.xdist_group("ray")
+
 
 @pytest.fixture
 def finished(finished_job):
@@ -182,9 +187,11 @@ def ray_cluster():
     Yields (the address for ``--ray-address``, the state API's address)."""
     ray = str(Path(sys.executable).parent / "ray")
     gcs, dashboard = _free_port(), _free_port()
+    # Ray turns token authentication on once ~/.ray/auth_token exists (a local run writes it)
+    # while its state-API client does not send the token: off, so that any machine is alike
     subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
                     "--include-dashboard=true", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
-                   check=True, capture_output=True, timeout=120)
+                   check=True, capture_output=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     try:
         yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
     finally:
@@ -199,17 +206,21 @@ def test_a_dead_worker_is_replaced_and_the_job_finishes(tmp_path, corpus, finish
     address, state_api = ray_cluster
     jd = plan(tmp_path / "d", corpus)
     proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "--ray-address", address, "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     killed = None
     deadline = time.time() + RUN_TIMEOUT
     while killed is None and time.time() < deadline and proc.poll() is None:
-        done = len(list(jd.commits.glob("shard-*.json")))
-        if done:
-            workers = [a for a in list_actors(address=state_api, filters=[("state", "=", "ALIVE")], detail=True)
-                       if "StageGroup" in a.class_name and a.pid]
-            if workers:
-                killed, done_at_kill = workers[-1].pid, done
-                os.kill(killed, signal.SIGKILL)
+        # an actor is ALIVE once built (models loaded): kill the first one seen, while its
+        # stage has work; waiting for a commit first raced the end of this 3-shard job
+        try:
+            alive = list_actors(address=state_api, filters=[("state", "=", "ALIVE")], detail=True)
+        except Exception:  # noqa: BLE001 - the state API refuses calls for a while after `ray start`
+            alive = []
+        workers = [a for a in alive if "StageGroup" in a.class_name and a.pid]
+        if workers:
+            killed, done_at_kill = workers[-1].pid, len(list(jd.commits.glob("shard-*.json")))
+            os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
     out, _ = proc.communicate(timeout=RUN_TIMEOUT)
     assert killed is not None, "no stage worker was found to kill"
