@@ -22,7 +22,8 @@ from .topology import model_checkpoint, models_needed
 def resolve_checkpoints(spec: JobSpec, jd: JobDir) -> dict[str, str]:
     """The checkpoint path of every model the job runs; "tiny" ones are materialised."""
     wanted = {m: model_checkpoint(spec, m) for m in models_needed(spec)}
-    tiny = materialize_tiny(jd.models, tuple(m for m, path in wanted.items() if path == TINY))
+    tiny_models = tuple(m for m, path in wanted.items() if path == TINY)
+    tiny = materialize_tiny(jd.models, tiny_models) if tiny_models else {}  # real weights: no models/ folder
     wanted = {m: str(tiny.get(m, path)) for m, path in wanted.items()}
     for model, path in wanted.items():
         if not Path(path).exists():
