@@ -18,6 +18,7 @@ BENCHMARKS = {
     "run": ["bench_run.py"],
     "trainer": ["bench_trainer.py"],
     "reader": ["bench_reader.py"],
+    "memory": ["bench_memory.py"],
 }
 
 

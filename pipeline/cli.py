@@ -17,7 +17,7 @@ from ..jobs import BUNDLED, bundled_spec
 from ..schemas.errors import Group
 from ..schemas.jobdir import JobDir
 from ..schemas.spec import CORPUS_KINDS, apply_overrides, read_toml, set_value, spec_from_dict
-from ..trainer.cli import generate, train
+from ..trainer.cli import export, generate, train
 from .plan import plan_job
 from .views.inspect import inspect
 from .views.report import report
@@ -169,6 +169,7 @@ main.add_command(inspect)
 main.add_command(report)
 main.add_command(train)
 main.add_command(generate)
+main.add_command(export)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -63,3 +63,24 @@ def finished_job(tmp_path_factory: pytest.TempPathFactory, job_corpus: tuple[Pat
     jd = plan_job(tmp_path_factory.mktemp("jobs") / "finished", job_corpus)
     run_masktok("run", jd.root, "-q")
     return jd
+
+
+# --- a tiny cache and a tiny Llama for the trainer ------------------------------------------
+
+TRAINER_IMAGES = 12
+
+
+@pytest.fixture(scope="session")
+def tiny_trainer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A 12-image cache (4 per shard, image 5 failed), a LLaVA JSON naming them plus one
+    text-only record, and a tiny Llama folder. Keys: root, job, data, llm; tests write their
+    runs under root, each in a folder of its own name."""
+    from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+    from masktok.trainer.tiny_llm import build_tiny_llm
+
+    root = tmp_path_factory.mktemp("trainer")
+    job = write_tiny_cache(root / "job", n=TRAINER_IMAGES, shard_size=4, failed=(5,))
+    data = write_corpus(root / "data.json", TRAINER_IMAGES, [
+        {"id": "t", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]}])
+    llm = build_tiny_llm(root / "llm", list(CAPTIONS) + ["Describe the image.", "Say hi.", "hi"], hidden=64)
+    return {"root": root, "job": job, "data": data, "llm": llm}

@@ -11,24 +11,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
 from masktok.trainer.cli import generate, train
 from masktok.trainer.runtime import TrainConfig
 from masktok.trainer.train import train as run_train
 
-N = 12
 
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from masktok.trainer.tiny_llm import build_tiny_llm
-
-    root = tmp_path_factory.mktemp("trainer")
-    job = write_tiny_cache(root / "job", n=N, shard_size=4, failed=(5,))
-    data = write_corpus(root / "data.json", N, [
-        {"id": "t", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]}])
-    llm = build_tiny_llm(root / "llm", list(CAPTIONS) + ["Describe the image.", "Say hi.", "hi"], hidden=64)
-    return {"root": root, "job": job, "data": data, "llm": llm}
+@pytest.fixture
+def setup(tiny_trainer: dict[str, Path]) -> dict[str, Path]:
+    return tiny_trainer
 
 
 def cfg(s: dict[str, Path], out: str, **kw) -> TrainConfig:
@@ -157,15 +147,20 @@ def test_cli_train_generate_and_errors(setup) -> None:
 
 
 @pytest.mark.skipif(os.environ.get("MASKTOK_SKIP_DDP") == "1", reason="MASKTOK_SKIP_DDP=1")
-def test_two_process_data_parallel_on_cpu(setup) -> None:
-    """torchrun, 2 CPU processes, gloo: both ranks step together; rank 0 writes."""
-    out = setup["root"] / "ddp"
+def test_the_cli_under_torchrun_shards_the_lm_on_two_cpu_processes(setup) -> None:
+    """torchrun, 2 CPU processes, gloo, through the launch module and its flags: fsdp with
+    gradient checkpointing; both ranks step together and each writes its part of dcp/."""
+    out = setup["root"] / "torchrun-cli"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "masktok.trainer.launch", "train", "--stage", "2", "--cache", str(setup["job"]),
            "--data", str(setup["data"]), "--llm", str(setup["llm"]), "--out", str(out), "--max-steps", "2",
-           "--batch-size", "2", "--grad-accum", "2", "--tokens", "cls,patch:4,obj:3", "--device", "cpu", "-q"]
+           "--batch-size", "2", "--grad-accum", "2", "--tokens", "cls,patch:4,obj:3", "--device", "cpu",
+           "--strategy", "fsdp", "--gradient-checkpointing", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["step"] for r in metrics(out)] == [1, 2]
-    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    run = json.loads((out / "run.json").read_text())
+    assert (run["world_size"], run["strategy"], run["config"]["gradient_checkpointing"]) == (2, "fsdp", True)
+    assert len(list((out / "checkpoint-0000002/dcp").glob("*.distcp"))) == 2
+    assert res.stderr.count("Loading weights") == 0, "transformers' progress bars are off"

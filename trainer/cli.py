@@ -50,14 +50,24 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--group-by-modality-length", is_flag=True,
               help="LLaVA-1.5's batching: image and text-only examples in separate batches, lengths grouped.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on CUDA when supported, fp32 on CPU.")
+              help="auto: bf16 compute on CUDA when supported (fp32 master weights), fp32 on CPU.")
+@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True,
+              help="With several processes: ddp replicates the model; fsdp (FSDP2) shards parameters, "
+                   "gradients and optimizer state per decoder layer. auto: fsdp on CUDA, ddp on CPU.")
+@click.option("--gradient-checkpointing", is_flag=True,
+              help="Recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute).")
 @click.option("--device", default=None, help="Default cuda:LOCAL_RANK when CUDA is available, else cpu.")
 @click.option("-q", "--quiet", is_flag=True)
 def train(quiet: bool, **opts: Any) -> None:
     """Train Mask-LLaVA from a token cache (stage 1 or 2). Under torchrun (WORLD_SIZE > 1)
-    it runs data-parallel: torchrun --nproc_per_node N -m masktok.trainer.launch train ..."""
+    it runs on all processes: torchrun --nproc_per_node N -m masktok.trainer.launch train ...
+    The last checkpoint is consolidated (projector.pt, llm/ as a Hugging Face folder)."""
+    from transformers.utils.logging import disable_progress_bar
+
     from .runtime import TrainConfig
     from .train import train as run
+
+    disable_progress_bar()  # transformers 5's "Loading weights" bars, once per rank
 
     cfg = TrainConfig(**opts)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
@@ -82,3 +92,20 @@ def generate(**opts: Any) -> None:
 
     disable_progress_bar()  # the answer is all the command prints (transformers 5 shows "Loading weights")
     click.echo(run(**opts))
+
+
+@click.command("export", cls=Command)
+@click.option("--checkpoint", type=_DIR, required=True, help="A checkpoint-*/ folder, or a run folder (its latest).")
+@click.option("--out", type=_DIR, required=True, help="A new folder: projector.pt, state.json and (stage 2) llm/.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="The LM weights' dtype in llm/.")
+def export(checkpoint: Path, out: Path, dtype: str) -> None:
+    """Consolidate a (sharded) checkpoint, whatever world size wrote it: llm/ loads with
+    AutoModelForCausalLM.from_pretrained, and `masktok generate --checkpoint OUT` answers
+    with it. Needs the memory of the whole model in one process (fp32: 27 GB at 7B)."""
+    from transformers.utils.logging import disable_progress_bar
+
+    from .consolidate import export as run
+
+    disable_progress_bar()
+    click.echo(run(checkpoint, out, dtype))

@@ -65,6 +65,21 @@ def mean_across(value: float, env: DistEnv) -> float:
     return float(t.item()) / env.world
 
 
+def peak_memory(env: DistEnv) -> dict[str, list[float] | None]:
+    """Each rank's peak resident memory (MB, the process's ru_maxrss) and, on CUDA, its peak
+    allocated GPU memory (MB); a collective when WORLD_SIZE > 1."""
+    import resource
+
+    mine = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            torch.cuda.max_memory_allocated() / 2**20 if env.device.startswith("cuda") else -1.0]
+    every = [mine]
+    if env.world > 1:
+        every = [None] * env.world
+        dist.all_gather_object(every, mine)
+    return {"rss_mb": [round(r[0], 1) for r in every],
+            "gpu_mb": [round(r[1], 1) for r in every] if env.device.startswith("cuda") else None}
+
+
 class ResumableSampler(Sampler[int]):
     """torch's DistributedSampler semantics (seeded per-epoch permutation, padded to a
     multiple of the world size, strided by rank) plus what it lacks:

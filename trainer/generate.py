@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..schemas.errors import CacheError
 from ..schemas.record import Status
-from . import checkpoint as ckpt
 from . import templates
 from .compose import compose
+from .consolidate import load_checkpoint_model
 from .readers import ZarrImages
-from .runtime import build_model, load_llm, load_tokenizer
 from .scaling import CacheStats
 from .token_spec import parse_spec
 
@@ -42,12 +39,7 @@ def load_image(cache: Path, image_id: str, dims: dict[str, int] | None = None) -
 def generate(checkpoint: Path, cache: Path, image_id: str, prompt: str, tokens: str | None = None,
              max_new_tokens: int = 64, device: str = "cpu") -> str:
     """The model's answer text (special tokens dropped, whitespace stripped)."""
-    path = ckpt.resolve(checkpoint)
-    state = ckpt.read_state(path)
-    llm_path = ckpt.llm_dir(path, state)
-    tokenizer = load_tokenizer(llm_path)
-    model = build_model(load_llm(llm_path), state["dims"])
-    model.projector.load_state_dict(torch.load(path / "projector.pt", map_location="cpu"))
+    model, tokenizer, state, _ = load_checkpoint_model(checkpoint)
     model.to(device).eval()
     spec = parse_spec(tokens or state["tokens"])
     stats = CacheStats.from_dict(state["stats"]) if state.get("stats") else None

@@ -11,6 +11,7 @@ objects, and replace the ``<image>`` sentinel (-200) of the text in ``inputs_emb
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -45,6 +46,13 @@ class Projector(nn.Module):
             out.append(torch.cat([tokens[ti:ti + g], patch[pi:pi + np_], tokens[ti + g:ti + g + no]]))
             pi, ti = pi + np_, ti + g + no
         return out
+
+    def idle(self) -> torch.Tensor:
+        """A zero that depends on every weight: added to each batch's embeddings so a batch
+        without images (text-only, or its sentinel cut away) still gives all ranks the same
+        gradients to reduce (ddp and fsdp expect every parameter in every step)."""
+        p = next(self.parameters())
+        return self.patch_proj(p.new_zeros(0, self.patch_dim)).sum() + self.token_proj(p.new_zeros(0, self.token_dim)).sum()
 
 
 class MaskLlava(nn.Module):
@@ -93,7 +101,7 @@ class MaskLlava(nn.Module):
             mask[b, : len(s)] = 1
             if out_labels is not None:
                 out_labels[b, : len(s)] = labs[b]
-        return embeds, mask, out_labels
+        return embeds + self.projector.idle().to(embeds.dtype), mask, out_labels
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """The mean next-token loss over the learnt (non -100) positions of the batch."""
@@ -107,9 +115,11 @@ class MaskLlava(nn.Module):
         embeds, mask, _ = self.embed(torch.tensor([ids]), torch.tensor([len(ids)]), [visual])
         out: list[int] = []
         past = None
+        # transformers 5.x names the KV cache ``cache`` (``past_key_values`` before, deprecated)
+        key = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
         for _ in range(max_new_tokens):
-            res = self.llm(inputs_embeds=embeds, attention_mask=mask, past_key_values=past, use_cache=True)
-            past = res.past_key_values
+            res = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **{key: past})
+            past = getattr(res, key)
             nxt = int(res.logits[0, -1].argmax())
             if eos_token_id is not None and nxt == eos_token_id:
                 break

@@ -57,6 +57,8 @@ class TrainConfig:
     seed: int = 0
     group_by_modality_length: bool = False
     precision: str = "auto"
+    strategy: str = "auto"
+    gradient_checkpointing: bool = False
     device: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -71,13 +73,17 @@ def load_tokenizer(path: Path) -> Any:
     return tok
 
 
-def load_llm(path: Path) -> Any:
-    """Any Hugging Face causal LM from a local folder (never the hub), in fp32."""
+def load_llm(path: Path, dtype: torch.dtype = torch.float32) -> Any:
+    """Any Hugging Face causal LM from a local folder (never the hub), with SDPA attention;
+    fp32 unless told (stage 1's frozen LM is bf16 on CUDA: trainer/sharding.py)."""
     from transformers import AutoModelForCausalLM
 
-    if not (Path(path) / "config.json").is_file():
-        raise DataError(f"no Hugging Face model folder at {path} (config.json missing)")
-    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    from .checkpoint import has_weights
+
+    if not (Path(path) / "config.json").is_file() or not has_weights(Path(path)):
+        raise DataError(f"no Hugging Face model folder at {path} (config.json or weights missing)")
+    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype,
+                                                attn_implementation="sdpa")
 
 
 def build_model(llm: Any, dims: dict[str, int]) -> MaskLlava:
@@ -124,10 +130,3 @@ def micro_batches_per_epoch(cfg: TrainConfig, env: DistEnv, n_examples: int) -> 
     """Micro-batches one rank sees per epoch (the streaming reader's is an estimate)."""
     per_rank = math.ceil(n_examples / env.world)
     return max(1, math.ceil(per_rank / cfg.batch_size))
-
-
-def autocast(device: str, precision: str) -> Any:
-    """bf16 autocast on CUDA when supported (or asked for), fp32 otherwise."""
-    kind = "cuda" if device.startswith("cuda") else "cpu"
-    bf16 = precision == "bf16" or (precision == "auto" and kind == "cuda" and torch.cuda.is_bf16_supported())
-    return torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16)

@@ -34,14 +34,18 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 400) -> "object":
 
 
 def build_tiny_llm(out_dir: Path, texts: Iterable[str], hidden: int = 64, layers: int = 2, heads: int = 4,
-                   vocab_size: int = 400, max_positions: int = 1024, seed: int = 0) -> Path:
-    """Save a seeded tiny LlamaForCausalLM + tokenizer to ``out_dir``; returns ``out_dir``."""
+                   vocab_size: int = 400, max_positions: int = 1024, seed: int = 0,
+                   intermediate: int | None = None, embedding_rows: int | None = None) -> Path:
+    """Save a seeded tiny LlamaForCausalLM + tokenizer to ``out_dir``; returns ``out_dir``.
+    ``embedding_rows`` pads the embedding and LM head beyond the tokenizer's vocabulary
+    (e.g. 32000, Llama's, for memory figures); ``intermediate`` defaults to 2 x hidden."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer(texts, vocab_size)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+    config = LlamaConfig(vocab_size=max(len(tokenizer), embedding_rows or 0), hidden_size=hidden,
+                         intermediate_size=intermediate or 2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,

@@ -14,8 +14,8 @@ cache statistics are kept; asking for different ones is refused.
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,12 +26,14 @@ import torch
 from ..schemas.errors import DataError, TrainError
 from . import checkpoint as ckpt
 from .data import ItemBuilder
-from .distributed import DistEnv, mean_across, setup, teardown
+from .consolidate import llm_for, load_checkpoint_model, write_consolidated, write_llm_files
+from .distributed import DistEnv, mean_across, peak_memory, setup, teardown
 from .readers import ZarrImages
 from .records import join_records, load_records
-from .runtime import (STAGE_LR, TrainConfig, autocast, build_model, load_llm, load_tokenizer, make_loader,
+from .runtime import (STAGE_LR, TrainConfig, build_model, load_llm, load_tokenizer, make_loader,
                       micro_batches_per_epoch, scheduler)
 from .scaling import MODES, CacheStats
+from .sharding import autocast, frozen_llm_dtype, gradient_sync, resolve_strategy, use_bf16, wrap
 from .stats import cache_stats
 from .token_spec import DEFAULT_SPEC, parse_spec
 
@@ -58,15 +60,17 @@ def train(cfg: TrainConfig, echo: Callable[[str], None] | None = None) -> dict[s
     """Run (or resume) training; returns a summary (final step, last loss, data counts)."""
     if cfg.stage not in (1, 2):
         raise TrainError(f"--stage must be 1 or 2, not {cfg.stage}")
+    started = not torch.distributed.is_initialized()  # a caller's process group is left to it
     env = setup(cfg.device)
     try:
         return _train(cfg, env, echo or (lambda s: None))
     finally:
-        teardown()
+        if started:
+            teardown()
 
 
 def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[str, Any]:
-    torch.manual_seed(cfg.seed + env.rank)
+    torch.manual_seed(cfg.seed)  # the same projector init on every rank: fsdp shards each rank's own copy
     if cfg.tokens is not None:
         parse_spec(cfg.tokens)  # bad inputs are reported before the state of --out
     images = ZarrImages(cfg.cache)
@@ -86,44 +90,46 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
     else:
         stats = cache_stats(cfg.cache) if scaling in ("dataset-global", "c7") else None
 
-    init = ckpt.resolve(cfg.init_from) if cfg.init_from else None
-    llm_src = ckpt.llm_dir(resumed, state) if resumed else (
-        ckpt.llm_dir(init, ckpt.read_state(init)) if init else Path(cfg.llm))
-    tokenizer = load_tokenizer(llm_src)
-    llm = load_llm(llm_src)
-    model = build_model(llm, images.dims)
-    source = resumed or init
-    if source is not None:
-        model.projector.load_state_dict(torch.load(source / "projector.pt", map_location="cpu"))
+    strategy = resolve_strategy(cfg.strategy, env)
+    llm_dtype = frozen_llm_dtype(env.device, cfg.precision) if cfg.stage == 1 else torch.float32
+    if resumed:  # the weights come from the checkpoint's sharded state, after wrapping
+        llm_src = Path(state["llm"])  # the run's source folder, whatever checkpoint it resumes
+        model = build_model(llm_for(resumed, state, llm_dtype), images.dims)
+    elif cfg.init_from:
+        model, _, init_state, init = load_checkpoint_model(cfg.init_from)
+        if any(init_state["dims"][k] != images.dims[k] for k in ("C", "D")):
+            raise TrainError(f"--init-from {init} was trained on widths {init_state['dims']}, the cache has {images.dims}")
+        llm_src = ckpt.llm_dir(init, init_state)
+        model.llm.to(llm_dtype)
+    else:
+        llm_src = Path(cfg.llm)
+        model = build_model(load_llm(llm_src, llm_dtype), images.dims)
+    tokenizer = load_tokenizer(ckpt.llm_dir(resumed, state) if resumed else llm_src)
     if cfg.stage == 1:
-        llm.requires_grad_(False)
-    model.to(env.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=STAGE_LR[cfg.stage] if cfg.lr is None else cfg.lr, weight_decay=cfg.weight_decay)
+        model.llm.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    run_model = wrap(model, strategy, env, cfg.precision, find_unused=False)
+    params = [p for p in model.parameters() if p.requires_grad]  # after wrapping: fsdp's are the shards
+    optimizer = torch.optim.AdamW(params, lr=STAGE_LR[cfg.stage] if cfg.lr is None else cfg.lr,
+                                  weight_decay=cfg.weight_decay)
 
     build = ItemBuilder(cfg.stage, tokenizer, spec, scaling, stats, cfg.max_length)
     loader, sampler = make_loader(cfg, env, examples, images, build, tokenizer.pad_token_id)
     per_epoch = micro_batches_per_epoch(cfg, env, len(examples))
     total = cfg.max_steps or max(1, cfg.epochs * per_epoch // cfg.grad_accum)
     sched = scheduler(optimizer, total, cfg.warmup_ratio, cfg.schedule)
-    step = 0
+    step, epoch, skip = 0, 0, 0
     if resumed:
-        opt_state = torch.load(resumed / "optimizer.pt", map_location="cpu")
-        optimizer.load_state_dict(opt_state["optimizer"])
-        sched.load_state_dict(opt_state["scheduler"])
+        ckpt.restore(resumed, model, optimizer, sched)
         step = int(state["step"])
+        epoch, skip = resume_position(state, env.world, cfg.batch_size, len(examples))
 
-    run_model: torch.nn.Module = model
-    if env.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        run_model = DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None,
-                        find_unused_parameters=cfg.stage == 2)
     meta = {"stage": cfg.stage, "tokens": str(spec), "scaling": scaling, "stats": stats.to_dict() if stats else None,
             "dims": images.dims, "llm": str(Path(llm_src).resolve()),
             "cache": str(Path(cfg.cache).resolve()), "data": str(Path(cfg.data).resolve()),
             "counts": counts.to_dict(), "world_size": env.world, "grad_accum": cfg.grad_accum,
-            "batch_size": cfg.batch_size}
+            "batch_size": cfg.batch_size, "strategy": strategy}
     if env.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out) / "run.json").write_text(json.dumps(
@@ -132,23 +138,25 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
              f"({counts.text_only} text-only; skipped: {counts.skipped_missing} missing, {counts.skipped_failed} failed, "
              f"{counts.skipped_pending} pending, {counts.skipped_invalid} invalid, {counts.skipped_text_only} text-only)")
         echo(f"stage {cfg.stage}: tokens {spec} (max {spec.max_tokens(images.dims['K'])}), scaling {scaling}, "
-             f"{'resuming at' if resumed else 'from'} step {step}, {total} steps, device {env.device}, world {env.world}")
+             f"{'resuming at' if resumed else 'from'} step {step}, {total} steps")
+        echo(f"device {env.device}, world {env.world}, strategy {strategy}, "
+             f"{'bf16' if use_bf16(env.device, cfg.precision) else 'fp32'} compute"
+             f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''}")
 
-    micro = step * cfg.grad_accum
-    epoch = micro // per_epoch
+    where = {"epoch": epoch, "epoch_micro": skip}  # this rank's position, saved with each checkpoint
 
     def batches():
-        nonlocal epoch
-        skip = micro % per_epoch
+        nonlocal epoch, skip
         while True:
             if sampler is not None:
                 sampler.set_epoch(epoch, start=skip * cfg.batch_size)
-                yield from loader
+                stream = enumerate(loader, start=skip)
             else:  # the stream of an epoch is deterministic: replay it, drop what was consumed
                 loader.dataset.set_epoch(epoch)
-                for i, b in enumerate(loader):
-                    if i >= skip:
-                        yield b
+                stream = ((i, b) for i, b in enumerate(loader) if i >= skip)
+            for i, b in stream:
+                where.update(epoch=epoch, epoch_micro=i + 1)
+                yield b
             skip, epoch = 0, epoch + 1
 
     it = batches()
@@ -160,9 +168,8 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
         losses = []
         for m in range(cfg.grad_accum):
             batch = next(it)
-            sync = run_model.no_sync() if env.world > 1 and m < cfg.grad_accum - 1 else contextlib.nullcontext()
-            with sync:  # DDP all-reduces the gradients on the last micro-batch only
-                with autocast(env.device, cfg.precision):
+            with gradient_sync(run_model, strategy, env, last_micro_batch=m == cfg.grad_accum - 1):
+                with autocast(env, strategy, cfg.precision):
                     micro_loss = run_model(batch) / cfg.grad_accum
                 micro_loss.backward()
             losses.append(float(micro_loss.detach()) * cfg.grad_accum)
@@ -176,24 +183,41 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
         loss = mean_across(sum(losses) / len(losses), env)
         if metrics and (step % cfg.log_every == 0 or step == total):
             elapsed = time.perf_counter() - t0
-            rec = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "epoch": epoch,
+            rec = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "epoch": where["epoch"],
                    "samples_per_s": seen * env.world / elapsed, "elapsed_s": round(elapsed, 3)}
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
             echo(f"step {step}/{total}  loss {loss:.4f}  lr {rec['lr']:.2e}")
         if (cfg.save_every and step % cfg.save_every == 0) or step == total:
-            _save(cfg, env, step, meta, model, optimizer, sched, tokenizer)
+            _save(cfg, env, step, {**meta, **where}, model, optimizer, sched, tokenizer, final=step == total)
+    summary = {"step": step, "loss": loss, "counts": counts.to_dict(), "tokens": str(spec), "scaling": scaling,
+               "strategy": strategy, "world_size": env.world, "peak_memory": peak_memory(env),
+               "samples_per_s": seen * env.world / (time.perf_counter() - t0),
+               "checkpoint": str(ckpt.latest(cfg.out)) if env.is_main else None}
     if metrics:
         metrics.close()
-    return {"step": step, "loss": loss, "counts": counts.to_dict(), "tokens": str(spec), "scaling": scaling,
-            "checkpoint": str(ckpt.latest(cfg.out)) if env.is_main else None}
+        (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
 
 
-def _save(cfg: TrainConfig, env: DistEnv, step: int, meta: dict[str, Any], model: Any, optimizer: Any,
-          sched: Any, tokenizer: Any) -> None:
-    if env.is_main:
-        trained_llm = cfg.stage == 2
-        ckpt.save(cfg.out, step, meta, model.projector, optimizer, sched,
-                  model.llm if trained_llm else None, tokenizer if trained_llm else None, cfg.keep_checkpoints)
-    if env.world > 1:
-        torch.distributed.barrier()
+def resume_position(state: dict[str, Any], world: int, batch_size: int, n_examples: int) -> tuple[int, int]:
+    """(epoch, micro-batches of it each rank skips) to continue from a checkpoint: exactly
+    its next batches at the same world size and batch size; otherwise past the examples the
+    checkpoint's run had consumed of the epoch (a ResumableSampler epoch is one global
+    order, each rank taking every world-th example)."""
+    epoch, done = int(state["epoch"]), int(state["epoch_micro"])
+    if (state["world_size"], state["batch_size"]) == (world, batch_size):
+        return epoch, done
+    per_rank = math.ceil(n_examples / state["world_size"])
+    consumed = min(done * state["batch_size"], per_rank) * state["world_size"]
+    return epoch, consumed // (world * batch_size)
+
+
+def _save(cfg: TrainConfig, env: DistEnv, step: int, state: dict[str, Any], model: Any, optimizer: Any,
+          sched: Any, tokenizer: Any, final: bool) -> None:
+    """A checkpoint (all ranks); the run's last one is consolidated (trainer/checkpoint.py)."""
+    trained_llm = cfg.stage == 2
+    ckpt.save(cfg.out, step, state, model, optimizer, sched, rank=env.rank, world=env.world,
+              write_llm_files=(lambda d: write_llm_files(model.llm, tokenizer, d)) if trained_llm else None,
+              consolidate=(lambda d, full: write_consolidated(d, full, model.llm, tokenizer)) if final else None,
+              keep=cfg.keep_checkpoints)

@@ -1,0 +1,40 @@
+"""Run by tests/test_trainer_sharded.py under torchrun: several trainings in one process
+group (starting Python, torch and transformers once per rank instead of once per run).
+
+    torchrun --standalone --nproc_per_node 2 tests/sharded_runs.py RUNS.json
+
+RUNS.json is a list of steps: {"train": {TrainConfig fields}} runs one training;
+{"copy": [SRC_CHECKPOINT, DST_RUN]} puts a copy of a checkpoint in a new run folder
+(rank 0) for a later step to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from masktok.trainer.runtime import TrainConfig
+from masktok.trainer.train import train
+
+
+def main() -> None:
+    steps = json.loads(Path(sys.argv[1]).read_text())
+    dist.init_process_group("gloo")
+    for step in steps:
+        if "copy" in step:
+            src, dst = map(Path, step["copy"])
+            if dist.get_rank() == 0:
+                shutil.copytree(src, dst / src.name)
+            dist.barrier()
+        else:
+            cfg = {k: Path(v) if k in ("cache", "data", "llm", "out") else v for k, v in step["train"].items()}
+            train(TrainConfig(**cfg))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
