@@ -19,6 +19,7 @@ BENCHMARKS = {
     "trainer": ["bench_trainer.py"],
     "reader": ["bench_reader.py"],
     "memory": ["bench_memory.py"],
+    "eval": ["bench_eval.py"],
 }
 
 

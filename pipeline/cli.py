@@ -17,6 +17,8 @@ from ..jobs import BUNDLED, bundled_spec
 from ..schemas.errors import Group
 from ..schemas.jobdir import JobDir
 from ..schemas.spec import CORPUS_KINDS, apply_overrides, read_toml, set_value, spec_from_dict
+from ..evaluate.cli import answer
+from ..evaluate.score_cli import score
 from ..trainer.cli import export, generate, train
 from .plan import plan_job
 from .views.inspect import inspect
@@ -48,9 +50,10 @@ def spec_document(spec: str | None) -> tuple[dict[str, Any], str]:
 @main.command()
 @click.argument("jobdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--corpus", "kind", type=click.Choice(CORPUS_KINDS),
-              help="Corpus format: a LLaVA JSON file, or a folder of images.")
+              help="Corpus format: a LLaVA JSON file, a LLaVA eval question file (JSON Lines), "
+                   "or a folder of images.")
 @click.option("--source", type=click.Path(path_type=Path),
-              help="The corpus JSON file, or the image folder.")
+              help="The corpus JSON (or .jsonl) file, or the image folder.")
 @click.option("--image-root", type=click.Path(path_type=Path),
               help="Folder the JSON's 'image' paths are relative to (LLaVA corpora).")
 @click.option("--spec", "spec", metavar="FILE|NAME",
@@ -72,6 +75,8 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
           --source blip_laion_cc_sbu_558k.json --image-root images/ --spec llava_pretrain
       masktok plan jobs/smoke --corpus llava-instruct --source llava_v1_5_mix665k.json \\
           --image-root data/ --spec llava_instruct --sample 200
+      masktok plan jobs/pope --corpus llava-eval --source pope/llava_pope_test.jsonl \\
+          --image-root coco/val2014/ --spec llava_instruct
       masktok plan jobs/photos --corpus folder --source ~/photos --spec demo
     """
     doc, origin = spec_document(spec)
@@ -170,6 +175,8 @@ main.add_command(report)
 main.add_command(train)
 main.add_command(generate)
 main.add_command(export)
+main.add_command(answer)
+main.add_command(score)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -24,9 +24,10 @@ import zarr
 
 from ..schemas.commits import Commit
 from ..schemas.jobdir import JobDir
-from ..schemas.record import ARRAYS, Status
+from ..schemas.record import Status, arrays_of
 from ..schemas.versions import COMMIT_VERSION
-from ..stages.write import TokenDims, checksum, encode_wds_shard, failures_of, shard_rows, write_zarr_rows
+from ..stages.write import (TokenDims, checksum, encode_wds_shard, failures_of, shard_rows, store_version,
+                            write_zarr_rows)
 from .durable import fsync_dir, write_atomic
 
 
@@ -48,14 +49,15 @@ def _fsync_chunks(group_path: Path, shard: int, names: list[str]) -> None:
             finally:
                 os.close(fd)
         for folder in folders:
-            fsync_dir(folder)
+            if folder.is_dir():  # an array whose rows are all fill values has no file to sync
+                fsync_dir(folder)
 
 
 def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int, items: list[dict[str, Any]],
                 dims: TokenDims, fingerprint: str, webdataset: bool = True, rle_masks: bool = False,
                 manifest_digest: str | None = None) -> Commit:
     """Write one finished shard to both sinks, then commit it. Returns the commit record."""
-    rows = shard_rows(items, start, end, dims)
+    rows = shard_rows(items, start, end, dims, store_version(group))
     sums = write_zarr_rows(group, start, rows, flush=lambda names: _fsync_chunks(jd.tokens, shard, names))
     tar = None
     if webdataset:
@@ -85,7 +87,7 @@ def verify_shard(jd: JobDir, group: zarr.Group, commit: Commit) -> list[str]:
     start, end = commit["rows"]
     problems = []
     rows = {}
-    for spec in ARRAYS:
+    for spec in arrays_of(store_version(group)):
         try:
             rows[spec.name] = group[spec.name][start:end]
         except Exception as exc:  # a corrupt chunk fails to decompress

@@ -1,9 +1,15 @@
-"""Reading corpora: the LLaVA conversation JSON files and plain image folders.
+"""Reading corpora: the LLaVA conversation JSON files, LLaVA eval question files and plain
+image folders.
 
 A LLaVA file is one JSON array of up to a million records (about 1 GB for the 665K
 instruct mix). It is read as a stream: the array is cut into records with the standard
 library's decoder, one record at a time, so memory holds one chunk of text and the few
 fields planning keeps, never the whole document. A syntax error names its line and column.
+
+An eval question file (LLaVA-1.5 ``playground/data/eval``: POPE, MME, GQA, VQAv2, VizWiz,
+TextVQA) is JSON Lines, one question object per line, read one line at a time. Its corpus
+rows are 0-based line indexes (line number - 1), so ``lines[row]`` finds the question even
+where blank lines were skipped.
 """
 
 from __future__ import annotations
@@ -35,15 +41,20 @@ class CorpusScan:
     rejected_examples: list[str] = field(default_factory=list)
     references: dict[str, list[int]] = field(default_factory=dict)  # image_id -> corpus rows
 
-    def note_invalid(self, row: int, reason: str) -> None:
+    def note_invalid(self, where: str, reason: str) -> None:
+        """Count a record that is skipped; ``where`` names it for the report ("record 3")."""
         self.invalid += 1
         if len(self.invalid_examples) < EXAMPLES_KEPT:
-            self.invalid_examples.append(f"record {row}: {reason}")
+            self.invalid_examples.append(f"{where}: {reason}")
 
     def note_rejected(self, image_id: str, reason: str) -> None:
         self.rejected += 1
         if len(self.rejected_examples) < EXAMPLES_KEPT:
             self.rejected_examples.append(f"{image_id!r} ({reason})")
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> CorpusError:
+    return CorpusError(f"{path}: not UTF-8 text ({exc.reason})")
 
 
 class _ArrayStream:
@@ -63,7 +74,7 @@ class _ArrayStream:
         try:
             more = self.fh.read(self.chunk)
         except UnicodeDecodeError as exc:
-            raise CorpusError(f"{self.path}: not UTF-8 text ({exc.reason})") from None
+            raise _not_utf8(self.path, exc) from None
         self.on_read(len(more))
         self.buf, self.pos = self.buf[self.pos :] + more, 0
         self.eof = not more
@@ -151,30 +162,79 @@ def lexical_reject(image_id: str) -> str | None:
     return None
 
 
+def _not_an_object(record: Any) -> str:
+    return f"must be an object, got {type(record).__name__}"
+
+
+def _add_image(scan: CorpusScan, row: int, where: str, image: Any) -> None:
+    """The rule every LLaVA kind applies to a record's ``image``: not a string is an invalid
+    record (``where`` names it), a path ``lexical_reject`` refuses is a rejected path, any
+    other is an image id referenced from corpus row ``row`` (one manifest row however many
+    records name it)."""
+    if not isinstance(image, str):
+        scan.note_invalid(where, f"'image' must be a string, got {type(image).__name__}")
+        return
+    reason = lexical_reject(image)
+    if reason:
+        scan.note_rejected(image, reason)
+        return
+    scan.references.setdefault(image, []).append(row)
+
+
 def scan_llava(path: Path, on_read: Callable[[int], None] = lambda n: None) -> CorpusScan:
     """Read a LLaVA-Pretrain or LLaVA-Instruct JSON file into a CorpusScan."""
     scan = CorpusScan()
-    refs = scan.references
     for row, record in enumerate(iter_json_array(path, on_read=on_read)):
         scan.records_read += 1
+        where = f"record {row}"
         if not isinstance(record, dict):
-            scan.note_invalid(row, f"must be an object, got {type(record).__name__}")
+            scan.note_invalid(where, _not_an_object(record))
             continue
         if not isinstance(record.get("conversations"), list):
-            scan.note_invalid(row, "no 'conversations' list")
+            scan.note_invalid(where, "no 'conversations' list")
             continue
         if "image" not in record:
             scan.text_only += 1
             continue
-        image = record["image"]
-        if not isinstance(image, str):
-            scan.note_invalid(row, f"'image' must be a string, got {type(image).__name__}")
-            continue
-        reason = lexical_reject(image)
-        if reason:
-            scan.note_rejected(image, reason)
-            continue
-        refs.setdefault(image, []).append(row)
+        _add_image(scan, row, where, record["image"])
+    return scan
+
+
+def iter_json_lines(path: Path, on_read: Callable[[int], None] = lambda n: None) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, value) for each non-blank line of the JSON Lines file ``path``,
+    one line in memory at a time; a line that is not one JSON value is a CorpusError."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8-sig") as fh:
+        try:
+            for number, line in enumerate(fh, 1):
+                on_read(len(line))
+                if _WS.fullmatch(line):
+                    continue
+                try:
+                    value = decoder.decode(line)
+                except json.JSONDecodeError as exc:
+                    raise CorpusError(
+                        f"{path}: malformed JSON at line {number}, column {exc.colno}: {exc.msg}"
+                    ) from None
+                yield number, value
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(path, exc) from None
+
+
+def scan_llava_eval(path: Path, on_read: Callable[[int], None] = lambda n: None) -> CorpusScan:
+    """Read a LLaVA-1.5 eval question file (JSON Lines) into a CorpusScan. Every question
+    needs an image: a line that is not an object or has no ``image`` is invalid (there are
+    no text-only questions); ``question_id`` and ``text`` are not looked at."""
+    scan = CorpusScan()
+    for number, record in iter_json_lines(path, on_read=on_read):
+        scan.records_read += 1
+        where = f"line {number}"
+        if not isinstance(record, dict):
+            scan.note_invalid(where, _not_an_object(record))
+        elif "image" not in record:
+            scan.note_invalid(where, "no 'image'")
+        else:
+            _add_image(scan, number - 1, where, record["image"])
     return scan
 
 

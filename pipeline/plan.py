@@ -26,7 +26,7 @@ from ..schemas.errors import PlanError, SpecError
 from ..schemas.jobdir import JobDir
 from ..schemas.spec import JobSpec, expand_env, fingerprint, fingerprint_diff, read_toml, spec_to_toml
 from ..schemas.versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION
-from .corpus import EXAMPLES_KEPT, CorpusScan, scan_folder, scan_llava
+from .corpus import EXAMPLES_KEPT, CorpusScan, scan_folder, scan_llava, scan_llava_eval
 from .durable import write_atomic
 from .lock import RunLock
 
@@ -64,8 +64,9 @@ class PlanSummary:
 
         out = [f"masktok plan: {self.kind} corpus {self.source}", f"  image root: {self.image_root}"]
         out.append(row("records read", f"{self.records_read:,}"))
-        if self.kind != "folder":
+        if self.kind not in ("folder", "llava-eval"):  # an eval question without an image is invalid
             out.append(row("text-only records (skipped)", f"{self.text_only:,}"))
+        if self.kind != "folder":
             out.append(row("invalid records (skipped)", f"{self.invalid:,}", self.invalid_examples))
         out.append(row("paths rejected", f"{self.rejected:,}", self.rejected_examples))
         if self.kind != "folder":
@@ -115,9 +116,10 @@ def _scan(spec: JobSpec, progress: bool) -> CorpusScan:
     source = Path(spec.corpus.source)
     if spec.corpus.kind == "folder":
         return scan_folder(source)
+    read = scan_llava_eval if spec.corpus.kind == "llava-eval" else scan_llava
     with tqdm(total=source.stat().st_size, unit="B", unit_scale=True, desc="reading corpus",
               disable=not progress, leave=False) as bar:
-        return scan_llava(source, on_read=bar.update)
+        return read(source, on_read=bar.update)
 
 
 class _FileChecker:

@@ -170,7 +170,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
 
     checkpoints = resolve_checkpoints(spec, jd)
     dims = token_dims(spec)
-    group = open_store(jd.tokens, rows=rows, shard_size=size, dims=dims)
+    group = open_store(jd.tokens, rows=rows, shard_size=size, dims=dims, filter_settings=spec.filter.model_dump())
     wanted = set(todo)
     items = [{"index": i, "image_id": manifest["image_id"][i], "path": manifest["path"][i]}
              for i in range(rows) if manifest["shard"][i] in wanted]

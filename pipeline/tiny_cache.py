@@ -18,6 +18,7 @@ import numpy as np
 
 from ..schemas.jobdir import JobDir
 from ..schemas.record import POOLED_PATCHES
+from ..schemas.versions import RECORD_SCHEMA_VERSION
 from ..stages.write import TokenDims, open_store
 from .commit import write_shard
 
@@ -52,18 +53,26 @@ def tiny_items(n: int, dims: TokenDims, failed: tuple[int, ...] = (), seed: int 
             keep_rank=rank, inversion_loss=rng.uniform(0, 1, k).astype(np.float32),
             global_token=(rng.normal(size=dims.D) * 3 + cls).astype(np.float16),
             patch_tokens=(rng.normal(size=(POOLED_PATCHES, dims.C)) + cls).astype(np.float16),
+            pairwise_iou=_symmetric_iou(np.random.default_rng([seed, i]), k),  # own stream: the rest unchanged
         )
         items.append(item)
     return items
 
 
+def _symmetric_iou(rng: np.random.Generator, k: int) -> np.ndarray:
+    """A plausible float16 IoU matrix (symmetric, ones on the diagonal); not tied to keep_rank."""
+    upper = np.triu(rng.uniform(0, 0.9, (k, k)), 1)
+    return (upper + upper.T + np.eye(k)).astype(np.float16)
+
+
 def write_tiny_cache(job_dir: Path, n: int = 12, shard_size: int = 4, dims: TokenDims = TokenDims(K=6, D=16, C=24),
-                     failed: tuple[int, ...] = (5,), seed: int = 0) -> Path:
-    """Write ``n`` images (``failed`` ones with status 2) into ``job_dir``; returns it."""
+                     failed: tuple[int, ...] = (5,), seed: int = 0, record_version: int | None = None) -> Path:
+    """Write ``n`` images (``failed`` ones with status 2) into ``job_dir``; returns it.
+    ``record_version`` 1 writes a store as masktok wrote them before ``mask_iou``."""
     jd = JobDir(Path(job_dir))
     jd.wds.mkdir(parents=True, exist_ok=True)
     items = tiny_items(n, dims, failed, seed)
-    group = open_store(jd.tokens, n, shard_size, dims)
+    group = open_store(jd.tokens, n, shard_size, dims, record_version or RECORD_SCHEMA_VERSION)
     for s, start in enumerate(range(0, n, shard_size)):
         end = min(start + shard_size, n)
         write_shard(jd, group, s, start, end, items[start:end], dims, "sha256:tiny-cache")

@@ -11,6 +11,12 @@ grid order), the background mask always last; ``keep_rank`` gives the order afte
 IoU/confidence filtering and -1 for a suppressed or empty mask (an empty background too).
 With ``filter.max_objects`` set, only survivors are stored, in ``keep_rank`` order, then the
 background. Rows past ``num_objects`` are padding (zeros, keep_rank -1).
+
+Version 2 adds ``mask_iou``: the pairwise mask IoU of an image's K rows (background
+included), upper triangle without the diagonal, row-major (pairs (0,1), (0,2), ...,
+(1,2), ...), float16, so objects can be re-filtered at any IoU threshold later
+(trainer/refilter.py). A reader's record holds the triangle of its ``num_objects`` real
+rows only, as a WebDataset sample stores it. Version-1 stores lack the array.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class ArraySpec:
     def shape(self, n: int, dims: dict[str, int]) -> tuple[int, ...]:
         """Concrete shape for ``n`` rows; ``dims`` gives K, D, C and optionally P."""
         sizes = {"N": n, "P": POOLED_PATCHES, **dims}
+        if "K" in dims:
+            sizes["K2"] = pairs(dims["K"])
         missing = [a for a in self.axes if a not in sizes and not a.isdigit()]
         if missing:
             raise KeyError(f"array {self.name!r} needs dims {missing}")
@@ -68,7 +76,11 @@ ARRAYS: tuple[ArraySpec, ...] = (
     ArraySpec("patch_tokens", ("N", "P", "C"), "float16", 0.0, "penultimate-layer patch tokens pooled 4x4"),
     ArraySpec("patch_norm_mean", ("N",), "float32", 0.0, "mean of the 576 patch-token norms"),
     ArraySpec("patch_norm_std", ("N",), "float32", 0.0, "std of the 576 patch-token norms"),
+    ArraySpec("mask_iou", ("N", "K2"), "float16", 0.0,
+              "pairwise mask IoU of the K rows, upper triangle without the diagonal, row-major (v2)"),
 )
+#: Arrays each record version has (readers of an older store skip the others).
+SINCE_VERSION = {"mask_iou": 2}
 BY_NAME = {a.name: a for a in ARRAYS}
 
 # Per-image members of a WebDataset sample: scalars go in the sample's .json, the rest
@@ -88,3 +100,38 @@ def sample_key(index: int) -> str:
 def record_shapes(dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
     """Per-image shapes (the N axis dropped) for the given K, D, C."""
     return {a.name: a.shape(1, dims)[1:] for a in ARRAYS}
+
+
+def arrays_of(version: int) -> tuple[ArraySpec, ...]:
+    """The arrays a store of record ``version`` holds."""
+    return tuple(a for a in ARRAYS if SINCE_VERSION.get(a.name, 1) <= version)
+
+
+def tensors_of(version: int) -> tuple[str, ...]:
+    """The tensor arrays a store of record ``version`` holds."""
+    return tuple(name for name in TENSORS if SINCE_VERSION.get(name, 1) <= version)
+
+
+def pairs(k: int) -> int:
+    """Entries of the upper triangle (no diagonal) of a k x k matrix."""
+    return k * (k - 1) // 2
+
+
+def upper_triangle(square: np.ndarray) -> np.ndarray:
+    """The row-major upper triangle (no diagonal) of a square matrix."""
+    return np.asarray(square)[np.triu_indices(len(square), 1)]
+
+
+def from_triangle(triangle: np.ndarray, n: int) -> np.ndarray:
+    """The symmetric n x n matrix of an upper triangle (zero diagonal)."""
+    out = np.zeros((n, n), dtype=np.asarray(triangle).dtype)
+    rows, cols = np.triu_indices(n, 1)
+    out[rows, cols] = triangle
+    out[cols, rows] = out[rows, cols]
+    return out
+
+
+def leading_triangle(triangle: np.ndarray, k: int, n: int) -> np.ndarray:
+    """The triangle of the first n rows, cut from the triangle of k rows (n <= k)."""
+    rows, cols = np.triu_indices(k, 1)
+    return np.asarray(triangle)[(rows < n) & (cols < n)]

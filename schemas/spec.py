@@ -23,7 +23,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -31,7 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import SpecError
 from .versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION, SPEC_VERSION
 
-CORPUS_KINDS = ("llava-pretrain", "llava-instruct", "folder")
+# llava-eval: a LLaVA-1.5 evaluation question file (JSON Lines), pipeline/corpus.py scan_llava_eval.
+CorpusKind = Literal["llava-pretrain", "llava-instruct", "llava-eval", "folder"]
+CORPUS_KINDS: tuple[str, ...] = get_args(CorpusKind)
 TINY = "tiny"
 _NOT_IN_FINGERPRINT = {"job", "resources", "meta"}
 
@@ -69,7 +71,7 @@ class JobInfo(_Section):
 
 
 class CorpusSpec(_Section):
-    kind: Literal["llava-pretrain", "llava-instruct", "folder"] = "folder"
+    kind: CorpusKind = "folder"
     source: str = ""
     image_root: str = ""
     check_files: bool = True

@@ -3,7 +3,9 @@ readers refuse a job directory written with a version they do not know."""
 
 SPEC_VERSION = 1
 MANIFEST_SCHEMA_VERSION = 1
-RECORD_SCHEMA_VERSION = 1
+RECORD_SCHEMA_VERSION = 2
+#: Record versions readers accept: 1 has no ``mask_iou`` (objects cannot be re-filtered).
+RECORD_SCHEMA_VERSIONS = (1, 2)
 COMMIT_VERSION = 1
 
 #: How ``tokens.zarr`` cuts its arrays into files (group attr ``layout``). The arrays and

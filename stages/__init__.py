@@ -23,14 +23,17 @@ background          appends one row to ``boxes`` (``[0, 0, W, H]``), ``scores`` 
                     ``mask_iou`` (0) and ``masks`` (the uncovered pixels), so the
                     **background is always the last row**; ``background_empty``: bool
 filter              ``keep_rank``: ``int16 [M+1]``, rank after IoU/confidence filtering,
-                    -1 suppressed or empty; with ``filter.max_objects`` set, rows are
+                    -1 suppressed or empty; ``pairwise_iou``: ``float16 [M+1, M+1]``,
+                    the exact mask IoU of every pair of rows (stored as the record's
+                    ``mask_iou`` triangle); with ``filter.max_objects`` set, rows are
                     dropped: only kept objects with rank < max_objects remain, in rank
                     order, then the background (see ``masktok.stages.filter``)
 ==================  =====================================================================
 
 "Rows" are the entries of the per-row keys ``boxes``, ``scores``, ``masks``, ``mask_iou``,
 ``keep_rank`` (:data:`masktok.stages.batch.ROW_KEYS`); they always have the same length,
-and a stage that selects rows selects them in all of these.
+and a stage that selects rows selects them in all of these (and in both axes of
+``pairwise_iou``).
 
 Masks never travel as full-resolution float or bool tensors: always RLE. Decode
 ``item["masks"][i]`` with ``pycocotools.mask.decode`` (uint8 ``[H, W]``) or

@@ -91,3 +91,5 @@ def take_rows(item: Item, rows: np.ndarray | list[int]) -> None:
             continue
         value = item[key]
         item[key] = [value[i] for i in rows] if isinstance(value, list) else value[rows]
+    if "pairwise_iou" in item:  # one row and one column per row
+        item["pairwise_iou"] = item["pairwise_iou"][np.ix_(rows, rows)]

@@ -13,10 +13,15 @@ Rules, applied to the object rows (all rows but the last, the background):
    suppressed when its IoU with an already kept row is **strictly greater** than
    ``filter.iou_threshold`` (torchvision's NMS convention, so ``iou_threshold = 1.0``
    suppresses nothing); a row with an empty mask is never kept. Kept rows get
-   ``keep_rank`` 0, 1, 2, ... in visiting order; suppressed ones get -1.
+   ``keep_rank`` 0, 1, 2, ... in visiting order; suppressed ones get -1. IoUs are compared
+   as float16, the precision the record stores them in (``mask_iou``, steps of 2^-11 near
+   1), so re-filtering the stored matrix at this threshold gives exactly this
+   ``keep_rank`` (trainer/refilter.py).
 3. The background is never compared and never suppressed: it is kept last, with
    ``keep_rank`` = number of kept objects, unless it is empty (``background_empty``), when
    it gets -1 like every empty mask. It stays the last row either way.
+   The IoU matrix of all rows, background included, is kept as ``pairwise_iou`` (float16
+   ``[M+1, M+1]``; the writer stores its upper triangle as the record's ``mask_iou``).
 4. ``filter.max_objects`` (counting objects, not the background), when set, drops rows:
    an item keeps exactly its kept objects with ``keep_rank < max_objects``, reordered by
    ``keep_rank``, then the background row. Suppressed rows go too, so afterwards
@@ -66,7 +71,9 @@ def pairwise_mask_iou(masks: list[dict], method: str = "auto") -> np.ndarray:
 def greedy_keep_rank(
     scores: np.ndarray, iou: np.ndarray, iou_threshold: float, areas: np.ndarray
 ) -> np.ndarray:
-    """``keep_rank`` (int16 [M]) by greedy suppression in confidence order (rule 2 above)."""
+    """``keep_rank`` (int16 [M]) by greedy suppression in confidence order (rule 2 above);
+    ``iou`` is compared with the threshold in float64 (a float16 matrix is upcast exactly)."""
+    iou = np.asarray(iou, dtype=np.float64)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
     rank = np.full(len(order), -1, dtype=np.int16)
     kept: list[int] = []
@@ -81,8 +88,8 @@ def greedy_keep_rank(
 
 
 class FilterStage:
-    """Adds ``keep_rank`` (int16, one per row incl. background); drops rows only when
-    ``max_objects`` is set (rule 4 above). Needs the background row (run after
+    """Adds ``keep_rank`` (int16, one per row incl. background) and ``pairwise_iou``; drops
+    rows only when ``max_objects`` is set (rule 4 above). Needs the background row (run after
     :class:`~masktok.stages.background.BackgroundStage`)."""
 
     def __init__(self, spec: FilterSpec) -> None:
@@ -98,14 +105,15 @@ class FilterStage:
     def _filter(self, item: Item) -> None:
         if "background_empty" not in item:
             raise ValueError("FilterStage needs the background row: run BackgroundStage first")
-        objects = item["masks"][:-1]
+        masks = item["masks"]
+        iou = pairwise_mask_iou(masks).astype(np.float16)  # as stored: the decisions are reproducible
+        objects = masks[:-1]
         areas = mask_utils.area(objects) if objects else np.zeros(0)
-        ranks = greedy_keep_rank(
-            item["scores"][:-1], pairwise_mask_iou(objects), self.iou_threshold, areas
-        )
+        ranks = greedy_keep_rank(item["scores"][:-1], iou[:-1, :-1], self.iou_threshold, areas)
         kept = int((ranks >= 0).sum())
         background = -1 if item["background_empty"] else kept
         item["keep_rank"] = np.append(ranks, np.int16(background)).astype(np.int16)
+        item["pairwise_iou"] = iou
         if self.max_objects is None:
             return
         ranked = [int(r) for r in np.argsort(ranks, kind="stable") if 0 <= ranks[r] < self.max_objects]

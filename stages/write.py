@@ -22,7 +22,8 @@ import numpy as np
 import zarr
 
 from ..schemas import record
-from ..schemas.record import ARRAYS, OBJECT_ARRAYS, SCALARS, TENSORS, Status, sample_key
+from ..schemas.record import (OBJECT_ARRAYS, SCALARS, Status, arrays_of, leading_triangle, sample_key,
+                              upper_triangle)
 from ..schemas.versions import ZARR_LAYOUT
 from .batch import rle_to_json
 
@@ -44,7 +45,8 @@ class TokenDims:
         return {"K": self.K, "D": self.D, "C": self.C}
 
 
-def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims) -> zarr.Group:
+def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims, version: int = record.VERSION,
+               filter_settings: dict[str, Any] | None = None) -> zarr.Group:
     """Open ``tokens.zarr``, creating every array of the record schema on first use.
 
     Layout ``ZARR_LAYOUT`` ("sharded-rows"): every array uses Zarr v3's sharding codec with
@@ -55,7 +57,10 @@ def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims) -> zarr.
     row) keep one chunk per shard: one-row chunks there would make reading a whole column, as
     readers do when they open the store, decode N chunks (37 s per 100k rows).
 
-    An existing store keeps the layout it was created with (resuming an older job is fine).
+    An existing store keeps the layout and record version it was created with (resuming an
+    older job is fine). ``version`` creates a store of an older record version (tests).
+    ``filter_settings`` (the spec's ``filter``: ``iou_threshold``, ``max_objects``) go in the
+    group attr ``filter``: a reader re-filtering objects needs to know whether rows were cut.
     """
     if (path / "zarr.json").exists():
         group = zarr.open_group(path, mode="r+")
@@ -65,9 +70,9 @@ def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims) -> zarr.
                              f"not {dims.as_dict()} x {rows}")
         return group
     group = zarr.open_group(path, mode="w")
-    group.attrs.update({"record_schema_version": record.VERSION, "dims": dims.as_dict(), "shard_size": shard_size,
-                        "layout": ZARR_LAYOUT})
-    for spec in ARRAYS:
+    group.attrs.update({"record_schema_version": version, "dims": dims.as_dict(), "shard_size": shard_size,
+                        "layout": ZARR_LAYOUT, "filter": dict(filter_settings or {})})
+    for spec in arrays_of(version):
         shape = spec.shape(rows, dims.as_dict())
         rest = shape[1:]
         group.create_array(spec.name, shape=shape, shards=(shard_size, *rest),
@@ -76,13 +81,21 @@ def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims) -> zarr.
     return group
 
 
-def shard_rows(items: list[dict[str, Any]], start: int, end: int, dims: TokenDims) -> dict[str, np.ndarray]:
-    """The record arrays for manifest rows [start, end), from one finished item per row."""
+def store_version(group: zarr.Group) -> int:
+    """The record version a store was created with (a job resumed by a newer masktok keeps
+    writing the arrays its store has)."""
+    return int(group.attrs.get("record_schema_version", 1))
+
+
+def shard_rows(items: list[dict[str, Any]], start: int, end: int, dims: TokenDims,
+               version: int = record.VERSION) -> dict[str, np.ndarray]:
+    """The record arrays (those of ``version``) for manifest rows [start, end), from one
+    finished item per row."""
     by_index = {item["index"]: item for item in items}
     if sorted(by_index) != list(range(start, end)):
         raise WriteError(f"shard rows {start}..{end - 1} need one item each, got indices {sorted(by_index)[:5]}...")
     n = end - start
-    rows = {s.name: np.full(s.shape(n, dims.as_dict()), s.fill, dtype=s.numpy_dtype()) for s in ARRAYS}
+    rows = {s.name: np.full(s.shape(n, dims.as_dict()), s.fill, dtype=s.numpy_dtype()) for s in arrays_of(version)}
     for i in range(n):
         item = by_index[start + i]
         rows["image_id"][i] = item["image_id"]
@@ -105,6 +118,10 @@ def _fill_row(rows: dict[str, np.ndarray], i: int, item: dict[str, Any], dims: T
         rows[name][i, :k] = np.asarray(item[name])
     rows["global_token"][i] = np.asarray(item["global_token"])
     rows["patch_tokens"][i] = np.asarray(item["patch_tokens"])
+    if "mask_iou" in rows:  # record v2: the filter stage's IoU matrix, as a padded triangle
+        square = np.zeros((dims.K, dims.K), np.float16)
+        square[:k, :k] = np.asarray(item["pairwise_iou"], np.float16)
+        rows["mask_iou"][i] = upper_triangle(square)
 
 
 def checksum(array: np.ndarray) -> str:
@@ -145,9 +162,15 @@ def _sample(index: int, rows: dict[str, np.ndarray], i: int, item: dict[str, Any
         meta["error"] = item["error"]
     else:
         k = int(rows["num_objects"][i])
-        for name in TENSORS:
-            value = rows[name][i]
-            sample[f"{name}.npy"] = value[:k] if name in OBJECT_ARRAYS else value
+        for name, values in rows.items():
+            if name in SCALARS:
+                continue
+            value = values[i]
+            if name in OBJECT_ARRAYS:
+                value = value[:k]
+            elif name == "mask_iou":  # the triangle of the real rows only
+                value = leading_triangle(value, len(rows["keep_rank"][i]), k)
+            sample[f"{name}.npy"] = value
         if rle_masks:
             sample["masks.json"] = [rle_to_json(m) for m in item["masks"][:k]]
     sample["json"] = meta

@@ -11,6 +11,7 @@ DOCUMENTED_TABLE = {
     "scores": ("N,K", "float32"), "keep_rank": ("N,K", "int16"), "inversion_loss": ("N,K", "float32"),
     "global_token": ("N,D", "float16"), "patch_tokens": ("N,P,C", "float16"),
     "patch_norm_mean": ("N", "float32"), "patch_norm_std": ("N", "float32"),
+    "mask_iou": ("N,K2", "float16"),  # record v2
 }
 
 
@@ -25,6 +26,18 @@ def test_concrete_shapes_for_the_papers_models():
     assert record.BY_NAME["boxes"].shape(7, dims) == (7, 101, 4)
     assert record.record_shapes(dims)["global_token"] == (768,)
     assert record.record_shapes(dims)["image_id"] == ()
+    assert record.BY_NAME["mask_iou"].shape(7, dims) == (7, 101 * 100 // 2)
+
+
+def test_the_iou_triangle_is_row_major_and_a_leading_block_cuts_from_it():
+    import numpy as np
+
+    square = np.array([[1, 2, 3, 4], [2, 1, 5, 6], [3, 5, 1, 7], [4, 6, 7, 1]], dtype=np.float16)
+    tri = record.upper_triangle(square)
+    assert tri.tolist() == [2, 3, 4, 5, 6, 7]  # (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
+    assert record.leading_triangle(tri, 4, 3).tolist() == [2, 3, 5]
+    assert np.array_equal(record.from_triangle(tri, 4), square - np.eye(4, dtype=np.float16))
+    assert [a.name for a in record.arrays_of(1)] == [a.name for a in record.ARRAYS if a.name != "mask_iou"]
 
 
 def test_unwritten_rows_read_as_pending_and_suppressed(tmp_path):

@@ -76,13 +76,13 @@ def test_generate_with_the_kv_cache_equals_greedy_recomputation(setup) -> None:
 
     from masktok.trainer import templates
     from masktok.trainer.compose import compose
-    from masktok.trainer.generate import load_image
     from masktok.trainer.readers import ZarrImages
     from masktok.trainer.runtime import build_model, load_llm, load_tokenizer
     from masktok.trainer.token_spec import parse_spec
 
     tokenizer = load_tokenizer(setup["llm"])
-    visual = compose(load_image(setup["job"], "img/000.jpg"), parse_spec("cls,patch:9,obj:5"))
+    images = ZarrImages(setup["job"])
+    visual = compose(images[images.row_of("img/000.jpg")], parse_spec("cls,patch:9,obj:5"))
     torch.manual_seed(0)
     model = build_model(load_llm(setup["llm"]), ZarrImages(setup["job"]).dims).eval()
     ids = templates.v1_prompt("Describe the image.", tokenizer, has_image=True)

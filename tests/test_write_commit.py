@@ -26,6 +26,8 @@ def finished_item(index, k, seed):
         "patch_tokens": rng.standard_normal((36, DIMS.C)).astype(np.float32),
         "patch_norm_mean": 3.5, "patch_norm_std": 0.25,
         "masks": [{"size": [48, 64 + index], "counts": b"abc"}] * k,
+        "pairwise_iou": (np.triu(rng.uniform(0, 1, (k, k)), 1) + np.triu(rng.uniform(0, 1, (k, k)), 1).T
+                         + np.eye(k)).astype(np.float16),
     }
 
 
@@ -74,6 +76,12 @@ def test_zarr_and_webdataset_hold_what_the_stages_returned(job):
         np.testing.assert_array_equal(z["patch_tokens"][i], item["patch_tokens"].astype(np.float16))
         assert z["patch_norm_mean"][i] == meta["patch_norm_mean"] == 3.5
         assert samples[f"{i:09d}"]["masks.json"][0]["counts"] == "abc"
+        # record v2: the IoU matrix as a triangle, padded to K rows in Zarr, of the k rows in the sample
+        square = np.zeros((DIMS.K, DIMS.K), np.float16)
+        square[:k, :k] = item["pairwise_iou"]
+        np.testing.assert_array_equal(z["mask_iou"][i], square[np.triu_indices(DIMS.K, 1)])
+        np.testing.assert_array_equal(samples[f"{i:09d}"]["mask_iou.npy"],
+                                      item["pairwise_iou"][np.triu_indices(k, 1)])
     assert z["status"][0] == 0  # rows of other shards untouched: pending
 
 

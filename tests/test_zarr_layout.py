@@ -89,7 +89,9 @@ def test_rows_read_in_random_order_equal_rows_read_in_order_and_zarrs_own_reads(
     g = zarr.open_group(jd.tokens, mode="r")
     for i, rec in enumerate(in_order):
         for name in record.TENSORS:
-            if name in rec:
+            if name == "mask_iou" and name in rec:  # the triangle of the real rows, cut from K's
+                np.testing.assert_array_equal(rec[name], record.leading_triangle(g[name][i], DIMS.K, rec["num_objects"]))
+            elif name in rec:
                 k = rec["num_objects"] if name in record.OBJECT_ARRAYS else None
                 np.testing.assert_array_equal(rec[name], g[name][i][:k])
     assert not z._row("object_tokens", 5).any()  # the failed row's empty chunk: fill values

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..schemas.record import POOLED_GRID, POOLED_PATCHES
 from .position import box_center_embedding
+from .refilter import refiltered_keep_rank
 from .scaling import CacheStats, scale_tokens
 from .token_spec import TokenSpec, pool_kernel, prune_indices
 
@@ -92,7 +93,8 @@ def compose(record: dict[str, Any], spec: TokenSpec, scaling: str = "none",
         patch = torch.zeros(0, c)
     objects = torch.zeros(0, d)
     if spec.use_objects:
-        rows = select_objects(np.asarray(record["keep_rank"]), spec.objects)
+        keep = record["keep_rank"] if spec.iou is None else refiltered_keep_rank(record, spec.iou)
+        rows = select_objects(np.asarray(keep), spec.objects)
         if len(rows):
             tokens = torch.from_numpy(np.asarray(record["object_tokens"], dtype=np.float32)[rows])
             tokens = scale_tokens(tokens, "object", scaling, mu_p, sigma_p, stats)

@@ -9,6 +9,7 @@ paper 3.5) and defaults to it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..schemas.errors import CacheError
 from ..schemas.record import Status
@@ -17,23 +18,37 @@ from .compose import compose
 from .consolidate import load_checkpoint_model
 from .readers import ZarrImages
 from .scaling import CacheStats
-from .token_spec import parse_spec
+from .refilter import require_refilterable
+from .token_spec import TokenSpec, parse_spec
 
 
-def load_image(cache: Path, image_id: str, dims: dict[str, int] | None = None) -> dict:
-    """The cache record of ``image_id``; CacheError if unknown, not ok, or the cache's
-    widths differ from ``dims`` (those the checkpoint's projectors were built for)."""
+def open_cache(cache: Path, dims: dict[str, int], specs: list[TokenSpec]) -> ZarrImages:
+    """The cache a checkpoint reads: CacheError if its widths differ from ``dims`` (those the
+    projectors were built for); TokenSpecError if a spec re-filters objects it cannot."""
     images = ZarrImages(cache)
-    if dims is not None and {k: images.dims[k] for k in ("C", "D")} != {k: dims[k] for k in ("C", "D")}:
+    if {k: images.dims[k] for k in ("C", "D")} != {k: dims[k] for k in ("C", "D")}:
         raise CacheError(f"the cache {cache} has widths {images.dims}, the checkpoint was trained on {dims}")
-    try:
-        row = images.image_ids.index(image_id)
-    except ValueError:
-        raise CacheError(f"image id {image_id!r} is not in the cache {cache}") from None
+    if any(spec.iou is not None for spec in specs):
+        require_refilterable(images.version, images.filter, cache)
+    return images
+
+
+def image_status(images: ZarrImages, image_id: str) -> str | None:
+    """None when ``image_id`` has tokens in the cache, else why not (unknown, failed, pending)."""
+    row = images.row_of(image_id)
+    if row is None:
+        return "not in the cache"
     if images.status[row] != Status.OK:
-        what = "failed" if images.status[row] == Status.FAILED else "not processed yet"
-        raise CacheError(f"image id {image_id!r} {what} in the cache {cache} (status {int(images.status[row])})")
-    return images[row]
+        return "failed" if images.status[row] == Status.FAILED else "not processed yet"
+    return None
+
+
+def prompt_ids(stage: int, tokenizer: Any, question: str) -> list[int]:
+    """The generation prompt of a checkpoint's stage: plain (the image alone; the question is
+    not part of stage 1's template) or one v1 USER turn with the image first."""
+    if stage == 1:
+        return templates.plain_prompt(tokenizer)
+    return templates.v1_prompt(question, tokenizer, has_image=True)
 
 
 def generate(checkpoint: Path, cache: Path, image_id: str, prompt: str, tokens: str | None = None,
@@ -42,11 +57,10 @@ def generate(checkpoint: Path, cache: Path, image_id: str, prompt: str, tokens: 
     model, tokenizer, state, _ = load_checkpoint_model(checkpoint)
     model.to(device).eval()
     spec = parse_spec(tokens or state["tokens"])
+    images = open_cache(cache, state["dims"], [spec])
+    if (why := image_status(images, image_id)) is not None:
+        raise CacheError(f"image id {image_id!r} {why} in the cache {cache}")
     stats = CacheStats.from_dict(state["stats"]) if state.get("stats") else None
-    visual = compose(load_image(cache, image_id, state["dims"]), spec, state["scaling"], stats)
-    if state["stage"] == 1:
-        ids = templates.plain_prompt(tokenizer)
-    else:
-        ids = templates.v1_prompt(prompt, tokenizer, has_image=True)
-    out = model.generate(ids, visual, max_new_tokens, tokenizer.eos_token_id)
+    visual = compose(images[images.row_of(image_id)], spec, state["scaling"], stats)
+    out = model.generate(prompt_ids(state["stage"], tokenizer, prompt), visual, max_new_tokens, tokenizer.eos_token_id)
     return tokenizer.decode(out, skip_special_tokens=True).strip()

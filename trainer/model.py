@@ -11,7 +11,7 @@ objects, and replace the ``<image>`` sentinel (-200) of the text in ``inputs_emb
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -112,18 +112,60 @@ class MaskLlava(nn.Module):
     def generate(self, ids: list[int], visual: VisualTokens | None, max_new_tokens: int = 64,
                  eos_token_id: int | None = None) -> list[int]:
         """Greedy decoding from one prompt (ids with the sentinel); returns the new ids."""
-        embeds, mask, _ = self.embed(torch.tensor([ids]), torch.tensor([len(ids)]), [visual])
-        out: list[int] = []
-        past = None
-        # transformers 5.x names the KV cache ``cache`` (``past_key_values`` before, deprecated)
-        key = "cache" if "cache" in inspect.signature(self.llm.forward).parameters else "past_key_values"
-        for _ in range(max_new_tokens):
-            res = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=True, **{key: past})
-            past = getattr(res, key)
-            nxt = int(res.logits[0, -1].argmax())
-            if eos_token_id is not None and nxt == eos_token_id:
-                break
-            out.append(nxt)
-            embeds = self.llm.get_input_embeddings()(torch.tensor([[nxt]], device=mask.device))
-            mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
-        return out
+        return self.generate_batch([ids], [visual], max_new_tokens, eos_token_id).tokens[0]
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[list[int]], visual: list[VisualTokens | None], max_new_tokens: int = 64,
+                       eos_token_id: int | None = None, pad_token_id: int = 0,
+                       temperature: float = 0.0) -> "Generated":
+        """Decode several prompts (ids with the sentinel) at once with transformers'
+        ``generate`` (KV cache): inputs_embeds left-padded, positions counted from each
+        prompt's first real token, so a greedy answer does not depend on its batch-mates.
+        ``temperature`` 0: greedy; above 0: sampling (seed torch for repeatable draws).
+        Returns the new ids of each prompt (up to, without, the first eos) and, per prompt,
+        the smallest gap between its two best logits over its steps (how near to a tie
+        greedy decoding came; sampling: nan)."""
+        from transformers import GenerationConfig
+
+        lengths = torch.tensor([len(p) for p in prompts])
+        padded = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            padded[b, : len(p)] = torch.tensor(p)
+        embeds, mask, _ = self.embed(padded, lengths, visual)
+        embeds, mask = left_padded(embeds, mask)
+        sample = temperature > 0
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample,
+                                  temperature=temperature if sample else None, top_p=None, top_k=None,
+                                  eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                                  output_scores=not sample, return_dict_in_generate=True)
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
+        tokens, margins = [], []
+        for b, seq in enumerate(out.sequences.tolist()):
+            n = seq.index(eos_token_id) if eos_token_id is not None and eos_token_id in seq else len(seq)
+            tokens.append(seq[:n])
+            if sample:
+                margins.append(float("nan"))
+                continue
+            steps = min(n + 1, len(out.scores))  # the eos step decided too
+            top2 = torch.stack([out.scores[t][b].float().topk(2).values for t in range(steps)])
+            margins.append(float((top2[:, 0] - top2[:, 1]).min()) if steps else float("inf"))
+        return Generated(tokens, margins)
+
+
+@dataclass
+class Generated:
+    """What :meth:`MaskLlava.generate_batch` returns."""
+
+    tokens: list[list[int]]
+    margins: list[float]
+
+
+def left_padded(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [B, T, H] embeddings and their mask, moved to the right end of each row
+    (generation appends after the last position, so every prompt must end there)."""
+    out, out_mask = torch.zeros_like(embeds), torch.zeros_like(mask)
+    t = mask.shape[1]
+    for b, n in enumerate(mask.sum(1).tolist()):
+        out[b, t - n:] = embeds[b, :n]
+        out_mask[b, t - n:] = 1
+    return out, out_mask

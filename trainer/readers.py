@@ -5,7 +5,8 @@ which sink it reads:
 
     index, image_id, status, width, height, num_objects, patch_norm_mean, patch_norm_std
     object_tokens [k, D] f16, boxes [k, 4] f32, scores [k] f32, keep_rank [k] i16,
-    inversion_loss [k] f32, global_token [D] f16, patch_tokens [36, C] f16
+    inversion_loss [k] f32, global_token [D] f16, patch_tokens [36, C] f16,
+    mask_iou [k(k-1)/2] f16 (record v2 only: the pairwise IoU triangle of the k rows)
 
 with k = num_objects (Zarr's padding rows dropped, as a WebDataset sample stores them).
 Images that are not ok (status 0 pending, 2 failed) carry the scalars only.
@@ -32,8 +33,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from ..schemas.commits import valid_commits
 from ..schemas.errors import CacheError
 from ..schemas.jobdir import JobDir
-from ..schemas.record import OBJECT_ARRAYS, SCALARS, TENSORS, Status
-from ..schemas.versions import ZARR_LAYOUTS
+from ..schemas.record import OBJECT_ARRAYS, SCALARS, SINCE_VERSION, TENSORS, Status, leading_triangle, tensors_of
+from ..schemas.versions import RECORD_SCHEMA_VERSIONS, ZARR_LAYOUTS
 
 
 def zarr_path(job_dir: Path) -> Path:
@@ -87,6 +88,12 @@ class ZarrImages(Dataset):
         if self.layout not in ZARR_LAYOUTS:
             raise CacheError(f"{self.path} has layout {self.layout!r}, written by a newer masktok "
                              f"(this one reads {', '.join(ZARR_LAYOUTS)})")
+        self.version: int = int(group.attrs.get("record_schema_version", 1))
+        if self.version not in RECORD_SCHEMA_VERSIONS:
+            raise CacheError(f"{self.path} has record version {self.version}, written by a newer masktok "
+                             f"(this one reads {', '.join(map(str, RECORD_SCHEMA_VERSIONS))})")
+        self.tensors = tensors_of(self.version)
+        self.filter: dict[str, Any] = dict(group.attrs.get("filter", {}))
         self._scalars: dict[str, np.ndarray] = {name: np.asarray(group[name][:]) for name in SCALARS}
         self.image_ids: list[str] = [str(x) for x in self._scalars["image_id"]]
         self.status: np.ndarray = self._scalars["status"]
@@ -94,10 +101,16 @@ class ZarrImages(Dataset):
         self.chunk_rows: int = 1 if sharded else int(group["status"].chunks[0])
         self._direct: dict[str, tuple[Any, ...]] = {}
         if sharded:
-            formats = {name: self._shard_format(group[name]) for name in TENSORS}
+            formats = {name: self._shard_format(group[name]) for name in self.tensors}
             self._direct = {name: f for name, f in formats.items() if f is not None}
         self._arrays: dict[str, Any] = {}  # zarr handles, opened on first use (per process)
         self._chunks: dict[str, tuple[int, np.ndarray]] = {}
+
+    def row_of(self, image_id: str) -> int | None:
+        """The manifest row of ``image_id`` (None: not in the cache)."""
+        if not hasattr(self, "_rows"):
+            self._rows = {image: i for i, image in enumerate(self.image_ids)}
+        return self._rows.get(image_id)
 
     def _open(self) -> Any:
         import zarr
@@ -156,7 +169,7 @@ class ZarrImages(Dataset):
             return self._shard_row(name, i)
         if not self._arrays:
             group = self._open()
-            self._arrays = {a: group[a] for a in TENSORS}
+            self._arrays = {a: group[a] for a in self.tensors}
         if self.chunk_rows == 1:
             return np.asarray(self._arrays[name][i])
         c = i // self.chunk_rows
@@ -174,9 +187,13 @@ class ZarrImages(Dataset):
         if rec["status"] != Status.OK:
             return rec
         k = rec["num_objects"]
-        for name in TENSORS:
+        for name in self.tensors:
             value = self._row(name, i)
-            rec[name] = value[:k].copy() if name in OBJECT_ARRAYS else value.copy()
+            if name in OBJECT_ARRAYS:
+                value = value[:k]
+            elif name == "mask_iou":
+                value = leading_triangle(value, self.dims["K"], k)
+            rec[name] = value.copy()
         return rec
 
 
@@ -188,6 +205,8 @@ def _sample_record(members: dict[str, bytes]) -> dict[str, Any]:
     if rec["status"] != Status.OK:
         return rec
     for name in TENSORS:
+        if name in SINCE_VERSION and f"{name}.npy" not in members:
+            continue  # written with an older record version
         rec[name] = np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False)
     return rec
 

@@ -5,7 +5,9 @@ global, patch, objects, whatever the order written)::
 
     cls                 the global token (CLIP image embedding)
     patch[:N[:MODE]]    N of the 36 cached patch tokens (6x6 grid, raster order); default 36
-    obj[:K]             at most K object tokens, the background counting as one; default all
+    obj[:K][@iouX]      at most K object tokens, the background counting as one; default all;
+                        @iouX re-filters the objects at IoU threshold X (0 < X <= 1) from the
+                        stored mask IoUs instead of the plan's keep_rank (trainer/refilter.py)
 
 Patch reduction (paper 3.5 and C.6), from the cached 6x6 grid:
 
@@ -51,6 +53,7 @@ class TokenSpec:
     patch_mode: str = "pool"
     use_objects: bool = True
     objects: int | None = None
+    iou: float | None = None
 
     def __str__(self) -> str:
         items = ["cls"] if self.cls else []
@@ -58,7 +61,8 @@ class TokenSpec:
             default = "pool" if self.patches in _POOLABLE else "prune"
             items.append(f"patch:{self.patches}" + ("" if self.patch_mode == default else f":{self.patch_mode}"))
         if self.use_objects:
-            items.append("obj" if self.objects is None else f"obj:{self.objects}")
+            items.append(("obj" if self.objects is None else f"obj:{self.objects}")
+                         + ("" if self.iou is None else f"@iou{self.iou:g}"))
         return ",".join(items)
 
     def max_tokens(self, max_objects: int) -> int:
@@ -78,7 +82,10 @@ def parse_spec(text: str) -> TokenSpec:
     seen: set[str] = set()
     fields: dict[str, object] = {"cls": False, "patches": 0, "patch_mode": "pool", "use_objects": False}
     for item in items:
+        item, _, iou = item.partition("@")
         name, *args = item.split(":")
+        if iou and name != "obj":
+            raise TokenSpecError(f"token spec {text!r}: @{iou} applies to obj only")
         if name in seen:
             raise TokenSpecError(f"token spec {text!r}: {name!r} given twice")
         seen.add(name)
@@ -99,10 +106,22 @@ def parse_spec(text: str) -> TokenSpec:
             k = _int(args[0], item, text) if args else None
             if k is not None and k < 1:
                 raise TokenSpecError(f"token spec {text!r}: {item!r} needs at least one object token")
-            fields.update(use_objects=True, objects=k)
+            fields.update(use_objects=True, objects=k, iou=_iou(iou, text) if iou else None)
         else:
             raise TokenSpecError(f"token spec {text!r}: unknown item {item!r} (use cls, patch[:N[:pool|max|prune]], obj[:K])")
     return TokenSpec(**fields)  # type: ignore[arg-type]
+
+
+def _iou(value: str, text: str) -> float:
+    try:
+        if not value.startswith("iou"):
+            raise ValueError
+        x = float(value[3:])
+    except ValueError:
+        raise TokenSpecError(f"token spec {text!r}: @{value} should be @iouX, e.g. obj:20@iou0.5") from None
+    if not 0 < x <= 1:
+        raise TokenSpecError(f"token spec {text!r}: @{value}: the IoU threshold must be in (0, 1]")
+    return x
 
 
 def _int(value: str, item: str, text: str) -> int:

@@ -32,6 +32,7 @@ from .readers import ZarrImages
 from .records import join_records, load_records
 from .runtime import (STAGE_LR, TrainConfig, build_model, load_llm, load_tokenizer, make_loader,
                       micro_batches_per_epoch, scheduler)
+from .refilter import require_refilterable
 from .scaling import MODES, CacheStats
 from .sharding import autocast, frozen_llm_dtype, gradient_sync, resolve_strategy, use_bf16, wrap
 from .stats import cache_stats
@@ -80,6 +81,8 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
     scaling = state["scaling"] if state else (cfg.scaling or DEFAULT_SCALING)
     if scaling not in MODES:
         raise TrainError(f"unknown scaling mode {scaling!r}: use one of {', '.join(MODES)}")
+    if spec.iou is not None:
+        require_refilterable(images.version, images.filter, cfg.cache)
 
     examples, counts = join_records(records, images.image_ids, images.status,
                                     keep_text_only=cfg.stage == 2)

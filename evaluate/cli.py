@@ -1,0 +1,47 @@
+"""``masktok answer`` (click; registered in pipeline/cli.py). Imports stay light here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..schemas.errors import Command
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.command("answer", cls=Command)
+@click.option("--checkpoint", type=_DIR, required=True, help="A checkpoint-*/ folder, or a run folder (its latest).")
+@click.option("--cache", type=_DIR, required=True, help="The job directory holding the questions' images.")
+@click.option("--questions", "questions_file", type=_FILE, required=True,
+              help="LLaVA eval question file: JSON Lines of {question_id, image, text, category?}.")
+@click.option("--tokens", "specs", multiple=True,
+              help="A token spec to answer at (repeat for a budget sweep). Default: the checkpoint's.")
+@click.option("--out", type=_DIR, required=True, help="Folder of the answer files, one <spec>.jsonl per --tokens.")
+@click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--model-id", default=None, help="The answers' model_id (default: the checkpoint folder's name).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling (temperature > 0).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or report.")
+def answer(specs: tuple[str, ...], quiet: bool, **opts: Any) -> None:
+    """Answer a LLaVA-1.5 benchmark question file from the cache, once per token spec, in
+    LLaVA's answer format (its scoring scripts read the files unchanged). A rerun answers
+    only the questions missing from each file."""
+    import sys
+
+    from transformers.utils.logging import disable_progress_bar
+
+    from ..trainer.checkpoint import read_state, resolve
+    from .answer import answer as run
+
+    disable_progress_bar()
+    specs = specs or (read_state(resolve(opts["checkpoint"]))["tokens"],)
+    echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
+    summary = run(specs=list(specs), echo=echo, progress=not quiet and sys.stderr.isatty(), **opts)
+    for spec, path in summary.files.items():
+        click.echo(f"{path}  ({summary.answered[spec]} answered, {summary.kept[spec]} kept)")

@@ -1,0 +1,250 @@
+"""POPE scores of LLaVA-style answer files, equal to LLaVA-1.5's ``llava/eval/eval_pope.py``.
+
+An answer's text is read as yes/no the way LLaVA-1.5 does it (:func:`normalize_pope_answer`);
+"yes" is the positive class. Unlike LLaVA, answers and labels are paired by
+(category, question_id), not by line order, so several label files (one per POPE category,
+whose question ids repeat) can be scored against one answer file; whatever does not pair is
+reported, never silently dropped. Overall scores pool all paired items of all categories.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..schemas.errors import DataError
+
+POPE_FILE_PREFIX = "coco_pope_"
+
+
+def normalize_pope_answer(text: str) -> str:
+    """Read a free-form answer as "yes" or "no", like LLaVA-1.5's eval_pope.py: only the text
+    before the first '.', commas dropped, split on single spaces; "no" if one of the words is
+    'No', 'not' or 'no', else "yes" (so "Nope" and "" are "yes")."""
+    first_sentence = text.split(".", 1)[0]
+    words = first_sentence.replace(",", "").split(" ")
+    return "no" if any(word in ("No", "not", "no") for word in words) else "yes"
+
+
+@dataclass(frozen=True)
+class PopeLabel:
+    """One ground-truth line: its category, question id and "yes"/"no" label."""
+
+    category: str
+    question_id: Any
+    label: str
+
+
+@dataclass(frozen=True)
+class PopeScores:
+    """Confusion counts and metrics of paired items (positive = "yes").
+
+    A metric is None where its denominator is zero, i.e. exactly where LLaVA's eval_pope.py
+    would raise ZeroDivisionError: accuracy and yes_ratio when n == 0, precision when
+    TP + FP == 0, recall when TP + FN == 0, f1 when precision or recall is None or both are 0.
+    Metrics are fractions in [0, 1].
+    """
+
+    n: int
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    accuracy: float | None
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    yes_ratio: float | None
+
+
+def score_counts(tp: int, fp: int, tn: int, fn: int) -> PopeScores:
+    """Metrics from confusion counts, computed with LLaVA's formulas (None: see PopeScores)."""
+    n = tp + fp + tn + fn
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = None
+    if precision is not None and recall is not None and precision + recall > 0:
+        f1 = 2 * precision * recall / (precision + recall)
+    return PopeScores(n=n, tp=tp, fp=fp, tn=tn, fn=fn,
+                      accuracy=(tp + tn) / n if n else None,
+                      precision=precision, recall=recall, f1=f1,
+                      yes_ratio=(tp + fp) / n if n else None)
+
+
+def score_predictions(pairs: Iterable[tuple[str, str]]) -> PopeScores:
+    """Scores of (predicted, label) pairs, each "yes" or "no"."""
+    counts = Counter(pairs)
+    return score_counts(tp=counts[("yes", "yes")], fp=counts[("yes", "no")],
+                        tn=counts[("no", "no")], fn=counts[("no", "yes")])
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of each non-blank line; DataError naming file and line if unreadable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not JSON ({exc.msg}, column {exc.colno})") from None
+        if not isinstance(row, dict) or "question_id" not in row:
+            raise DataError(f"{path}:{number}: expected a JSON object with a question_id")
+        rows.append((number, row))
+    return rows
+
+
+def category_from_label_file(path: Path) -> str:
+    """A label file's category: <cat> of coco_pope_<cat>.json (as LLaVA derives it), else the stem."""
+    name = Path(path).name
+    if name.startswith(POPE_FILE_PREFIX) and name.endswith(".json") and len(name) > len(POPE_FILE_PREFIX) + 5:
+        return name[len(POPE_FILE_PREFIX):-len(".json")]
+    return Path(path).stem
+
+
+def load_pope_labels(paths: Sequence[Path]) -> list[PopeLabel]:
+    """All label lines of the given files; a line's category is its ``category`` field, else
+    the file's (:func:`category_from_label_file`). DataError for a label other than "yes"/"no"
+    or a (category, question_id) given twice."""
+    labels: list[PopeLabel] = []
+    seen: dict[tuple[str, str], str] = {}
+    for path in paths:
+        file_category = category_from_label_file(path)
+        for number, row in read_jsonl(path):
+            label = row.get("label")
+            if label not in ("yes", "no"):
+                raise DataError(f'{path}:{number}: label must be "yes" or "no", got {label!r}')
+            category = str(row.get("category") or file_category)
+            key = (category, str(row["question_id"]))
+            if key in seen:
+                raise DataError(f"{path}:{number}: question {row['question_id']!r} of category "
+                                f"{category!r} is labelled twice (also {seen[key]})")
+            seen[key] = f"{path}:{number}"
+            labels.append(PopeLabel(category, row["question_id"], label))
+    return labels
+
+
+@dataclass
+class PopePairing:
+    """Answers matched to labels: (category, predicted, label) triples and what did not pair."""
+
+    pairs: list[tuple[str, str, str]] = field(default_factory=list)
+    labels_without_answer: list[tuple[str, Any]] = field(default_factory=list)
+    answers_without_label: list[tuple[str | None, Any]] = field(default_factory=list)
+    ambiguous_answers: list[Any] = field(default_factory=list)
+
+
+def pair_answers(answers: Sequence[tuple[int, dict[str, Any]]], labels: Sequence[PopeLabel],
+                 answers_path: Path | str = "answers") -> PopePairing:
+    """Pair (line number, answer) rows with labels by (category, question_id). An answer's
+    category is ``metadata.category``; without one, it takes the only label with its
+    question_id, or is ambiguous when several categories have that id. DataError when two
+    answers land on the same label or an answer has no text."""
+    by_key = {(lab.category, str(lab.question_id)): lab for lab in labels}
+    categories_of_id: dict[str, list[str]] = {}
+    for lab in labels:
+        categories_of_id.setdefault(str(lab.question_id), []).append(lab.category)
+    pairing = PopePairing()
+    answered: dict[tuple[str, str], int] = {}
+    for number, answer in answers:
+        qid = answer["question_id"]
+        if not isinstance(answer.get("text"), str):
+            raise DataError(f"{answers_path}:{number}: answer has no text")
+        metadata = answer.get("metadata") if isinstance(answer.get("metadata"), dict) else {}
+        category = metadata.get("category")
+        if category is None:
+            candidates = categories_of_id.get(str(qid), [])
+            if len(candidates) > 1:
+                pairing.ambiguous_answers.append(qid)
+                continue
+            category = candidates[0] if candidates else None
+        key = (str(category), str(qid))
+        if category is None or key not in by_key:
+            pairing.answers_without_label.append((category, qid))
+            continue
+        if key in answered:
+            raise DataError(f"{answers_path}:{number}: second answer to question {qid!r} of "
+                            f"category {category!r} (first on line {answered[key]})")
+        answered[key] = number
+        pairing.pairs.append((key[0], normalize_pope_answer(answer["text"]), by_key[key].label))
+    pairing.labels_without_answer = [(lab.category, lab.question_id) for lab in labels
+                                     if (lab.category, str(lab.question_id)) not in answered]
+    return pairing
+
+
+@dataclass
+class PopeReport:
+    """Scores per category (sorted by name) and overall, plus the pairing's leftovers."""
+
+    per_category: dict[str, PopeScores]
+    overall: PopeScores
+    pairing: PopePairing
+
+    def to_dict(self, examples: int = 10) -> dict[str, Any]:
+        """A JSON-ready summary; unpaired lists are cut to ``examples`` ids each, with counts."""
+        def cut(items: list) -> dict[str, Any]:
+            return {"count": len(items), "examples": [list(i) if isinstance(i, tuple) else i
+                                                      for i in items[:examples]]}
+        return {"per_category": {c: asdict(s) for c, s in self.per_category.items()},
+                "overall": asdict(self.overall),
+                "labels_without_answer": cut(self.pairing.labels_without_answer),
+                "answers_without_label": cut(self.pairing.answers_without_label),
+                "ambiguous_answers": cut(self.pairing.ambiguous_answers)}
+
+
+def score_pairing(pairing: PopePairing) -> PopeReport:
+    """Per-category and pooled overall scores of a pairing."""
+    categories = sorted({category for category, _, _ in pairing.pairs})
+    per_category = {c: score_predictions((p, lab) for cat, p, lab in pairing.pairs if cat == c)
+                    for c in categories}
+    overall = score_predictions((p, lab) for _, p, lab in pairing.pairs)
+    return PopeReport(per_category, overall, pairing)
+
+
+def score_pope_file(answers_path: Path, label_paths: Sequence[Path]) -> PopeReport:
+    """Score one answer jsonl against POPE label files (see the module docstring)."""
+    labels = load_pope_labels(label_paths)
+    return score_pairing(pair_answers(read_jsonl(answers_path), labels, answers_path))
+
+
+def percent(value: float | None) -> str:
+    """A fraction as a percentage with 2 decimals; "-" for an undefined (None) metric."""
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def format_pope_table(report: PopeReport) -> str:
+    """Category rows and an overall row: n, counts and metrics in %."""
+    header = ("category", "n", "TP", "FP", "TN", "FN", "acc%", "prec%", "rec%", "F1%", "yes%")
+    rows = [header]
+    for name, s in [*report.per_category.items(), ("overall", report.overall)]:
+        rows.append((name, str(s.n), str(s.tp), str(s.fp), str(s.tn), str(s.fn), percent(s.accuracy),
+                     percent(s.precision), percent(s.recall), percent(s.f1), percent(s.yes_ratio)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def format_unpaired(pairing: PopePairing, examples: int = 5) -> list[str]:
+    """One line per kind of leftover (none when everything paired), with a few example ids."""
+    def ids(items: list) -> str:
+        shown = ", ".join(f"{i[0]}/{i[1]}" if isinstance(i, tuple) else str(i) for i in items[:examples])
+        return shown + (", ..." if len(items) > examples else "")
+    lines = []
+    if pairing.labels_without_answer:
+        lines.append(f"{len(pairing.labels_without_answer)} labels without an answer "
+                     f"(category/question_id: {ids(pairing.labels_without_answer)})")
+    if pairing.answers_without_label:
+        lines.append(f"{len(pairing.answers_without_label)} answers without a label "
+                     f"(category/question_id: {ids(pairing.answers_without_label)})")
+    if pairing.ambiguous_answers:
+        lines.append(f"{len(pairing.ambiguous_answers)} answers without a category whose question_id "
+                     f"is in several label categories (question_id: {ids(pairing.ambiguous_answers)})")
+    return lines

@@ -1,0 +1,128 @@
+"""`masktok answer`: LLaVA's question file in, LLaVA's answer format out, at any token
+budget, batched, resumable, on v1 and v2 caches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from masktok.evaluate.answer import answer, read_questions
+from masktok.evaluate.cli import answer as answer_cli
+from masktok.schemas.errors import DataError, TokenSpecError
+from masktok.trainer.runtime import TrainConfig
+from masktok.trainer.train import train
+
+SPECS = ["cls,patch:9,obj:5", "cls,patch:1,obj:2"]
+
+
+def _questions(path: Path) -> Path:
+    """13 questions over the tiny cache's 12 images: image 5 failed, one image unknown; ids
+    of both types, two categories, one image asked about twice."""
+    lines = [{"question_id": i, "image": f"img/{i:03d}.jpg", "text": f"Is there a thing {i}?",
+              "category": "random" if i % 2 else "popular"} for i in range(12)]
+    lines += [{"question_id": "q-extra", "image": "img/003.jpg", "text": "Describe the image."},
+              {"question_id": 99, "image": "img/zzz.jpg", "text": "Where?"}]
+    path.write_text("\n".join(json.dumps(q) for q in lines) + "\n\n")
+    return path
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_trainer) -> dict[str, Path]:
+    out = tiny_trainer["root"] / "eval-run"
+    train(TrainConfig(stage=2, cache=tiny_trainer["job"], data=tiny_trainer["data"], llm=tiny_trainer["llm"], out=out,
+                      max_steps=4, batch_size=4, lr=3e-3, warmup_ratio=0.0, tokens="cls,patch:9,obj:5"))
+    return {**tiny_trainer, "run": out, "questions": _questions(tiny_trainer["root"] / "questions.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def answered(trained) -> tuple[Path, object]:
+    out = trained["root"] / "answers-b8"
+    summary = answer(trained["run"], trained["job"], trained["questions"], SPECS, out, batch_size=8, max_new_tokens=6)
+    return out, summary
+
+
+def test_one_line_per_answerable_question_in_the_question_files_order(trained, answered) -> None:
+    out, summary = answered
+    ids = [q.question_id for q in read_questions(trained["questions"])]
+    answerable = [i for i in ids if i not in (5, 99)]
+    assert summary.skipped == {"image failed": [5], "image not in the cache": [99]}
+    for spec in SPECS:
+        lines = _lines(out / f"{spec}.jsonl")
+        assert [a["question_id"] for a in lines] == answerable
+        first = lines[0]
+        assert set(first) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+        assert first["prompt"] == "Is there a thing 0?" and first["model_id"] == "eval-run"
+        assert first["metadata"]["tokens"] == spec and first["metadata"]["category"] == "popular"
+        assert "category" not in lines[-1]["metadata"]  # q-extra has none
+    small = _lines(out / f"{SPECS[1]}.jsonl")
+    assert all(a["metadata"]["visual_tokens"] <= 1 + 1 + 2 for a in small)
+    assert all(a["metadata"]["visual_tokens"] > 4 for a in _lines(out / f"{SPECS[0]}.jsonl"))
+
+
+def test_greedy_answers_do_not_depend_on_the_batch_size(trained, answered) -> None:
+    """Batch 1 vs batch 8 (left padding, positions from the mask). Conditioning: argmax is
+    only comparable across shapes when the two best logits are apart; the smallest gap
+    met is asserted well above float32 noise, so a near-tie would show as what it is."""
+    out8, summary8 = answered
+    out1 = trained["root"] / "answers-b1"
+    summary1 = answer(trained["run"], trained["job"], trained["questions"], SPECS, out1, batch_size=1,
+                      max_new_tokens=6)
+    for spec in SPECS:
+        assert summary1.min_margin[spec] > 1e-4, "near-tie: choose other questions"
+        assert _lines(out1 / f"{spec}.jsonl") == _lines(out8 / f"{spec}.jsonl")
+
+
+def test_a_rerun_answers_only_what_is_missing_and_keeps_the_order(trained, answered) -> None:
+    out8, _ = answered
+    spec = SPECS[0]
+    full = (out8 / f"{spec}.jsonl").read_text()
+    out = trained["root"] / "answers-resumed"
+    out.mkdir()
+    lines = full.splitlines()
+    kept = lines[:3] + lines[6:8]
+    (out / f"{spec}.jsonl").write_text("\n".join(kept) + "\n" + lines[8][:20])  # a crash cut the last line
+    summary = answer(trained["run"], trained["job"], trained["questions"], [spec], out, batch_size=4,
+                     max_new_tokens=6)
+    assert summary.kept[spec] == 5 and summary.answered[spec] == len(lines) - 5
+    assert (out / f"{spec}.jsonl").read_text() == full
+    again = answer(trained["run"], trained["job"], trained["questions"], [spec], out, max_new_tokens=6)
+    assert again.answered[spec] == 0 and (out / f"{spec}.jsonl").read_text() == full
+
+
+def test_a_version_1_cache_still_trains_and_answers(trained) -> None:
+    from masktok.pipeline.tiny_cache import write_tiny_cache
+
+    root = trained["root"]
+    job = write_tiny_cache(root / "v1-job", record_version=1)
+    run = root / "v1-run"
+    train(TrainConfig(stage=2, cache=job, data=trained["data"], llm=trained["llm"], out=run, max_steps=2,
+                      batch_size=4, tokens="cls,patch:9,obj:5"))
+    summary = answer(run, job, trained["questions"], ["cls,patch:4,obj:3"], root / "v1-answers", max_new_tokens=3)
+    assert summary.answered["cls,patch:4,obj:3"] == 12
+    with pytest.raises(TokenSpecError, match="version 1"):
+        answer(run, job, trained["questions"], ["obj:3@iou0.5"], root / "v1-iou", max_new_tokens=3)
+
+
+def test_the_cli_answers_at_the_checkpoints_budget_and_reports_bad_input(trained) -> None:
+    runner = CliRunner()
+    out = trained["root"] / "cli-answers"
+    args = ["--checkpoint", str(trained["run"]), "--cache", str(trained["job"]), "--out", str(out),
+            "--max-new-tokens", "3", "-q"]
+    res = runner.invoke(answer_cli, [*args, "--questions", str(trained["questions"])])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(str(out / "cls,patch:9,obj:5.jsonl"))  # the checkpoint's spec
+    bad = trained["root"] / "bad.jsonl"
+    bad.write_text('{"question_id": 1, "image": "img/000.jpg", "text": "x"}\n{"question_id": 2}\n')
+    res = runner.invoke(answer_cli, [*args, "--questions", str(bad)])
+    assert res.exit_code == 1 and "line 2" in res.output and "Traceback" not in res.output
+    with pytest.raises(DataError, match="twice"):
+        dup = trained["root"] / "dup.jsonl"
+        dup.write_text('{"question_id": 1, "image": "a", "text": "x"}\n' * 2)
+        read_questions(dup)

@@ -1,0 +1,216 @@
+"""POPE scoring (evaluate/pope.py), the token-budget sweep (evaluate/sweep.py) and
+``masktok score`` (evaluate/score_cli.py). Small hand-made files; no model, no network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from masktok.evaluate.pope import (category_from_label_file, load_pope_labels, normalize_pope_answer,
+                                   pair_answers, read_jsonl, score_counts, score_pope_file)
+from masktok.evaluate.score_cli import score
+from masktok.evaluate.sweep import sweep_pope
+from masktok.schemas.errors import DataError
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def answer(qid, text: str, category: str | None = None, tokens: int | None = None,
+           spec: str = "cls,patch:36,obj:5") -> dict:
+    metadata = {} if category is None and tokens is None else {"tokens": spec}
+    if category is not None:
+        metadata["category"] = category
+    if tokens is not None:
+        metadata["visual_tokens"] = tokens
+    return {"question_id": qid, "prompt": "Is there a dog in the image?", "text": text,
+            "answer_id": f"a{qid}", "model_id": "mask-llava", "metadata": metadata}
+
+
+# 10 items over 2 categories; question ids 1-5 repeat in both.
+#   adversarial: 1 yes/"Yes, there is a dog." TP   2 yes/"No, there is not." FN   3 no/"Yes." FP
+#                4 no/"No." TN   5 no/"There is not a cat in the image" TN
+#       -> TP1 FP1 TN2 FN1: acc 3/5, precision 1/2, recall 1/2, F1 1/2, yes-ratio 2/5
+#   popular:     1 yes/"Yes" TP   2 yes/"Yes. No" TP   3 no/"Nope" FP   4 yes/"no" FN   5 no/"No" TN
+#       -> TP2 FP1 TN1 FN1: acc 3/5, precision 2/3, recall 2/3, F1 2/3, yes-ratio 3/5
+#   overall (pooled): TP3 FP2 TN3 FN2: acc 6/10, precision 3/5, recall 3/5, F1 3/5, yes-ratio 5/10
+ADVERSARIAL = [(1, "yes", "Yes, there is a dog."), (2, "yes", "No, there is not."), (3, "no", "Yes."),
+               (4, "no", "No."), (5, "no", "There is not a cat in the image")]
+POPULAR = [(1, "yes", "Yes"), (2, "yes", "Yes. No"), (3, "no", "Nope"), (4, "yes", "no"), (5, "no", "No")]
+
+
+@pytest.fixture
+def pope_files(tmp_path: Path) -> tuple[Path, list[Path]]:
+    """Answers (popular first, reversed: pairing must not rely on order) and two label files:
+    coco_pope_adversarial.json (category from the name) and one with a category field."""
+    adversarial = write_jsonl(tmp_path / "coco_pope_adversarial.json",
+                              [{"question_id": q, "label": lab} for q, lab, _ in ADVERSARIAL])
+    popular = write_jsonl(tmp_path / "labels_b.jsonl",
+                          [{"question_id": q, "label": lab, "category": "popular"} for q, lab, _ in POPULAR])
+    rows = [answer(q, t, "popular") for q, _, t in reversed(POPULAR)]
+    rows += [answer(q, t, "adversarial") for q, _, t in ADVERSARIAL]
+    return write_jsonl(tmp_path / "answers.jsonl", rows), [adversarial, popular]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Yes, there is a dog.", "yes"), ("No.", "no"), ("There is not a cat", "no"),
+    ("Nope", "yes"),            # LLaVA only looks for the words No / not / no
+    ("Yes. No", "yes"),         # only the first sentence counts
+    ("No, there is no dog", "no"), ("no", "no"), ("", "yes"),
+    ("Yes there is,no", "yes"),  # commas are dropped, not made spaces: "isno" is not the word "no"
+    ("No\nthere is", "yes"),     # words split on " " only: "No\nthere" is not "No"
+])
+def test_normalize_pope_answer_follows_llava_rules(text: str, expected: str) -> None:
+    assert normalize_pope_answer(text) == expected
+
+
+def test_category_from_label_file_uses_coco_pope_name_else_stem() -> None:
+    assert category_from_label_file(Path("x/coco_pope_adversarial.json")) == "adversarial"
+    assert category_from_label_file(Path("x/pope_random.jsonl")) == "pope_random"
+
+
+def test_metrics_equal_hand_counted_values_per_category_and_overall(pope_files) -> None:
+    answers, labels = pope_files
+    report = score_pope_file(answers, labels)
+    adv, pop, overall = report.per_category["adversarial"], report.per_category["popular"], report.overall
+    assert (adv.tp, adv.fp, adv.tn, adv.fn, adv.n) == (1, 1, 2, 1, 5)
+    assert (adv.accuracy, adv.precision, adv.recall, adv.f1, adv.yes_ratio) == pytest.approx(
+        (0.6, 0.5, 0.5, 0.5, 0.4))
+    assert (pop.tp, pop.fp, pop.tn, pop.fn, pop.n) == (2, 1, 1, 1, 5)
+    assert (pop.accuracy, pop.precision, pop.recall, pop.f1, pop.yes_ratio) == pytest.approx(
+        (0.6, 2 / 3, 2 / 3, 2 / 3, 0.6))
+    assert (overall.tp, overall.fp, overall.tn, overall.fn, overall.n) == (3, 2, 3, 2, 10)
+    assert (overall.accuracy, overall.precision, overall.recall, overall.f1, overall.yes_ratio) == pytest.approx(
+        (0.6, 0.6, 0.6, 0.6, 0.5))
+    assert not (report.pairing.labels_without_answer or report.pairing.answers_without_label
+                or report.pairing.ambiguous_answers)
+
+
+def test_undefined_metrics_are_none_where_llava_divides_by_zero() -> None:
+    all_no = score_counts(tp=0, fp=0, tn=3, fn=2)  # never says yes: precision 0/0
+    assert all_no.precision is None and all_no.f1 is None
+    assert all_no.recall == 0.0 and all_no.accuracy == pytest.approx(0.6) and all_no.yes_ratio == 0.0
+    both_zero = score_counts(tp=0, fp=1, tn=0, fn=1)  # precision = recall = 0: F1 0/0
+    assert both_zero.precision == 0.0 and both_zero.recall == 0.0 and both_zero.f1 is None
+    empty = score_counts(0, 0, 0, 0)
+    assert empty.n == 0 and empty.accuracy is None and empty.yes_ratio is None
+
+
+def test_pairing_by_category_and_id_reports_unpaired_and_ambiguous(tmp_path: Path) -> None:
+    labels = load_pope_labels([
+        write_jsonl(tmp_path / "coco_pope_random.json",
+                    [{"question_id": 1, "label": "yes"}, {"question_id": 2, "label": "no"},
+                     {"question_id": 7, "label": "no"}]),
+        write_jsonl(tmp_path / "coco_pope_popular.json",
+                    [{"question_id": 1, "label": "no"}, {"question_id": 2, "label": "yes"},
+                     {"question_id": 9, "label": "yes"}]),
+    ])
+    rows = [(1, answer(1, "Yes", "random")), (2, answer(1, "Yes", "popular")),
+            (3, answer(9, "No")),                 # no category, id 9 only in popular: paired
+            (4, answer(2, "No")),                 # no category, id 2 in both: ambiguous
+            (5, answer(3, "Yes", "random")),      # no such label
+            (6, answer(4, "Yes"))]                # no category, no such id
+    pairing = pair_answers(rows, labels)
+    assert sorted(pairing.pairs) == [("popular", "no", "yes"), ("popular", "yes", "no"), ("random", "yes", "yes")]
+    assert pairing.ambiguous_answers == [2]
+    assert sorted(pairing.answers_without_label, key=str) == [("random", 3), (None, 4)]
+    assert sorted(pairing.labels_without_answer) == [("popular", 2), ("random", 2), ("random", 7)]
+
+
+def test_two_answers_to_one_label_is_an_error(tmp_path: Path) -> None:
+    labels = load_pope_labels([write_jsonl(tmp_path / "coco_pope_random.json", [{"question_id": 1, "label": "yes"}])])
+    with pytest.raises(DataError, match="second answer"):
+        pair_answers([(1, answer(1, "Yes", "random")), (2, answer(1, "No"))], labels)
+
+
+def test_cli_pope_prints_table_with_scores(pope_files) -> None:
+    answers, labels = pope_files
+    result = CliRunner().invoke(score, ["pope", "--answers", str(answers), "--labels", str(labels[0]),
+                                        "--labels", str(labels[1])])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    overall = next(line for line in lines if line.startswith("overall")).split()
+    assert overall == ["overall", "10", "3", "2", "3", "2", "60.00", "60.00", "60.00", "60.00", "50.00"]
+    popular = next(line for line in lines if line.startswith("popular")).split()
+    assert popular[6:] == ["60.00", "66.67", "66.67", "66.67", "60.00"]
+    assert "warning" not in result.output
+
+
+def test_cli_pope_json_and_unpaired_report_on_stderr(pope_files) -> None:
+    answers, labels = pope_files  # only the adversarial labels: the popular answers do not pair
+    result = CliRunner().invoke(score, ["pope", "--answers", str(answers), "--labels", str(labels[0]), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["overall"]["n"] == 5 and data["overall"]["f1"] == pytest.approx(0.5)
+    assert list(data["per_category"]) == ["adversarial"]
+    assert data["answers_without_label"]["count"] == 5
+    assert "5 answers without a label" in result.stderr and "popular/" in result.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing answers", "bad label", "bad json"])
+def test_cli_bad_input_is_one_line_exit_1(tmp_path: Path, pope_files, problem: str) -> None:
+    answers, labels = pope_files
+    if problem == "missing answers":
+        answers = tmp_path / "nope.jsonl"
+    elif problem == "bad label":
+        labels = [write_jsonl(tmp_path / "coco_pope_random.json", [{"question_id": 1, "label": "maybe"}])]
+    else:
+        answers.write_text('{"question_id": 1, "text": "Yes"}\n{not json\n')
+    args = ["pope", "--answers", str(answers)] + [a for p in labels for a in ("--labels", str(p))]
+    result = CliRunner().invoke(score, args)
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {"missing answers": "nope.jsonl", "bad label": "maybe", "bad json": ":2:"}[problem] in result.stderr
+
+
+def sweep_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    labels = write_jsonl(tmp_path / "coco_pope_random.json",
+                         [{"question_id": q, "label": lab} for q, lab in [(1, "yes"), (2, "no"), (3, "yes"), (4, "no")]])
+    big = write_jsonl(tmp_path / "cls,patch:36,obj:101.jsonl",  # 4/4 right; tokens 120..150: mean 135
+                      [answer(q, t, "random", tok, "cls,patch:36,obj:101")
+                       for q, t, tok in [(1, "Yes", 120), (2, "No", 130), (3, "Yes", 140), (4, "No", 150)]])
+    small = write_jsonl(tmp_path / "cls,patch:9,obj:5.jsonl",  # says yes to all: TP2 FP2, acc 50, F1 66.67
+                        [answer(q, "Yes", "random", 15, "cls,patch:9,obj:5") for q in (1, 2, 3, 4)])
+    return labels, big, small
+
+
+def test_sweep_sorts_files_by_mean_visual_tokens(tmp_path: Path) -> None:
+    labels, big, small = sweep_files(tmp_path)
+    points = sweep_pope([big, small], [labels])
+    assert [(p.spec, p.visual_tokens) for p in points] == [("cls,patch:9,obj:5", 15), ("cls,patch:36,obj:101", 135)]
+    assert points[0].report.overall.f1 == pytest.approx(2 / 3) and points[1].report.overall.accuracy == 1.0
+
+
+def test_sweep_without_visual_tokens_names_the_file(tmp_path: Path) -> None:
+    labels, _, _ = sweep_files(tmp_path)
+    llava = write_jsonl(tmp_path / "llava.jsonl", [answer(1, "Yes")])
+    with pytest.raises(DataError, match="llava.jsonl:1: no metadata.visual_tokens"):
+        sweep_pope([llava], [labels])
+
+
+def test_cli_sweep_table_sorted_and_plot_is_png(tmp_path: Path) -> None:
+    labels, big, small = sweep_files(tmp_path)
+    plot = tmp_path / "sweep.png"
+    result = CliRunner().invoke(score, ["sweep", str(big), str(small), "--labels", str(labels), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [row[:6] for row in rows] == [["15", "cls,patch:9,obj:5", "4", "50.00", "66.67", "100.00"],
+                                         ["135", "cls,patch:36,obj:101", "4", "100.00", "100.00", "50.00"]]
+    data = plot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_cli_sweep_json_parses(tmp_path: Path) -> None:
+    labels, big, small = sweep_files(tmp_path)
+    result = CliRunner().invoke(score, ["sweep", str(small), str(big), "--labels", str(labels), "--json"])
+    assert result.exit_code == 0, result.output
+    points = json.loads(result.stdout)["points"]
+    assert [p["visual_tokens"] for p in points] == [15, 135]
+    assert points[1]["overall"]["tp"] == 2 and points[0]["overall"]["fp"] == 2
