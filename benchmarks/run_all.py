@@ -20,6 +20,8 @@ BENCHMARKS = {
     "reader": ["bench_reader.py"],
     "memory": ["bench_memory.py"],
     "eval": ["bench_eval.py"],
+    "image_memory": ["bench_image_memory.py"],
+    "gpu": ["bench_gpu.py"],
 }
 
 

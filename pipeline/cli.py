@@ -124,22 +124,15 @@ def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry
 @click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts and dashboards.")
 def status(jobdir: Path, as_json: bool) -> None:
-    """Images and shards done, failed and pending; throughput and ETA."""
-    from .status import job_status
+    """Images and shards done, failed and pending; throughput, ETA and the slowest stage."""
+    from .status import job_status, status_lines
 
     s = job_status(JobDir(jobdir))
     if as_json:
         click.echo(json.dumps(s))
         return
-    click.echo(f"images  {s['images_done']:,} done, {s['images_failed']:,} failed, {s['images_pending']:,} pending "
-               f"of {s['images_total']:,}")
-    click.echo(f"shards  {s['shards_committed']:,} committed of {s['shards_total']:,}")
-    if s["images_per_s"]:
-        eta = f", ETA {s['eta_s'] / 3600:.1f} h" if s["eta_s"] else ""
-        click.echo(f"speed   {s['images_per_s']:.2f} images/s (from commit times){eta}")
-    if s["running"] is not None:
-        click.echo(f"run     running: pid {s['running'].get('pid')} on {s['running'].get('host')} "
-                   f"since {s['running'].get('since')}")
+    for line in status_lines(s):
+        click.echo(line)
 
 
 @main.command()

@@ -6,7 +6,10 @@ written last, atomically. So a run killed at any moment leaves every shard eithe
 committed and whole, or uncommitted (and redone by the next run).
 
 The commit file records the row range, counts, the failures, and a SHA-256 of every
-array slice and of the tar, which `masktok verify` recomputes from what is on disk.
+array slice and of the tar, which `masktok verify` recomputes from what is on disk. It also
+records the wall seconds each stage spent on the shard's images (``stage_seconds``, summed
+from the items' shares, pipeline/graph.py, over ``images`` items): `masktok status` and the
+report turn them into seconds per image. Verify ignores them (they are no result).
 Reading commit files is schemas/commits.py (readers need it without the writers).
 """
 
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..schemas.commits import Commit
+from ..schemas.commits import STAGE_SECONDS, Commit, add_stage_seconds
 from ..schemas.jobdir import JobDir
 from ..schemas.record import Status, arrays_of
 from ..schemas.versions import COMMIT_VERSION
@@ -53,6 +56,19 @@ def _fsync_chunks(group_path: Path, shard: int, names: list[str]) -> None:
                 fsync_dir(folder)
 
 
+def shard_timing(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The commit keys of stage timing: ``stage_seconds`` summed over the items that carry
+    it (6 significant digits) and ``images``, how many those are; none if no item does
+    (a shard written outside a Ray run)."""
+    timed = [item[STAGE_SECONDS] for item in items if item.get(STAGE_SECONDS)]
+    if not timed:
+        return {}
+    total: dict[str, float] = {}
+    for seconds in timed:
+        add_stage_seconds(total, seconds)
+    return {STAGE_SECONDS: {name: float(f"{s:.6g}") for name, s in total.items()}, "images": len(timed)}
+
+
 def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int, items: list[dict[str, Any]],
                 dims: TokenDims, fingerprint: str, webdataset: bool = True, rle_masks: bool = False,
                 manifest_digest: str | None = None) -> Commit:
@@ -71,7 +87,7 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
         "version": COMMIT_VERSION, "shard": shard, "rows": [start, end],
         "fingerprint": fingerprint, "manifest_digest": manifest_digest,
         "images_ok": int((rows["status"] == Status.OK).sum()), "images_failed": len(failures),
-        "failures": failures, "zarr": sums, "wds": tar,
+        "failures": failures, "zarr": sums, "wds": tar, **shard_timing(items),
         "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     jd.commits.mkdir(exist_ok=True)

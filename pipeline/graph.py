@@ -9,6 +9,11 @@ The last group (invert) drops the image before the results travel to the driver.
 An exception that escapes a stage for a whole batch is retried item by item; an item
 that still raises becomes a failure of that stage, so one bad image never stops a job.
 An actor that dies is restarted by Ray and its batch redone.
+
+Each stage call is timed here, not in the stages (they stay plain Python): every item of
+the batch gets an equal share of the call's wall seconds under ``item["stage_seconds"]``
+(stage name -> seconds), which the driver sums per shard into the commit file
+(pipeline/commit.py). The record writers never read that key.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from __future__ import annotations
 import functools
 import pickle
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ..schemas.commits import STAGE_SECONDS
 from ..schemas.spec import JobSpec
 from ..stages.batch import exception_reason, fail, failed
 from .topology import build_group, topology
@@ -80,6 +87,18 @@ def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list
     return out
 
 
+def timed_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list[Item]) -> list[Item]:
+    """:func:`call_stage`, adding to each item its share of the call's wall seconds
+    (batch seconds / batch size, item-by-item retries included) under ``STAGE_SECONDS``."""
+    start = time.perf_counter()
+    items = call_stage(name, stage, items)
+    share = (time.perf_counter() - start) / max(1, len(items))
+    for item in items:
+        seconds = item.setdefault(STAGE_SECONDS, {})
+        seconds[name] = seconds.get(name, 0.0) + share
+    return items
+
+
 class StageGroup:
     """A Ray Data callable class: builds group ``index`` of the topology once per actor
     (models loaded on the actor's device), runs its stages in order."""
@@ -93,7 +112,7 @@ class StageGroup:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = [pickle.loads(blob) for blob in batch["item"]]
         for name, stage in self.stages:
-            items = call_stage(name, stage, items)
+            items = timed_stage(name, stage, items)
         for item in items:
             for key in self.drop:
                 item.pop(key, None)
@@ -118,6 +137,7 @@ def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints
             StageGroup, fn_constructor_args=(spec, i, image_root, checkpoints, drop), batch_size=res.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.cpus, num_gpus=res.gpus,
+            **({"memory": int(res.memory_gb * 1e9)} if res.memory_gb else {}),
             udf_modifying_row_count=False,  # actors restart and retry their batch: Ray Data's default
         )
     return ds

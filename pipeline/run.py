@@ -13,7 +13,7 @@ import pickle
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -22,12 +22,14 @@ from tqdm import tqdm
 
 from ..schemas.manifest import read_manifest
 from ..schemas.spec import JobSpec, apply_overrides, fingerprint, fingerprint_diff, read_toml, spec_from_dict
-from ..schemas.commits import read_commits, valid_commits
+from ..schemas.versions import RECORD_SCHEMA_VERSION
+from ..schemas.commits import read_commits, stage_seconds_per_image, valid_commits
 from ..schemas.errors import ModelLoadError, RunError
 from ..schemas.jobdir import JobDir
 from .commit import write_shard
 from .durable import write_atomic
 from .lock import RunLock
+from .status import format_rate, format_seconds, slowest_stage, stage_breakdown
 
 FAILURES_SCHEMA = pa.schema([("index", pa.int64()), ("image_id", pa.string()), ("shard", pa.int32()),
                              ("stage", pa.string()), ("reason", pa.string())])
@@ -41,14 +43,23 @@ class RunSummary:
     images_run: int
     images_failed: int
     seconds: float
+    #: mean wall seconds per image of each stage, over the shards this run committed
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
+        """What `masktok run` prints last: one line, and a second with the seconds per image
+        of each stage when the run timed them."""
         if self.shards_run == 0:
             return f"nothing to do: all {self.shards_total} shards are committed"
-        rate = self.images_run / self.seconds if self.seconds > 0 else 0.0
-        return (f"committed {self.shards_run} shards ({self.images_run} images, {self.images_failed} failed) "
-                f"in {self.seconds:.1f} s, {rate:.2f} images/s; "
+        rate = self.images_run / self.seconds if self.seconds > 0 else None
+        done = (f"committed {self.shards_run} shards ({self.images_run} images, {self.images_failed} failed) "
+                f"in {self.seconds:.1f} s, {format_rate(rate)}; "
                 f"{self.shards_already_committed + self.shards_run}/{self.shards_total} shards done")
+        slowest = slowest_stage(self.stage_seconds)
+        if slowest is None:
+            return done
+        return (f"{done}\nstages: {stage_breakdown(self.stage_seconds)} per actor; "
+                f"slowest: {slowest} ({format_seconds(self.stage_seconds[slowest])} s/image)")
 
 
 def load_job(jd: JobDir, overrides: tuple[str, ...] = ()) -> tuple[JobSpec, dict[str, Any]]:
@@ -59,6 +70,11 @@ def load_job(jd: JobDir, overrides: tuple[str, ...] = ()) -> tuple[JobSpec, dict
     doc = read_toml(jd.job_toml)
     meta = doc.get("meta", {})
     stored = spec_from_dict(doc, origin=str(jd.job_toml))
+    planned_with = meta.get("record_schema_version", RECORD_SCHEMA_VERSION)
+    if planned_with != RECORD_SCHEMA_VERSION:
+        raise RunError(f"{jd.root} was planned by an older masktok (record version {planned_with}; this one "
+                       f"writes {RECORD_SCHEMA_VERSION}): plan it again with --force to run it (its cache stays "
+                       "readable by train, generate and answer as it is)")
     if fingerprint(stored) != meta.get("fingerprint"):
         raise RunError(f"{jd.job_toml} was edited after planning (its fingerprint no longer matches): plan again")
     spec = spec_from_dict(apply_overrides(doc, list(overrides)), origin="--set")
@@ -86,15 +102,19 @@ def _start_ray(address: str | None, spec: JobSpec) -> bool:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # the terminal gets our progress bar, a line per problem and the summary: Ray Data's
+    # periodic issue reports (~20 lines every 30 s on big models) and the workers' own logs
+    # stay in Ray's log folder (/tmp/ray/session_latest/logs)
+    ctx.issue_detectors_config.detectors = []
     if address:
-        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         return False
     # Logical CPUs: enough for every actor of the spec plus the read tasks, so Ray Data
     # never waits forever on a reservation the node cannot grant (see README).
     stages = (spec.decode, spec.detect, spec.segment, spec.invert)
     wanted = sum(s.resources.actors * s.resources.cpus for s in stages) + 1
     ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
-             logging_level="WARNING", log_to_driver=True)
+             logging_level="WARNING", log_to_driver=False)
     return True
 
 
@@ -182,6 +202,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     started = _start_ray(address, spec)
     buffers: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)  # shard -> index -> item
     failed = done = 0
+    committed: list[dict[str, Any]] = []  # this run's commits, for its stage seconds
     t0 = time.perf_counter()
     try:
         check_gpus_fit(spec, ray.cluster_resources().get("GPU", 0.0))
@@ -198,6 +219,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
                                          spec.write.webdataset, spec.write.rle_masks, meta["manifest_digest"])
                     failed += commit["images_failed"]
                     done += 1
+                    committed.append(commit)
                     bar.set_postfix(shards=f"{already + done}/{shards}", failed=failed)
     except Exception as exc:
         cause = _model_load_error(exc)
@@ -210,4 +232,5 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     if buffers:
         raise RunError(f"the pipeline lost images of shards {sorted(buffers)[:5]}: they stay uncommitted")
     write_failures(jd, valid_commits(jd))
-    return RunSummary(shards, already, done, len(items), failed, time.perf_counter() - t0)
+    return RunSummary(shards, already, done, len(items), failed, time.perf_counter() - t0,
+                      stage_seconds_per_image(committed)[0])

@@ -1,4 +1,8 @@
-"""`masktok status` and `masktok verify`: what a job has done, and whether it is intact."""
+"""`masktok status` and `masktok verify`: what a job has done, and whether it is intact.
+
+Also the one way a rate and seconds per image are written for people (:func:`format_rate`,
+:func:`format_seconds`): the run summary, the status lines and the report all use it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 import zarr
 
-from ..schemas.commits import read_commits, valid_commits
+from ..schemas.commits import STAGE_SECONDS, read_commits, stage_seconds_per_image, valid_commits
 from ..schemas.jobdir import JobDir
 from ..schemas.manifest import read_manifest
 from ..schemas.record import Status
@@ -17,8 +21,44 @@ from .lock import lock_holder
 RATE_WINDOW = 20  # commits
 
 
+def format_seconds(seconds: float) -> str:
+    """Seconds with the digits that matter: 200, 20.5, 3.21, 0.100, 0.0123."""
+    if seconds >= 100:
+        return f"{seconds:.0f}"
+    if seconds >= 10:
+        return f"{seconds:.1f}"
+    return f"{seconds:.2f}" if seconds >= 1 else f"{seconds:#.3g}"
+
+
+def format_rate(images_per_s: float | None) -> str:
+    """A throughput as people read it: "3.20 images/s" from 1 image/s up, "200 s/image"
+    below (a slow run's 0.005 images/s says nothing at a glance); "n/a" when unknown."""
+    if not images_per_s or images_per_s <= 0:
+        return "n/a"
+    if images_per_s >= 1:
+        return f"{images_per_s:.2f} images/s"
+    return f"{format_seconds(1 / images_per_s)} s/image"
+
+
+def slowest_stage(per_image: dict[str, float]) -> str | None:
+    """The stage with the most seconds per image (the one to give more actors), if any."""
+    return max(per_image, key=per_image.__getitem__) if per_image else None
+
+
+def stage_breakdown(per_image: dict[str, float]) -> str:
+    """Every stage's seconds per image, in pipeline order, on one line."""
+    return ", ".join(f"{name} {format_seconds(s)}" for name, s in per_image.items()) + " s/image"
+
+
+def _significant(value: float, digits: int = 4) -> float:
+    """Rounded to significant digits, not decimals: 0.0004 images/s must not become 0."""
+    return float(f"{value:.{digits}g}")
+
+
 def job_status(jd: JobDir) -> dict[str, Any]:
-    """Counts, throughput and ETA of a job, from its manifest and commit files alone."""
+    """Counts, throughput, ETA and each stage's mean seconds per image (``stage_seconds``,
+    over the ``stage_seconds_images`` images of the commits that record them) of a job, from
+    its manifest and commit files alone."""
     shards = read_manifest(jd.manifest, columns=["shard"]).column("shard").to_pylist()
     total, shards_total = len(shards), (max(shards) + 1 if shards else 0)
     commits = valid_commits(jd)
@@ -31,13 +71,34 @@ def job_status(jd: JobDir) -> dict[str, Any]:
         rate = sum(n for _, n in recent[1:]) / (recent[-1][0] - recent[0][0]).total_seconds()
     pending = total - ok - failed
     running = lock_holder(jd.run_lock)
+    per_image, timed = stage_seconds_per_image(commits.values())
     return {
         "images_total": total, "images_done": ok, "images_failed": failed, "images_pending": pending,
         "shards_total": shards_total, "shards_committed": len(commits), "shards_pending": shards_total - len(commits),
-        "images_per_s": round(rate, 3) if rate else None,
+        "images_per_s": _significant(rate) if rate else None,
         "eta_s": round(pending / rate) if rate and pending else (0 if not pending else None),
         "running": running,
+        STAGE_SECONDS: {name: _significant(s) for name, s in per_image.items()},
+        "stage_seconds_images": timed,
     }
+
+
+def status_lines(s: dict[str, Any]) -> list[str]:
+    """`masktok status` for people, from :func:`job_status`."""
+    lines = [f"images  {s['images_done']:,} done, {s['images_failed']:,} failed, {s['images_pending']:,} pending "
+             f"of {s['images_total']:,}",
+             f"shards  {s['shards_committed']:,} committed of {s['shards_total']:,}"]
+    if s["images_per_s"]:
+        eta = f", ETA {s['eta_s'] / 3600:.1f} h" if s["eta_s"] else ""
+        lines.append(f"speed   {format_rate(s['images_per_s'])} (from commit times){eta}")
+    slowest = slowest_stage(s[STAGE_SECONDS])
+    if slowest:
+        lines.append(f"stages  slowest: {slowest}, {format_seconds(s[STAGE_SECONDS][slowest])} s/image "
+                     f"({stage_breakdown(s[STAGE_SECONDS])}; per actor, over {s['stage_seconds_images']:,} images)")
+    if s["running"] is not None:
+        lines.append(f"run     running: pid {s['running'].get('pid')} on {s['running'].get('host')} "
+                     f"since {s['running'].get('since')}")
+    return lines
 
 
 def verify_job(jd: JobDir, repair: bool = False) -> dict[int, list[str]]:

@@ -63,12 +63,12 @@ def _decode(spec: JobSpec, root: str, _: Any) -> Stage:
 
 def _detect(spec: JobSpec, root: str, built: Any) -> Stage:
     from ..stages.detect import DetectStage
-    return DetectStage(*built, top_k=spec.detect.top_k)
+    return DetectStage(*built, top_k=spec.detect.top_k, precision=spec.detect.precision)
 
 
 def _segment(spec: JobSpec, root: str, sam: Any) -> Stage:
     from ..stages.segment import SegmentStage
-    return SegmentStage(sam)
+    return SegmentStage(sam, image_batch=spec.segment.resources.batch_size, precision=spec.segment.precision)
 
 
 def _boxes(*_: Any) -> Stage:

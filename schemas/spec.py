@@ -63,6 +63,8 @@ class Resources(_Section):
     cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor (fractions allowed)")
     gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions pack stages on one GPU)")
     batch_size: int = Field(4, ge=1, description="images per batch handed to the stage")
+    memory_gb: float | None = Field(None, gt=0, description="host memory per actor declared to Ray (GB), "
+                                    "so a node gets no more actors than its memory holds; none: not declared")
 
 
 class JobInfo(_Section):
@@ -88,9 +90,13 @@ class DecodeSpec(_Section):
     resources: Resources = Resources(cpus=1.0, batch_size=16)
 
 
+Precision = Literal["fp32", "tf32", "bf16"]  # of a model stage's forward (stages/precision.py)
+
+
 class DetectSpec(_Section):
     checkpoint: str = "${MASKTOK_DETR_CHECKPOINT}"
     top_k: int = Field(100, ge=1)
+    precision: Precision = "fp32"
     resources: Resources = Resources(gpus=1.0, batch_size=8)
 
 
@@ -101,6 +107,7 @@ class MasksSpec(_Section):
 class SegmentSpec(_Section):
     checkpoint: str = "${MASKTOK_SAM_CHECKPOINT}"
     model_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
+    precision: Precision = "fp32"
     resources: Resources = Resources(gpus=1.0, batch_size=4)
 
 
@@ -117,7 +124,7 @@ class InvertSpec(_Section):
     alpha: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     layer_index: int = -1
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Precision = "fp32"
     resources: Resources = Resources(gpus=1.0, batch_size=4)
 
 

@@ -68,6 +68,14 @@ def decode_mask(rle: dict) -> np.ndarray:
         return mask_utils.decode(rle_from_json(rle)).astype(bool)
 
 
+def check_sizes(rles: list[dict], size: tuple[int, int]) -> list[dict]:
+    """``rles``, after checking every mask is ``size`` (H, W) (ValueError otherwise)."""
+    for rle in rles:
+        if tuple(rle["size"]) != tuple(size):
+            raise ValueError(f"mask size {tuple(rle['size'])} differs from image size {tuple(size)}")
+    return rles
+
+
 def decode_masks(rles: list[dict], size: tuple[int, int] | None = None) -> np.ndarray:
     """COCO RLE dicts -> bool ``[K, H, W]``, the inverse of :func:`encode_masks`.
 
@@ -75,9 +83,7 @@ def decode_masks(rles: list[dict], size: tuple[int, int] | None = None) -> np.nd
     masks give ``[0, H, W]``; without it, no masks give ``[0, 0, 0]``.
     """
     if size is not None:
-        for rle in rles:
-            if tuple(rle["size"]) != tuple(size):
-                raise ValueError(f"mask size {tuple(rle['size'])} differs from image size {tuple(size)}")
+        check_sizes(rles, size)
     if not rles:
         return np.zeros((0, *(size or (0, 0))), bool)
     return np.stack([decode_mask(rle) for rle in rles])

@@ -24,6 +24,7 @@ import torch
 from transformers import DeformableDetrForObjectDetection, DeformableDetrImageProcessor
 
 from .batch import Batch, Item, exception_reason, fail, failed
+from .precision import at_precision
 
 
 
@@ -54,12 +55,12 @@ class DetectStage:
     """Adds ``boxes`` (float32 [M, 4] xyxy pixels, clipped) and ``scores`` (float32 [M]).
 
     ``M = min(top_k, num_queries)``, rows sorted by descending score. Runs on the model's
-    device.
+    device, its forward at ``precision`` (stages/precision.py).
     """
 
     def __init__(self, model: DeformableDetrForObjectDetection, processor: DeformableDetrImageProcessor,
-                 top_k: int = 100) -> None:
-        self.model, self.processor, self.top_k = model.eval(), processor, top_k
+                 top_k: int = 100, precision: str = "fp32") -> None:
+        self.model, self.processor, self.top_k, self.precision = model.eval(), processor, top_k, precision
         self.device = next(model.parameters()).device
 
     def _preprocess(self, item: Item) -> torch.Tensor | None:
@@ -85,9 +86,11 @@ class DetectStage:
             pixel_values = torch.stack([p for _, p in members]).to(self.device)
             mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long,
                               device=self.device)
-            outputs = self.model(pixel_values=pixel_values, pixel_mask=mask)
+            with at_precision(self.device, self.precision):
+                outputs = self.model(pixel_values=pixel_values, pixel_mask=mask)
+            logits, pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
             for i, (item, _) in enumerate(members):
-                scores, boxes, _ = class_agnostic_top_k(outputs.logits[i], outputs.pred_boxes[i], self.top_k)
+                scores, boxes, _ = class_agnostic_top_k(logits[i], pred_boxes[i], self.top_k)
                 item["boxes"] = to_pixel_xyxy(boxes, item["width"], item["height"])
                 item["scores"] = scores.float().cpu().numpy()
         return batch

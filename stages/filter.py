@@ -7,7 +7,7 @@ Rules, applied to the object rows (all rows but the last, the background):
    ~ masks x runs: 100 smooth masks take ~10 ms at 640x480, ~25 ms at 2000x1500 on one
    core) or a dense 0/1 matrix product (cost ~ masks^2 x pixels, whatever the shapes:
    ~80 ms and ~0.8 s), which wins for ragged masks with many runs (the tiny random SAM's;
-   see benchmarks/bench_stages.py). The product runs in float32 while a mask has fewer
+   see benchmarks/bench_stages.py) while its decoded masks stay under ``DENSE_IOU_BYTES``. The product runs in float32 while a mask has fewer
    than 2^24 pixels (counts are exact integers there) and in float64 beyond.
 2. Rows are visited by descending detector score, ties in row order (stable). A row is
    suppressed when its IoU with an already kept row is **strictly greater** than
@@ -42,6 +42,9 @@ from .batch import Batch, Item, decode_masks, failed, take_rows
 
 #: Measured on one core: one RLE run-pair step costs about this many dense multiply-adds.
 _RLE_STEP_IN_MACS = 70.0
+#: The dense method decodes every mask; above this many bytes (101 masks of ~1 megapixel)
+#: RLE is used whatever its cost, so a large photo's IoUs never hold gigabytes.
+DENSE_IOU_BYTES = 512 * 2**20
 
 
 def _dense_iou(masks: list[dict]) -> np.ndarray:
@@ -62,7 +65,9 @@ def pairwise_mask_iou(masks: list[dict], method: str = "auto") -> np.ndarray:
     if method == "auto":
         runs = sum(len(m["counts"]) for m in masks) / 2  # ~2 characters per compressed run
         height, width = masks[0]["size"]
-        method = "rle" if runs * _RLE_STEP_IN_MACS < len(masks) * height * width else "dense"
+        dense_bytes = len(masks) * height * width * 5  # the bool masks and their float32 copy
+        cheaper = runs * _RLE_STEP_IN_MACS >= len(masks) * height * width
+        method = "dense" if cheaper and dense_bytes <= DENSE_IOU_BYTES else "rle"
     if method == "dense":
         return _dense_iou(masks)
     return np.asarray(mask_utils.iou(masks, masks, [0] * len(masks)), dtype=np.float64)

@@ -21,8 +21,9 @@ import torch
 
 from ..models.clip import preprocess_cfg
 from ..schemas.spec import InvertSpec
-from .batch import Batch, decode_masks, exception_reason, fail, failed
+from .batch import Batch, check_sizes, decode_mask, exception_reason, fail, failed
 from .maskinversion import invert_batch, invert_masks, legrad_maps
+from .precision import at_precision
 from .vision import llava_pad_image, llava_pad_masks
 
 __all__ = ["InvertStage", "invert_masks", "invert_batch", "legrad_maps"]
@@ -35,8 +36,9 @@ class InvertStage:
     ``spec``: the job's ``invert`` section. Images are processed ``images_per_group`` at a
     time, all their masks optimised together (default: the whole batch on a GPU, which keeps
     it busy; 1 on CPU, where grouping gains nothing and costs memory).
-    ``spec.precision == "bf16"`` runs the network and the LeGrad products under bf16
-    autocast; tokens, optimiser and losses stay fp32.
+    ``spec.precision`` (stages/precision.py): ``bf16`` runs the network and the LeGrad
+    products under bf16 autocast, ``tf32`` lets CUDA matmuls use TF32; tokens, optimiser and
+    losses stay fp32.
     """
 
     def __init__(self, model: torch.nn.Module, spec: InvertSpec, images_per_group: int | None = None) -> None:
@@ -52,7 +54,9 @@ class InvertStage:
         image = np.asarray(item["image"])
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-        masks = decode_masks(list(item.get("masks", [])), image.shape[:2])
+        # one full-resolution mask at a time, straight into the CLIP frame: 101 masks of a
+        # 12-megapixel photo would be 1.2 GB decoded together
+        masks = (decode_mask(rle) for rle in check_sizes(list(item.get("masks", [])), image.shape[:2]))
         return llava_pad_image(image, self.size, self.mean, self.std), llava_pad_masks(masks, self.size)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -73,8 +77,7 @@ class InvertStage:
         spec = self.spec
         images = torch.stack([image for _, image, _ in group]).to(self.device)
         masks = [m.to(self.device) for _, _, m in group]
-        bf16 = spec.precision == "bf16"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with at_precision(self.device, spec.precision):
             tokens, losses, features = invert_batch(
                 self.model, images, masks, iterations=spec.iterations, lr=spec.lr,
                 alpha=spec.alpha, weight_decay=spec.weight_decay, layer_index=spec.layer_index,

@@ -224,3 +224,21 @@ def test_help_explains_the_commands():
     sub = CliRunner().invoke(main, ["plan", "--help"])
     for option in ("--corpus", "--source", "--image-root", "--spec", "--shard-size", "--set", "--sample", "--force"):
         assert option in sub.output
+
+
+def test_a_job_planned_for_an_older_record_version_is_not_run_further(tmp_path, corpus):
+    """masktok run refuses it with what to do, before starting anything (no misleading
+    'edited after planning')."""
+    from masktok.pipeline.run import load_job
+    from masktok.schemas.errors import RunError
+    from masktok.schemas.jobdir import JobDir
+
+    source, root = corpus
+    job = tmp_path / "job"
+    assert plan(job, "--corpus", "llava-instruct", "--source", source, "--image-root", root, *TINY).exit_code == 0
+    load_job(JobDir(job))  # as planned: fine
+    text = (job / "job.toml").read_text()
+    assert "record_schema_version = 2" in text
+    (job / "job.toml").write_text(text.replace("record_schema_version = 2", "record_schema_version = 1"))
+    with pytest.raises(RunError, match="older masktok .*record version 1.*--force"):
+        load_job(JobDir(job))

@@ -25,6 +25,7 @@ from masktok.schemas.jobdir import JobDir
 from masktok.pipeline.checkpoints import resolve_checkpoints
 from masktok.pipeline.topology import build_group, topology
 from masktok.pipeline.run import load_job
+from masktok.schemas.commits import valid_commits
 from masktok.schemas.manifest import read_manifest
 from small_job import JOB_IMAGES as IMAGES, MASKTOK, RUN_TIMEOUT, plan_job as plan, run_masktok as masktok
 
@@ -88,6 +89,19 @@ def test_bad_images_are_recorded_and_the_others_complete(finished):
     status = json.loads(masktok("status", finished.root, "--json").stdout)
     assert status["images_total"] == len(IMAGES) and status["images_done"] == len(IMAGES) - 1
     assert status["images_failed"] == 1 and status["shards_total"] == status["shards_committed"] == 3
+
+
+def test_every_stage_that_ran_is_timed_in_the_commits_and_status(finished):
+    spec, _ = load_job(finished)
+    stages = [stage.name for group in topology(spec) for stage in group.stages]
+    for commit in valid_commits(finished).values():
+        assert list(commit["stage_seconds"]) == stages and all(s > 0 for s in commit["stage_seconds"].values())
+        assert commit["images"] == commit["rows"][1] - commit["rows"][0]
+    status = json.loads(masktok("status", finished.root, "--json").stdout)
+    assert list(status["stage_seconds"]) == stages and all(s > 0 for s in status["stage_seconds"].values())
+    assert status["stage_seconds_images"] == len(IMAGES)
+    slowest = max(stages, key=status["stage_seconds"].get)
+    assert f"stages  slowest: {slowest}, " in masktok("status", finished.root).stdout
 
 
 def test_a_committed_job_reruns_as_a_no_op(finished):
@@ -226,6 +240,8 @@ def test_a_dead_worker_is_replaced_and_the_job_finishes(tmp_path, corpus, finish
     assert killed is not None, "no stage worker was found to kill"
     assert done_at_kill < 3, "the worker should die while work remains"
     assert proc.returncode == 0, out[-3000:]
+    # quiet: the workers' own logs ("(MapWorker(...) pid=...) ...") stay in Ray's log folder
+    assert not [line for line in out.splitlines() if line.startswith("(") and "pid=" in line], out[-3000:]
     status = json.loads(masktok("status", jd.root, "--json").stdout)
     assert status["shards_committed"] == 3 and status["images_done"] == len(IMAGES) - 1
     np.testing.assert_allclose(arrays(jd)["global_token"], arrays(finished)["global_token"], rtol=2e-3, atol=2e-3)

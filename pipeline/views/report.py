@@ -3,7 +3,8 @@
     masktok report JOBDIR [-o report.html] [--images N]
 
 Sections: summary (spec highlights, counts from `masktok status`, fingerprint, plan counts),
-throughput over time (from commit times), failures by stage and reason, distributions
+throughput over time (from commit times) and each stage's seconds per image (from the commit
+files, the numbers of `masktok status --json`), failures by stage and reason, distributions
 (objects kept per image, inversion loss, mask area, patch-norm statistics) and N inspected
 images drawn by `masktok inspect`'s renderer. Every image is an inline base64 PNG; the page
 has inline CSS, no script and no external reference, so it can be mailed or archived as is.
@@ -18,10 +19,14 @@ job shows what is done so far.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ...schemas.errors import Command
+
+if TYPE_CHECKING:
+    from .report_html import Page
 
 
 def pick_images(indices: list[int], kept: list[int], count: int) -> list[int]:
@@ -39,12 +44,33 @@ def pick_images(indices: list[int], kept: list[int], count: int) -> list[int]:
     return chosen
 
 
+def stage_rows(status: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(stage, seconds per image, share of the total) from `masktok status`'s ``stage_seconds``."""
+    from ..status import format_seconds
+
+    per_image = status["stage_seconds"]
+    total = sum(per_image.values()) or 1.0
+    return [(name, format_seconds(s), f"{100 * s / total:.0f} %") for name, s in per_image.items()]
+
+
+def stage_table(page: Page, status: dict[str, Any]) -> None:
+    """The table of each stage's seconds per image, or why there is none."""
+    if not status["stage_seconds"]:
+        page.paragraph("No committed shard records its stage times (committed before masktok timed stages).")
+        return
+    page.paragraph(f"Wall seconds per image inside each stage's actor, mean over {status['stage_seconds_images']:,} "
+                   "images of the committed shards. To keep up with R images/s, a stage needs about "
+                   "R × (seconds per image) actors.")
+    page.table(["stage", "seconds per image", "share"], stage_rows(status))
+
+
 def build_report(jobdir: Path, images: int = 3) -> str:
     """The HTML text of the report on the job in ``jobdir`` (a MasktokError for user errors)."""
     from collections import Counter
     from datetime import datetime, timezone
 
     from ...schemas.jobdir import JobDir
+    from ..status import format_rate
     from . import report_plots as plots
     from .inspect import inspect_image
     from .report_html import Page
@@ -60,7 +86,7 @@ def build_report(jobdir: Path, images: int = 3) -> str:
     counts = [("images", f"{s['images_done']:,} done, {s['images_failed']:,} failed, {s['images_pending']:,} pending "
                          f"of {s['images_total']:,}"),
               ("shards", f"{s['shards_committed']:,} committed of {s['shards_total']:,}"),
-              ("throughput", f"{s['images_per_s']} images/s (from commit times)" if s["images_per_s"] else "n/a"),
+              ("throughput", f"{format_rate(s['images_per_s'])} (from commit times)" if s["images_per_s"] else "n/a"),
               ("running", "yes" if s["running"] and s["running"]["alive"] else "no")]
     page.table(["", ""], counts + spec_highlights(stats.spec, stats.meta), header=False)
     if stats.plan:
@@ -70,6 +96,7 @@ def build_report(jobdir: Path, images: int = 3) -> str:
 
     page.section("Throughput")
     page.image(plots.throughput(stats.commit_times), "images committed over time")
+    stage_table(page, s)
 
     page.section("Failures")
     if not stats.failures:

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import numpy as np
 
+from ..status import format_rate
 from .report_stats import BINS, JobStats
 
 BLUE, ORANGE, GREY = "#1f77b4", "#ff7f0e", "#9e9e9e"
@@ -47,7 +48,7 @@ def throughput(times: list[tuple[datetime, int]]) -> bytes:
     ax.set_ylabel("images committed (cumulative)")
     span = minutes[-1] * 60
     if span > 0:
-        ax.set_title(f"{(done[-1] - done[0]) / span:.2f} images/s after the first commit", fontsize=10)
+        ax.set_title(f"{format_rate((done[-1] - done[0]) / span)} after the first commit", fontsize=10)
     ax.grid(alpha=0.3)
     return _png(fig)
 
