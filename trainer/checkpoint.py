@@ -54,17 +54,13 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _single() -> bool:
-    """No process group: DCP reads and writes in this process alone."""
-    return not (dist.is_available() and dist.is_initialized())
-
-
 @contextlib.contextmanager
 def _one_process() -> Iterator[bool]:
-    """``no_dist`` for DCP, without its warning that it assumes one process (we know it)."""
+    """DCP's ``no_dist`` (True: no process group, this process reads and writes alone),
+    without DCP's warning that it assumes so (we know it)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is .*unavailable or uninitialized")
-        yield _single()
+        yield not (dist.is_available() and dist.is_initialized())
 
 
 def _options(full: bool = False) -> Any:

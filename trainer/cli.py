@@ -53,7 +53,8 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
               help="auto: bf16 compute on CUDA when supported (fp32 master weights), fp32 on CPU.")
 @click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True,
               help="With several processes: ddp replicates the model; fsdp (FSDP2) shards parameters, "
-                   "gradients and optimizer state per decoder layer. auto: fsdp on CUDA, ddp on CPU.")
+                   "gradients and optimizer state per decoder layer. auto: fsdp on CUDA, ddp on CPU. "
+                   "One process runs unwrapped.")
 @click.option("--gradient-checkpointing", is_flag=True,
               help="Recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute).")
 @click.option("--device", default=None, help="Default cuda:LOCAL_RANK when CUDA is available, else cpu.")

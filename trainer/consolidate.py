@@ -50,8 +50,8 @@ def write_consolidated(folder: Path, full: dict[str, torch.Tensor], llm: nn.Modu
     if llm_sd:
         if dtype is not None:
             llm_sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in llm_sd.items()}
-        llm.save_pretrained(Path(folder) / "llm", state_dict=llm_sd)
-        write_llm_files(llm, tokenizer, Path(folder) / "llm")
+        llm.save_pretrained(Path(folder) / "llm", state_dict=llm_sd)  # weights, config, generation config
+        tokenizer.save_pretrained(Path(folder) / "llm")
 
 
 def llm_for(path: Path, state: dict[str, Any], dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -96,6 +96,7 @@ class ZarrImages(Dataset):
         self.filter: dict[str, Any] = dict(group.attrs.get("filter", {}))
         self._scalars: dict[str, np.ndarray] = {name: np.asarray(group[name][:]) for name in SCALARS}
         self.image_ids: list[str] = [str(x) for x in self._scalars["image_id"]]
+        self._rows = {image: i for i, image in enumerate(self.image_ids)}
         self.status: np.ndarray = self._scalars["status"]
         sharded = self.layout == "sharded-rows"
         self.chunk_rows: int = 1 if sharded else int(group["status"].chunks[0])
@@ -108,8 +109,6 @@ class ZarrImages(Dataset):
 
     def row_of(self, image_id: str) -> int | None:
         """The manifest row of ``image_id`` (None: not in the cache)."""
-        if not hasattr(self, "_rows"):
-            self._rows = {image: i for i, image in enumerate(self.image_ids)}
         return self._rows.get(image_id)
 
     def _open(self) -> Any:

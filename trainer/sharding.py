@@ -29,12 +29,15 @@ STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 def resolve_strategy(asked: str, env: DistEnv) -> str:
-    """``auto``: fsdp on CUDA with several processes, ddp otherwise (one process, or CPU)."""
+    """``auto``: fsdp on CUDA with several processes, ddp otherwise. One process has nothing
+    to shard or reduce: it runs unwrapped, reported as ddp whatever was asked."""
     if asked not in STRATEGIES:
         raise TrainError(f"unknown strategy {asked!r}: use one of {', '.join(STRATEGIES)}")
+    if env.world == 1:
+        return "ddp"
     if asked != "auto":
         return asked
-    return "fsdp" if env.world > 1 and env.device.startswith("cuda") else "ddp"
+    return "fsdp" if env.device.startswith("cuda") else "ddp"
 
 
 def use_bf16(device: str, precision: str) -> bool:
@@ -59,7 +62,7 @@ def decoder_layers(llm: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def wrap(model: nn.Module, strategy: str, env: DistEnv, precision: str, find_unused: bool) -> nn.Module:
+def wrap(model: nn.Module, strategy: str, env: DistEnv, precision: str) -> nn.Module:
     """Shard ``model`` in place (fsdp) or wrap it (ddp; nothing with one process).
 
     Returns the module to call in the training loop. ``model`` itself stays the one to
@@ -83,19 +86,18 @@ def wrap(model: nn.Module, strategy: str, env: DistEnv, precision: str, find_unu
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    # gradients live in DDP's all-reduce buckets instead of beside them: 4 bytes/parameter less
+    # every parameter joins every step (MaskLlava adds the projector's idle() term), so no
+    # find_unused_parameters; gradients live in DDP's buckets instead of beside them (4 B/param)
     return DDP(model, device_ids=[env.local_rank] if env.device.startswith("cuda") else None,
-               find_unused_parameters=find_unused, gradient_as_bucket_view=True)
+               gradient_as_bucket_view=True)
 
 
 def gradient_sync(run_model: nn.Module, strategy: str, env: DistEnv, last_micro_batch: bool) -> ContextManager[Any]:
     """Reduce gradients on the last micro-batch of a step only (gradient accumulation)."""
-    if env.world == 1 or last_micro_batch:
-        if strategy == "fsdp" and env.world > 1:
-            run_model.set_requires_gradient_sync(True)
+    if strategy == "fsdp":  # (fsdp implies several processes: resolve_strategy)
+        run_model.set_requires_gradient_sync(last_micro_batch)
         return contextlib.nullcontext()
-    if strategy == "fsdp":
-        run_model.set_requires_gradient_sync(False)
+    if env.world == 1 or last_micro_batch:
         return contextlib.nullcontext()
     return run_model.no_sync()
 
@@ -104,5 +106,5 @@ def autocast(env: DistEnv, strategy: str, precision: str) -> ContextManager[Any]
     """ddp: bf16 autocast when the run computes in bf16. fsdp: the mixed-precision policy
     casts the parameters instead, so autocast stays off."""
     kind = "cuda" if env.device.startswith("cuda") else "cpu"
-    on = use_bf16(env.device, precision) and not (strategy == "fsdp" and env.world > 1)
+    on = use_bf16(env.device, precision) and strategy != "fsdp"
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=on)

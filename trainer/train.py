@@ -112,7 +112,7 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
         model.llm.requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    run_model = wrap(model, strategy, env, cfg.precision, find_unused=False)
+    run_model = wrap(model, strategy, env, cfg.precision)
     params = [p for p in model.parameters() if p.requires_grad]  # after wrapping: fsdp's are the shards
     optimizer = torch.optim.AdamW(params, lr=STAGE_LR[cfg.stage] if cfg.lr is None else cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -221,6 +221,7 @@ def _save(cfg: TrainConfig, env: DistEnv, step: int, state: dict[str, Any], mode
     """A checkpoint (all ranks); the run's last one is consolidated (trainer/checkpoint.py)."""
     trained_llm = cfg.stage == 2
     ckpt.save(cfg.out, step, state, model, optimizer, sched, rank=env.rank, world=env.world,
-              write_llm_files=(lambda d: write_llm_files(model.llm, tokenizer, d)) if trained_llm else None,
+              # config + tokenizer beside the shards; a consolidated checkpoint writes them with the weights
+              write_llm_files=(lambda d: write_llm_files(model.llm, tokenizer, d)) if trained_llm and not final else None,
               consolidate=(lambda d, full: write_consolidated(d, full, model.llm, tokenizer)) if final else None,
               keep=cfg.keep_checkpoints)
