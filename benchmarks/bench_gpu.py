@@ -3,8 +3,9 @@
 The stages run in one process on one device, back to back, on generated 640x480 scenes
 (the packing: every stage in one process holding all three models; `masktok run` spreads
 the same stages over Ray actors, docs/scale.md). Per precision: seconds per image of
-decode, detect, segment (+ background + filter), invert, and the end-to-end images/s of
-the chain; per non-fp32 precision, its agreement with fp32 on the same images:
+decode (+ prepare), detect, segment (+ background + filter + prepare_masks), invert, and the end-to-end images/s of
+the chain (and of the model stages alone: in a run, the CPU work, decode + prepare and
+background + filter + prepare_masks, happens in CPU actors); per non-fp32 precision, its agreement with fp32 on the same images:
 
 - detect: for each fp32 box, its best IoU with a box of the same image at this precision
   (median; ranks may swap near-equal scores), and the largest change of the sorted scores;
@@ -120,7 +121,7 @@ def _mask_iou(a: list[dict], b: list[dict]) -> np.ndarray:
 
 def run(models: str, device: torch.device, images: int, iterations: int, batch: int, precisions: list[str],
         work: Path, model_dir: Path | None) -> dict[str, Any]:
-    from masktok.models import load_model, materialize_tiny
+    from masktok.models import load_inputs, load_model, materialize_tiny
     from masktok.models.clip_config import PAPER_CLIP_NAME, TINY_CLIP_NAME
     from masktok.schemas.spec import DecodeSpec, FilterSpec, InvertSpec
     from masktok.stages.background import BackgroundStage
@@ -128,6 +129,7 @@ def run(models: str, device: torch.device, images: int, iterations: int, batch: 
     from masktok.stages.detect import DetectStage
     from masktok.stages.filter import FilterStage
     from masktok.stages.invert import InvertStage
+    from masktok.stages.prepare import PrepareImageStage, PrepareMaskStage
     from masktok.stages.segment import SegmentStage
 
     full = models == "full"
@@ -135,23 +137,28 @@ def run(models: str, device: torch.device, images: int, iterations: int, batch: 
     detector = load_model("detector", paths["detector"], device=device)
     sam = load_model("sam", paths["sam"], variant="vit_h" if full else "tiny", device=device)
     clip = load_model("clip", paths["clip"], variant=PAPER_CLIP_NAME if full else TINY_CLIP_NAME, device=device)
+    clip_variant = PAPER_CLIP_NAME if full else TINY_CLIP_NAME
+    clip_inputs = load_inputs("clip", paths["clip"], variant=clip_variant)
+    decode = DecodeStage(DecodeSpec(), work / "images")
+    prepare = PrepareImageStage(clip_inputs, load_inputs("detector", paths["detector"]),
+                                load_inputs("sam", paths["sam"], variant="vit_h" if full else "tiny"))
     items = _scenes(work / "images", images)
     result: dict[str, Any] = {"models": models, "device": str(device), "images": images, "batch": batch,
                               "invert_iterations": iterations, "packing": "one process, all stages on one device",
-                              "seconds_per_image": {}, "images_per_s_end_to_end": {}, "agreement_with_fp32": {}}
+                              "seconds_per_image": {}, "images_per_s_end_to_end": {}, "images_per_s_model_stages": {},
+                              "agreement_with_fp32": {}}
     reference: dict[str, list[dict]] = {}
     for mode in precisions:
         stages = {
             "detect": DetectStage(*detector, top_k=100, precision=mode),
             "segment": SegmentStage(sam, precision=mode),
-            "background+filter": lambda b: FilterStage(FilterSpec())(BackgroundStage()(b)),
+            "background+filter": lambda b: PrepareMaskStage(clip_inputs)(FilterStage(FilterSpec())(BackgroundStage()(b))),
             "invert": InvertStage(clip, InvertSpec(iterations=iterations, precision=mode)),
         }
         seconds = {name: 0.0 for name in ["decode", *stages]}
         outputs: dict[str, list[dict]] = {name: [] for name in stages}
         for start in range(0, images, batch):
-            todo, took = _timed(DecodeStage(DecodeSpec(), work / "images"), copy.deepcopy(items[start:start + batch]),
-                                device)
+            todo, took = _timed(lambda b: prepare(decode(b)), copy.deepcopy(items[start:start + batch]), device)
             seconds["decode"] += took
             for name, stage in stages.items():
                 if mode != "fp32" and name in ("segment", "invert") and reference:  # fp32's inputs
@@ -161,6 +168,10 @@ def run(models: str, device: torch.device, images: int, iterations: int, batch: 
                 outputs[name] += copy.deepcopy(todo)
         result["seconds_per_image"][mode] = {k: round(v / images, 4) for k, v in seconds.items()}
         result["images_per_s_end_to_end"][mode] = round(images / sum(seconds.values()), 4)
+        # what the GPU actors of a run spend: the CPU groups (decode + prepare, background +
+        # filter + prepare_masks) run in parallel on other cores
+        result["images_per_s_model_stages"][mode] = round(
+            images / sum(seconds[k] for k in ("detect", "segment", "invert")), 4)
         if mode == "fp32":
             reference = outputs
         elif reference:

@@ -1,8 +1,11 @@
 """Benchmark: the memory one large photo takes in a worker, from decode to invert.
 
-One generated 4000 x 3000 JPEG (12 megapixels) goes through decode, detect (top 100),
-segment (SAM, 100 boxes), background, filter and invert (CLIP, 101 masks, 2 iterations)
-with the tiny presets, in a fresh process (its own peak). Reports the process's peak RSS
+One generated 4000 x 3000 JPEG (12 megapixels) goes through the stages in the pipeline's
+order: decode, prepare (the models' inputs; the full-resolution image is then dropped, as
+the Ray graph drops it), detect (top 100), segment (SAM, 100 boxes), background, filter,
+prepare_masks (101 masks into the CLIP frame) and invert (2 iterations), with the tiny
+presets, all in one fresh process (its own peak; in a run they are spread over actors, so
+each actor's peak is at most this). Reports the process's peak RSS
 above what it held after loading the models: what the image itself costs. The models'
 sizes do not change the per-image buffers that dominate (full-resolution masks, logits,
 the image), so the tiny presets measure them. Target: at most 1.5 GB (issue 14).
@@ -39,7 +42,7 @@ def main() -> None:
 
     import torch
 
-    from masktok.models import load_model, materialize_tiny
+    from masktok.models import load_inputs, load_model, materialize_tiny
     from masktok.models.clip_config import TINY_CLIP_NAME
     from masktok.pipeline.demo_corpus import draw_scene
     from masktok.schemas.spec import DecodeSpec, FilterSpec, InvertSpec
@@ -48,16 +51,20 @@ def main() -> None:
     from masktok.stages.detect import DetectStage
     from masktok.stages.filter import FilterStage
     from masktok.stages.invert import InvertStage
+    from masktok.stages.prepare import PrepareImageStage, PrepareMaskStage
     from masktok.stages.segment import SegmentStage
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="bench_image_memory_") as tmp:
         work = Path(tmp)
         paths = materialize_tiny(work / "models")
+        clip_inputs = load_inputs("clip", paths["clip"], variant=TINY_CLIP_NAME)
         stages = [DecodeStage(DecodeSpec(), work),
+                  PrepareImageStage(clip_inputs, load_inputs("detector", paths["detector"]),
+                                    load_inputs("sam", paths["sam"], variant="tiny")),
                   DetectStage(*load_model("detector", paths["detector"], device="cpu"), top_k=100),
                   SegmentStage(load_model("sam", paths["sam"], variant="tiny", device="cpu")),
-                  BackgroundStage(), FilterStage(FilterSpec()),
+                  BackgroundStage(), FilterStage(FilterSpec()), PrepareMaskStage(clip_inputs),
                   InvertStage(load_model("clip", paths["clip"], variant=TINY_CLIP_NAME, device="cpu"),
                               InvertSpec(iterations=2))]
         draw_scene(random.Random(0), (args.width, args.height)).save(work / "big.jpg", quality=90)
@@ -66,6 +73,8 @@ def main() -> None:
         peaks = {}
         for stage in stages:
             batch = stage(batch)
+            if isinstance(stage, PrepareImageStage):
+                batch[0].pop("image", None)  # as the Ray graph does after prepare
             peaks[type(stage).__name__] = round(_peak_gib() - base_current, 3)
         item = batch[0]
     result = {"width": args.width, "height": args.height, "objects": len(item.get("object_tokens", [])),

@@ -1,4 +1,5 @@
-"""Throughput of the front-half stages with the tiny presets, and the cost of the IoU matrix.
+"""Throughput of the front-half stages with the tiny presets, of the CPU halves that prepare
+the models' inputs (with the paper's input sizes), and the cost of the IoU matrix.
 
     .venv/bin/python benchmarks/bench_stages.py [--images 16] [--threads 1] [--out FILE.json]
 
@@ -33,7 +34,11 @@ from masktok.stages.decode import DecodeStage
 from masktok.stages.detect import DetectStage
 from masktok.stages.filter import FilterStage, pairwise_mask_iou
 from masktok.stages.masks import BoxMaskStage, TileMaskStage
+from masktok.stages.prepare import PrepareImageStage, PrepareMaskStage
 from masktok.stages.segment import SegmentStage
+from masktok.models.clip_config import PAPER_CLIP_NAME, clip_preprocess
+from masktok.models.sam_config import sam_input_size
+from transformers import DeformableDetrImageProcessor
 
 BATCH = 4
 
@@ -117,6 +122,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
         "tiles (source=tiles, 54)": TileMaskStage(),
         "background (101 masks)": BackgroundStage(),
         "filter (IoU 0.8, 101 rows)": FilterStage(FilterSpec()),
+        # the CPU halves with the paper's input settings (no weights needed): Deformable-DETR's
+        # processor (shortest side 800, longest 1333), SAM's 1024, CLIP ViT-L/14-336
+        "prepare (paper DETR, SAM, CLIP inputs)": PrepareImageStage(
+            clip_preprocess(PAPER_CLIP_NAME), DeformableDetrImageProcessor(), sam_input_size("vit_h")),
+        "prepare_masks (101 masks, CLIP 336)": PrepareMaskStage(clip_preprocess(PAPER_CLIP_NAME)),
     }
     chain = ["decode", "detect (tiny DETR, top 100)", "segment (tiny SAM, 100 boxes)",
              "background (101 masks)", "filter (IoU 0.8, 101 rows)"]
@@ -127,6 +137,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
         current = [stages[name](copy.deepcopy(b)) for b in current]
     inputs["box masks (source=boxes)"] = inputs["segment (tiny SAM, 100 boxes)"]
     inputs["tiles (source=tiles, 54)"] = inputs["detect (tiny DETR, top 100)"]
+    inputs["prepare (paper DETR, SAM, CLIP inputs)"] = inputs["detect (tiny DETR, top 100)"]  # decoded
+    inputs["prepare_masks (101 masks, CLIP 336)"] = current  # filtered
 
     rows = []
     for name, stage in stages.items():

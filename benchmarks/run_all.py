@@ -21,6 +21,7 @@ BENCHMARKS = {
     "memory": ["bench_memory.py"],
     "eval": ["bench_eval.py"],
     "image_memory": ["bench_image_memory.py"],
+    "transport": ["bench_transport.py"],
     "gpu": ["bench_gpu.py"],
 }
 

@@ -3,6 +3,7 @@
 format and a tiny seeded preset; ``registry.py`` names them and places them on a device.
 Stages take models that are already built (see ``pipeline/topology.py``)."""
 
-from .registry import MODEL_REGISTRY, TINY, load_model, materialize_tiny, pick_device
+from .registry import MODEL_REGISTRY, TINY, load_inputs, load_model, materialize_tiny, pick_device, quiet_model_libraries
 
-__all__ = ["MODEL_REGISTRY", "TINY", "load_model", "materialize_tiny", "pick_device"]
+__all__ = ["MODEL_REGISTRY", "TINY", "load_inputs", "load_model", "materialize_tiny", "pick_device",
+           "quiet_model_libraries"]

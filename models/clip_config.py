@@ -18,6 +18,10 @@ TINY_CLIP_NAME = "masktok-tiny-clip"
 #: The paper's model: OpenAI weights were trained with QuickGELU, so use the -quickgelu config.
 PAPER_CLIP_NAME = "ViT-L-14-336-quickgelu"
 TINY_CLIP_CONFIG = Path(__file__).parent / "configs" / f"{TINY_CLIP_NAME}.json"
+#: open_clip's default normalisation (``open_clip.constants.OPENAI_DATASET_MEAN`` / ``_STD``),
+#: for a model whose config sets none; tests/test_prepare.py checks they are open_clip's.
+OPEN_CLIP_DEFAULT_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPEN_CLIP_DEFAULT_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def clip_config(name: str) -> dict[str, Any] | None:
@@ -32,3 +36,16 @@ def clip_config(name: str) -> dict[str, Any] | None:
     import open_clip
 
     return open_clip.get_model_config(name)
+
+
+def clip_preprocess(name: str) -> dict[str, Any]:
+    """``size``, ``mean`` and ``std`` of the preprocessing open_clip gives model ``name`` loaded
+    from a local weights file (as ``models.clip.preprocess_cfg`` of the loaded model), read
+    from its config: open_clip's defaults, overridden by the config's ``preprocess_cfg``, the
+    size of its vision tower. What CPU actors need to prepare CLIP's input."""
+    config = clip_config(name)
+    if config is None:
+        raise ValueError(f"unknown open_clip model name {name!r}")
+    own = config.get("preprocess_cfg", {})
+    return {"size": config["vision_cfg"]["image_size"], "mean": tuple(own.get("mean", OPEN_CLIP_DEFAULT_MEAN)),
+            "std": tuple(own.get("std", OPEN_CLIP_DEFAULT_STD))}

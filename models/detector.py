@@ -115,6 +115,17 @@ def _own_cpu_memory(model: torch.nn.Module) -> None:
                 tensor.data = tensor.data.clone()
 
 
+def load_processor(folder: str | Path) -> DeformableDetrImageProcessor:
+    """The image processor of a detector folder (preprocessor_config.json), without the
+    weights: what a CPU actor needs to resize images for the detector."""
+    folder = Path(folder)
+    _check_folder(folder)
+    try:
+        return DeformableDetrImageProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot read the image processor of {folder}: {exc}") from exc
+
+
 def load_detector(
     folder: str | Path,
     device: str | torch.device = "cpu",
@@ -130,7 +141,7 @@ def load_detector(
     _check_folder(folder)
     try:
         model = DeformableDetrForObjectDetection.from_pretrained(folder, local_files_only=True)
-        processor = DeformableDetrImageProcessor.from_pretrained(folder, local_files_only=True)
+        processor = load_processor(folder)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(

@@ -14,8 +14,10 @@ like a user's checkpoint. Device placement happens here, once, for every model.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import sys
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,8 @@ from typing import Any
 
 from ..schemas.errors import ModelLoadError
 from ..schemas.spec import TINY  # the checkpoint name of the tiny presets in a job spec
-from .clip_config import PAPER_CLIP_NAME
+from .clip_config import PAPER_CLIP_NAME, clip_preprocess
+from .sam_config import sam_input_size
 
 
 def _module(name: str) -> Any:
@@ -42,6 +45,9 @@ class ModelEntry:
     build_tiny: Callable[[int], Any]  # seed -> the tiny preset, in memory
     save: Callable[[Any, Path], Path]  # (built model, path) -> path, in the format ``load`` reads
     tiny_file: str  # the tiny preset's file (or folder) name under a models folder
+    #: (checkpoint, variant) -> what preparing the model's input on a CPU needs, read without
+    #: the weights (the detector's image processor, SAM's input side, CLIP's preprocessing)
+    inputs: Callable[[Path, str | None], Any]
 
 
 MODEL_REGISTRY: dict[str, ModelEntry] = {
@@ -51,6 +57,7 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
         lambda seed: _module("detector").build_tiny_detector(seed),
         lambda built, path: _module("detector").save_detector(*built, path),
         "detector",
+        lambda path, variant: _module("detector").load_processor(path),
     ),
     "sam": ModelEntry(
         "SAM (a .pth state dict; variant = model_type, e.g. vit_h or tiny)",
@@ -58,6 +65,7 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
         lambda seed: _module("sam").build_tiny_sam(seed),
         lambda built, path: _module("sam").save_sam(built, path),
         "sam_tiny.pth",
+        lambda path, variant: sam_input_size(variant or "vit_h"),
     ),
     "clip": ModelEntry(
         "open_clip CLIP (a local weights file; variant = open_clip model name)",
@@ -65,6 +73,7 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
         lambda seed: _module("clip").build_tiny_clip(seed),
         lambda built, path: _module("clip").save_clip(built, path),
         "clip_tiny.pt",
+        lambda path, variant: clip_preprocess(variant or PAPER_CLIP_NAME),
     ),
 }
 
@@ -87,6 +96,14 @@ def load_model(name: str, checkpoint: str | Path, *, variant: str | None = None,
         raise ModelLoadError(f"the {name} checkpoint 'tiny' must be materialised first "
                              "(masktok.models.materialize_tiny) and passed as a path")
     return MODEL_REGISTRY[name].load(Path(checkpoint), variant, pick_device(device))
+
+
+def load_inputs(name: str, checkpoint: str | Path, *, variant: str | None = None) -> Any:
+    """What preparing model ``name``'s input on a CPU needs (:attr:`ModelEntry.inputs`), read
+    from ``checkpoint`` without loading the weights: CPU actors resize images with it."""
+    if name not in MODEL_REGISTRY:
+        raise ModelLoadError(f"unknown model {name!r}; expected one of {', '.join(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[name].inputs(Path(checkpoint), variant)
 
 
 def _temp_name(target: Path) -> Path:
@@ -114,3 +131,19 @@ def materialize_tiny(folder: Path, names: tuple[str, ...] = tuple(MODEL_REGISTRY
         entry.save(entry.build_tiny(seed), tmp)
         tmp.rename(target)
     return paths
+
+
+@functools.lru_cache(maxsize=1)
+def quiet_model_libraries() -> None:
+    """Progress bars and notices of the model libraries are noise in a command's output
+    (and in every worker's log). transformers reads the variables when it is imported, so an
+    actor that never loads it does not pay for its import here."""
+    import logging
+
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:  # imported already: its settings are read
+        transformers = sys.modules["transformers"]
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" notice

@@ -19,13 +19,8 @@ from segment_anything.modeling import (
 )
 
 from ..schemas.errors import ModelLoadError
+from .sam_config import _TINY_IMG_SIZE, SAM_ENCODER_WIDTHS, SAM_MODEL_TYPES
 
-#: The official checkpoints (sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth, sam_vit_b_01ec64.pth)
-#: and the tiny preset. Value: the image encoder width, used to name what a checkpoint is.
-SAM_ENCODER_WIDTHS: dict[str, int] = {"vit_h": 1280, "vit_l": 1024, "vit_b": 768, "tiny": 32}
-SAM_MODEL_TYPES: tuple[str, ...] = tuple(SAM_ENCODER_WIDTHS)
-
-_TINY_IMG_SIZE = 256
 _TINY_PATCH = 16
 _TINY_PROMPT_DIM = 32
 _PATCH_KEY = "image_encoder.patch_embed.proj.weight"

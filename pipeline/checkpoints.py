@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..models import TINY, materialize_tiny
+from ..models import TINY, materialize_tiny, quiet_model_libraries
 from ..models.clip_config import clip_config
 from ..schemas.errors import CheckpointError
 from ..schemas.jobdir import JobDir
@@ -23,6 +23,8 @@ def resolve_checkpoints(spec: JobSpec, jd: JobDir) -> dict[str, str]:
     """The checkpoint path of every model the job runs; "tiny" ones are materialised."""
     wanted = {m: model_checkpoint(spec, m) for m in models_needed(spec)}
     tiny_models = tuple(m for m, path in wanted.items() if path == TINY)
+    if tiny_models:  # building them: no progress bars or "no pretrained weights" notices
+        quiet_model_libraries()
     tiny = materialize_tiny(jd.models, tiny_models) if tiny_models else {}  # real weights: no models/ folder
     wanted = {m: str(tiny.get(m, path)) for m, path in wanted.items()}
     for model, path in wanted.items():

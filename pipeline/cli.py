@@ -108,7 +108,7 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
 @click.option("--retry-failed", is_flag=True, help="Also redo the shards that hold failed images.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry_failed: bool, quiet: bool) -> None:
-    """Process every shard of JOBDIR that has no commit yet: decode -> detect -> segment ->
+    """Process every shard of JOBDIR that has no commit yet: decode + prepare -> detect -> segment ->
     background + filter -> invert -> Zarr + WebDataset, on Ray. Safe to kill at any
     moment: the next run redoes exactly the uncommitted shards."""
     from .run import run_job

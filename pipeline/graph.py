@@ -2,9 +2,11 @@
 (topology.py), with that group's resources; each actor builds its group's models and
 stages once.
 
-Ray Data moves each image as one pickled item (a dict of the batch contract in
-``masktok.stages``) in a binary column, so ragged arrays and RLE masks need no schema.
-The last group (invert) drops the image before the results travel to the driver.
+Ray Data moves each image as one item (a dict of the batch contract in ``masktok.stages``):
+its large arrays as tensor columns, the rest pickled (transport.py). After each group, an
+array no later stage reads (``stages.prepare.LAST_READER``: the full-resolution image after
+``prepare``, each model's input after its model) is no longer carried; the results reach
+the driver with none of them.
 
 An exception that escapes a stage for a whole batch is retried item by item; an item
 that still raises becomes a failure of that stage, so one bad image never stops a job.
@@ -18,8 +20,6 @@ the batch gets an equal share of the call's wall seconds under ``item["stage_sec
 
 from __future__ import annotations
 
-import functools
-import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -27,13 +27,15 @@ from typing import Any
 
 import numpy as np
 
+from ..models import quiet_model_libraries
 from ..schemas.commits import STAGE_SECONDS
 from ..schemas.spec import JobSpec
 from ..stages.batch import exception_reason, fail, failed
-from .topology import build_group, topology
+from ..stages.prepare import LAST_READER
+from .topology import Group, build_group, topology
+from .transport import ARRAY_COLUMNS, from_columns, to_columns
 
 Item = dict[str, Any]
-RESULT_DROPS = ("image",)  # what the writer does not need: never ship it back
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -41,23 +43,6 @@ def _out_of_memory(exc: BaseException) -> bool:
     the actor's stages imported it (a decode actor never loads torch)."""
     torch = sys.modules.get("torch")
     return isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError))
-
-
-@functools.lru_cache(maxsize=1)
-def quiet_model_libraries() -> None:
-    """Progress bars and notices of the model libraries are noise in a command's output
-    (and in every worker's log). transformers reads the variables when it is imported, so an
-    actor that never loads it does not pay for its import here."""
-    import logging
-    import os
-
-    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    if "transformers" in sys.modules:  # imported already: its settings are read
-        transformers = sys.modules["transformers"]
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip's "no pretrained weights" notice
 
 
 def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list[Item]) -> list[Item]:
@@ -103,20 +88,24 @@ class StageGroup:
     """A Ray Data callable class: builds group ``index`` of the topology once per actor
     (models loaded on the actor's device), runs its stages in order."""
 
-    def __init__(self, spec: JobSpec, index: int, image_root: str, checkpoints: dict[str, str],
-                 drop: tuple[str, ...] = ()):
+    def __init__(self, spec: JobSpec, index: int, image_root: str, checkpoints: dict[str, str]):
         quiet_model_libraries()
-        self.stages = build_group(spec, topology(spec)[index], image_root, checkpoints)
-        self.drop = drop
+        groups = topology(spec)
+        self.stages = build_group(spec, groups[index], image_root, checkpoints)
+        self.columns = columns_after(groups, index)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = [pickle.loads(blob) for blob in batch["item"]]
+        items = from_columns(batch)
         for name, stage in self.stages:
             items = timed_stage(name, stage, items)
-        for item in items:
-            for key in self.drop:
-                item.pop(key, None)
-        return {"item": np.array([pickle.dumps(it, protocol=5) for it in items], dtype=object)}
+        return to_columns(items, self.columns)
+
+
+def columns_after(groups: list[Group], index: int) -> tuple[str, ...]:
+    """The arrays carried out of group ``index``: those a stage of a later group reads (none
+    out of the last group: the writer reads none)."""
+    later = {stage.name for group in groups[index + 1:] for stage in group.stages}
+    return tuple(name for name in ARRAY_COLUMNS if LAST_READER[name] in later)
 
 
 def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints: dict[str, str]):
@@ -127,14 +116,12 @@ def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints
     # target_max_block_size bytes, and a downstream actor takes a whole block as one unit
     # of work: big blocks serialise the pipeline and hold results back until the end.
     ray.data.DataContext.get_current().target_max_block_size = 1
-    ds = ray.data.from_items([{"item": pickle.dumps(it, protocol=5)} for it in items],
+    ds = ray.data.from_items([{"item": blob} for blob in to_columns(items, ())["item"]],
                              override_num_blocks=max(1, min(len(items), 256)))
-    groups = topology(spec)
-    for i, group in enumerate(groups):
+    for i, group in enumerate(topology(spec)):
         res = group.resources
-        drop = RESULT_DROPS if i == len(groups) - 1 else ()
         ds = ds.map_batches(
-            StageGroup, fn_constructor_args=(spec, i, image_root, checkpoints, drop), batch_size=res.batch_size,
+            StageGroup, fn_constructor_args=(spec, i, image_root, checkpoints), batch_size=res.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.cpus, num_gpus=res.gpus,
             **({"memory": int(res.memory_gb * 1e9)} if res.memory_gb else {}),

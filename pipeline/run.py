@@ -8,8 +8,8 @@ redoes exactly the shards without a commit.
 
 from __future__ import annotations
 
+import logging
 import os
-import pickle
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -106,13 +106,20 @@ def _start_ray(address: str | None, spec: JobSpec) -> bool:
     # periodic issue reports (~20 lines every 30 s on big models) and the workers' own logs
     # stay in Ray's log folder (/tmp/ray/session_latest/logs)
     ctx.issue_detectors_config.detectors = []
+    # Ray's own notices in the driver: Ray Data's execution lines and its note that progress
+    # bars are off, the token-auth notice of a new local cluster. (One line is left: Ray's C++
+    # core worker notes once that Ray Data's actors take their constructor arguments from
+    # the object store; RAY_BACKEND_LOG_LEVEL would silence it but announces itself instead.)
+    for name in ("ray.data", "ray._private.authentication"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
         return False
     # Logical CPUs: enough for every actor of the spec plus the read tasks, so Ray Data
     # never waits forever on a reservation the node cannot grant (see README).
-    stages = (spec.decode, spec.detect, spec.segment, spec.invert)
-    wanted = sum(s.resources.actors * s.resources.cpus for s in stages) + 1
+    from .topology import topology
+
+    wanted = sum(g.resources.actors * g.resources.cpus for g in topology(spec)) + 1
     ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
              logging_level="WARNING", log_to_driver=False)
     return True
@@ -186,6 +193,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
 
     from ..stages.write import open_store
     from .graph import build_dataset
+    from .transport import item_of
     from .checkpoints import resolve_checkpoints, token_dims
 
     checkpoints = resolve_checkpoints(spec, jd)
@@ -209,7 +217,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
         ds = build_dataset(spec, items, spec.corpus.image_root, checkpoints)
         with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
             for row in ds.iter_rows():
-                item = pickle.loads(row["item"])
+                item = item_of(row)
                 shard = item["index"] // size
                 buffers[shard][item["index"]] = item  # keyed: a redelivered item counts once
                 bar.update(1)

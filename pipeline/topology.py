@@ -3,15 +3,20 @@ which model. Everything else derives from it: the Ray graph (one actor pool per 
 graph.py), the in-process chain (:func:`front_stages`), the checkpoints a job needs
 (checkpoints.py) and the GPU check (run.py).
 
-    group      stages                                   resources            model
-    decode     decode                                   [decode.resources]   -
-    detect     detect                                   [detect.resources]   detector
-    segment    segment + background + filter            [segment.resources]  sam
-    invert     invert                                   [invert.resources]   clip
+    group    stages                                        resources            model  device
+    decode   decode + prepare                              [decode.resources]   -      CPU
+    detect   detect                                        [detect.resources]   detector GPU
+    segment  segment                                       [segment.resources]  sam    GPU
+    filter   background + filter + prepare_masks           [filter.resources]   -      CPU
+    invert   invert                                        [invert.resources]   clip   GPU
 
-``masks.source`` swaps the middle (paper Table 2): ``boxes`` puts box masks in the segment
-group (no SAM); ``tiles`` replaces detect and segment by one group of tiles + background +
-filter in the detect slot (no detector, no SAM).
+The model groups get ready inputs: the CPU groups resize the image for each model
+(``prepare``) and bring the final masks into the CLIP frame (``prepare_masks``), see
+``stages/prepare.py``; the GPU actors only normalise on the device and run their model.
+
+``masks.source`` swaps the middle (paper Table 2): ``boxes`` drops the segment group and
+puts box masks first in the filter group (no SAM); ``tiles`` also drops the detect group and
+puts tiles first in the filter group (no detector, no SAM).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..models import load_model
+from ..models import load_inputs, load_model
 from ..schemas.spec import JobSpec, Resources
 from ..stages.batch import Batch
 
@@ -36,6 +41,9 @@ class StageDef:
     name: str
     model: str | None
     make: Callable[[JobSpec, str, Any], Stage]
+    #: a CPU half of the model stages: made from the inputs of the job's models
+    #: (``models.load_inputs``, by model name) instead of a built model
+    prepares: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,16 @@ class Group:
 # Each stage's module is imported when the stage is made: an actor then loads only the
 # libraries of its own group (importing all of torch, transformers, open_clip and
 # segment-anything takes ~9 s of CPU per process, once per actor and run).
+
+
+def _prepare(spec: JobSpec, root: str, inputs: dict[str, Any]) -> Stage:
+    from ..stages.prepare import PrepareImageStage
+    return PrepareImageStage(inputs["clip"], inputs.get("detector"), inputs.get("sam"))
+
+
+def _prepare_masks(spec: JobSpec, root: str, inputs: dict[str, Any]) -> Stage:
+    from ..stages.prepare import PrepareMaskStage
+    return PrepareMaskStage(inputs["clip"])
 
 
 def _decode(spec: JobSpec, root: str, _: Any) -> Stage:
@@ -97,6 +115,8 @@ def _invert(spec: JobSpec, root: str, clip: Any) -> Stage:
 
 
 DECODE = StageDef("decode", None, _decode)
+PREPARE = StageDef("prepare", None, _prepare, prepares=True)
+PREPARE_MASKS = StageDef("prepare_masks", None, _prepare_masks, prepares=True)
 DETECT = StageDef("detect", "detector", _detect)
 SEGMENT = StageDef("segment", "sam", _segment)
 BOXES = StageDef("boxes", None, _boxes)
@@ -113,14 +133,14 @@ MODEL_SECTIONS: dict[str, tuple[str, str | None]] = {
 
 def topology(spec: JobSpec) -> list[Group]:
     """The groups of this job, in pipeline order."""
-    tail = (BACKGROUND, FILTER)
-    groups = [Group("decode", spec.decode.resources, (DECODE,))]
-    if spec.masks.source == "tiles":
-        groups.append(Group("tiles", spec.detect.resources, (TILES, *tail)))
-    else:
-        masks = SEGMENT if spec.masks.source == "sam" else BOXES
+    source = spec.masks.source
+    groups = [Group("decode", spec.decode.resources, (DECODE, PREPARE))]
+    if source != "tiles":
         groups.append(Group("detect", spec.detect.resources, (DETECT,)))
-        groups.append(Group(masks.name, spec.segment.resources, (masks, *tail)))
+    if source == "sam":
+        groups.append(Group("segment", spec.segment.resources, (SEGMENT,)))
+    first = {"sam": (), "boxes": (BOXES,), "tiles": (TILES,)}[source]
+    groups.append(Group("filter", spec.filter.resources, (*first, BACKGROUND, FILTER, PREPARE_MASKS)))
     groups.append(Group("invert", spec.invert.resources, (INVERT,)))
     return groups
 
@@ -146,7 +166,10 @@ def build_group(spec: JobSpec, group: Group, image_root: str | Path, checkpoints
     """(name, stage) of each stage of ``group``, its models loaded from ``checkpoints``
     (resolved paths, checkpoints.py) onto ``device`` (default: CUDA when available)."""
     built = {m: load_model(m, checkpoints[m], variant=model_variant(spec, m), device=device) for m in group.models}
-    return [(s.name, s.make(spec, str(image_root), built.get(s.model))) for s in group.stages]
+    inputs = ({m: load_inputs(m, checkpoints[m], variant=model_variant(spec, m)) for m in models_needed(spec)}
+              if any(s.prepares for s in group.stages) else {})
+    return [(s.name, s.make(spec, str(image_root), inputs if s.prepares else built.get(s.model)))
+            for s in group.stages]
 
 
 def front_stages(spec: JobSpec, image_root: str | Path, checkpoints: dict[str, str],

@@ -114,6 +114,8 @@ class SegmentSpec(_Section):
 class FilterSpec(_Section):
     iou_threshold: float = Field(0.8, gt=0, le=1)
     max_objects: int | None = Field(None, ge=1)
+    # CPU actors between the mask models and invert: background, filter, masks into the CLIP frame
+    resources: Resources = Resources(cpus=1.0, batch_size=4)
 
 
 class InvertSpec(_Section):

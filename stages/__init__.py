@@ -13,6 +13,10 @@ A batch is a ``list[dict]``, one dict ("item") per image. Keys, by the stage tha
 planner             ``index`` (int, manifest row), ``image_id`` (str), ``path`` (str)
 decode              ``image``: ``np.uint8 [H, W, 3]`` RGB, C-contiguous, EXIF-upright;
                     ``width``, ``height``: ints, of that decoded image
+prepare             ``detector_pixels``, ``sam_pixels``: ``np.uint8 [h, w, 3]``, the image
+                    resized for the detector and SAM; ``clip_pixels``: ``np.uint8 [S, S, 3]``
+                    in CLIP's frame (``masktok.stages.prepare``; a model stage given an
+                    item without them resizes ``image`` itself, identically)
 detect              ``boxes``: ``float32 [M, 4]`` xyxy in original pixels, clipped to the
                     image; ``scores``: ``float32 [M]`` (class-agnostic, descending)
 segment             ``masks``: list of M COCO RLE dicts from pycocotools
@@ -28,6 +32,7 @@ filter              ``keep_rank``: ``int16 [M+1]``, rank after IoU/confidence fi
                     ``mask_iou`` triangle); with ``filter.max_objects`` set, rows are
                     dropped: only kept objects with rank < max_objects remain, in rank
                     order, then the background (see ``masktok.stages.filter``)
+prepare_masks       ``clip_masks``: ``float32 [K, S, S]``, every row's mask in CLIP's frame
 ==================  =====================================================================
 
 "Rows" are the entries of the per-row keys ``boxes``, ``scores``, ``masks``, ``mask_iou``,

@@ -13,6 +13,10 @@ logits of an image move by ~0.15 when a portrait image joins its batch). So ever
 preprocessed alone and only images whose preprocessed tensors have the same shape are run
 together, unpadded: an image's boxes do not depend on what else is in its batch (up to
 float rounding, ~1e-7).
+
+Input preparation is split in two: ``model_inputs.detector_pixels`` resizes on the CPU (the costly
+part; CPU actors run it, ``stages/prepare.py``), the stage rescales and normalises on the
+model's device. An item that arrives with ``detector_pixels`` skips the resize.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from transformers import DeformableDetrForObjectDetection, DeformableDetrImageProcessor
 
 from .batch import Batch, Item, exception_reason, fail, failed
+from .model_inputs import detector_pixels
 from .precision import at_precision
 
 
@@ -63,27 +68,36 @@ class DetectStage:
         self.model, self.processor, self.top_k, self.precision = model.eval(), processor, top_k, precision
         self.device = next(model.parameters()).device
 
-    def _preprocess(self, item: Item) -> torch.Tensor | None:
+    def _pixels(self, item: Item) -> np.ndarray | None:
+        """The item's resized image (prepared by a CPU actor, or resized here)."""
+        if "detector_pixels" in item:
+            return item["detector_pixels"]
         try:
-            inputs = self.processor(
-                images=[item["image"]], input_data_format="channels_last", return_tensors="pt"
-            )
+            return detector_pixels(item["image"], self.processor)
         except Exception as exc:  # noqa: BLE001 - e.g. an image too thin to resize
             fail(item, "detect", f"preprocessing failed: {exception_reason(exc)}")
             return None
-        return inputs["pixel_values"][0]
+
+    def normalise(self, pixels: list[np.ndarray]) -> torch.Tensor:
+        """Resized uint8 [h, w, 3] images of one shape -> the model input [B, 3, h, w] on the
+        device, rescaled and normalised as the processor does (to float rounding)."""
+        x = torch.stack([torch.tensor(p, device=self.device) for p in pixels]).permute(0, 3, 1, 2).contiguous()
+        x = (x.double() * self.processor.rescale_factor).float()
+        mean = torch.tensor(self.processor.image_mean, dtype=torch.float32, device=self.device)[:, None, None]
+        std = torch.tensor(self.processor.image_std, dtype=torch.float32, device=self.device)[:, None, None]
+        return (x - mean) / std
 
     @torch.inference_mode()
     def __call__(self, batch: Batch) -> Batch:
-        groups: dict[tuple[int, ...], list[tuple[Item, torch.Tensor]]] = defaultdict(list)
+        groups: dict[tuple[int, ...], list[tuple[Item, np.ndarray]]] = defaultdict(list)
         for item in batch:
             if failed(item):
                 continue
-            pixels = self._preprocess(item)
+            pixels = self._pixels(item)
             if pixels is not None:
                 groups[tuple(pixels.shape)].append((item, pixels))
         for members in groups.values():
-            pixel_values = torch.stack([p for _, p in members]).to(self.device)
+            pixel_values = self.normalise([p for _, p in members])
             mask = torch.ones(pixel_values.shape[0], *pixel_values.shape[2:], dtype=torch.long,
                               device=self.device)
             with at_precision(self.device, self.precision):

@@ -21,10 +21,11 @@ import torch
 
 from ..models.clip import preprocess_cfg
 from ..schemas.spec import InvertSpec
-from .batch import Batch, check_sizes, decode_mask, exception_reason, fail, failed
+from .batch import Batch, Item, exception_reason, fail, failed
 from .maskinversion import invert_batch, invert_masks, legrad_maps
 from .precision import at_precision
-from .vision import llava_pad_image, llava_pad_masks
+from .model_inputs import ClipFrame, clip_masks, clip_pixels
+from .vision import normalise_pixels
 
 __all__ = ["InvertStage", "invert_masks", "invert_batch", "legrad_maps"]
 
@@ -44,20 +45,21 @@ class InvertStage:
     def __init__(self, model: torch.nn.Module, spec: InvertSpec, images_per_group: int | None = None) -> None:
         self.spec, self.model = spec, model.eval()
         self.device = next(model.parameters()).device
-        cfg = preprocess_cfg(model)
-        size = cfg["size"]
-        self.size = int(size if isinstance(size, int) else size[0])
-        self.mean, self.std = tuple(cfg["mean"]), tuple(cfg["std"])
+        self.frame = ClipFrame.from_cfg(preprocess_cfg(model))
         self.images_per_group = images_per_group
 
-    def _prepare(self, item: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        image = np.asarray(item["image"])
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-        # one full-resolution mask at a time, straight into the CLIP frame: 101 masks of a
-        # 12-megapixel photo would be 1.2 GB decoded together
-        masks = (decode_mask(rle) for rle in check_sizes(list(item.get("masks", [])), image.shape[:2]))
-        return llava_pad_image(image, self.size, self.mean, self.std), llava_pad_masks(masks, self.size)
+    def _prepare(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
+        """The item's image (uint8 [S, S, 3]) and masks (float32 [K, S, S]) in the CLIP frame:
+        prepared by a CPU actor (``clip_pixels``, ``clip_masks``) or here."""
+        side = self.frame.size
+        if "clip_pixels" in item:
+            pixels = item["clip_pixels"]
+            if pixels.shape != (side, side, 3):
+                raise ValueError(f"CLIP input prepared as {pixels.shape}, the model takes {(side, side, 3)}")
+        else:
+            pixels = clip_pixels(item["image"], self.frame)
+        masks = item["clip_masks"] if "clip_masks" in item else clip_masks(item, side)
+        return pixels, masks
 
     def __call__(self, batch: Batch) -> Batch:
         todo = []
@@ -73,10 +75,12 @@ class InvertStage:
             self._run(todo[start : start + max(1, group)])
         return batch
 
-    def _run(self, group: list[tuple[dict, torch.Tensor, torch.Tensor]]) -> None:
+    def _run(self, group: list[tuple[Item, np.ndarray, np.ndarray]]) -> None:
         spec = self.spec
-        images = torch.stack([image for _, image, _ in group]).to(self.device)
-        masks = [m.to(self.device) for _, _, m in group]
+        frame = self.frame
+        images = torch.stack([normalise_pixels(torch.tensor(p, device=self.device), frame.mean, frame.std)
+                              for _, p, _ in group])
+        masks = [torch.tensor(m, device=self.device) for _, _, m in group]
         with at_precision(self.device, spec.precision):
             tokens, losses, features = invert_batch(
                 self.model, images, masks, iterations=spec.iterations, lr=spec.lr,

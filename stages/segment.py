@@ -11,6 +11,11 @@ device ``upsample_chunk`` masks at a time, so a full-resolution float tensor exi
 one chunk (100 masks of a 2000x1500 image would be 1.2 GB as float32); only the mask bits
 go to the CPU, for RLE encoding.
 
+Input preparation is split in two: ``model_inputs.sam_pixels`` resizes on the CPU (CPU actors run
+it, ``stages/prepare.py``), the stage normalises and pads on the device. An item that
+arrives with ``sam_pixels`` skips the resize; no stage needs its full-resolution
+``image`` then (original sizes come from ``height``/``width``).
+
 Items with no boxes skip the encoder. Failures are per image: an image that cannot be
 preprocessed or decoded is marked failed, and when a shared encoder forward raises (e.g.
 out of memory) its images are encoded again one by one, so only the culprit fails.
@@ -28,6 +33,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from .batch import Batch, Item, encode_masks, exception_reason, fail, failed
+from .model_inputs import sam_pixels
 from .precision import at_precision
 
 #: At most this many bytes of full-resolution logits and mask bits at a time: 16 masks of a
@@ -71,27 +77,34 @@ class SegmentStage:
             for item, embedding, input_size in self._encode_group(todo[start : start + self.image_batch]):
                 try:
                     item["masks"], item["mask_iou"] = self.segment(
-                        embedding, input_size, item["image"].shape[:2], item["boxes"]
+                        embedding, input_size, (item["height"], item["width"]), item["boxes"]
                     )
                 except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one huge image
                     fail(item, "segment", exception_reason(exc))
         return batch
 
-    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``image`` (uint8 [H, W, 3] RGB) -> encoder input [1, 3, S, S] on the device (resized
-        like ``SamPredictor``, normalised, padded) and its unpadded size (h, w)."""
+    def preprocess(self, pixels: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Resized pixels (uint8 [h, w, 3] RGB, ``model_inputs.sam_pixels``) -> encoder input [1, 3, S, S]
+        on the device (normalised and padded as ``SamPredictor``) and its unpadded size (h, w)."""
+        side = self.transform.target_length
+        if max(pixels.shape[:2]) != side:
+            raise ValueError(f"SAM input resized to {pixels.shape[:2]}, not to a longest side of {side}")
         if self.sam.image_format != "RGB":
-            image = image[..., ::-1]
-        resized = torch.as_tensor(self.transform.apply_image(image), device=self.device)
-        x = resized.permute(2, 0, 1).contiguous()[None].float()
+            pixels = pixels[..., ::-1]
+        x = torch.tensor(np.ascontiguousarray(pixels), device=self.device).permute(2, 0, 1).contiguous()[None].float()
         return self.sam.preprocess(x), (int(x.shape[-2]), int(x.shape[-1]))
+
+    def _pixels(self, item: Item) -> np.ndarray:
+        if "sam_pixels" in item:
+            return item["sam_pixels"]
+        return sam_pixels(item["image"], self.transform.target_length)
 
     def _encode_group(self, group: list[Item]) -> list[_Encoded]:
         """Embeddings of ``group``'s images, in one forward; items that fail are marked."""
         inputs: list[_Input] = []
         for item in group:
             try:
-                inputs.append((item, *self.preprocess(item["image"])))
+                inputs.append((item, *self.preprocess(self._pixels(item))))
             except Exception as exc:  # noqa: BLE001 - e.g. an image that cannot be resized
                 fail(item, "segment", exception_reason(exc))
         return self._encode(inputs) if inputs else []

@@ -12,52 +12,35 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..schemas.record import POOLED_GRID
+from .model_inputs import ClipFrame, llava_pad_mask_arrays, llava_pad_pixels, pad_offsets
+
+__all__ = ["ClipFrame", "pad_offsets", "llava_pad_image", "llava_pad_masks", "normalise_pixels", "encode_vision",
+           "VisionFeatures"]
 
 # --- preprocessing as LLaVA-1.5 ('pad') -----------------------------------------------------
 
 
-def pad_offsets(width: int, height: int) -> tuple[int, int, int]:
-    """(side, left, top) of LLaVA's ``expand2square``: the image centred on a square canvas."""
-    side = max(width, height)
-    return side, (side - width) // 2, (side - height) // 2
+def normalise_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 [S, S, 3] (any device) -> float32 [3, S, S]: /255, then (x - mean) / std."""
+    x = pixels.permute(2, 0, 1).float() / 255.0
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device)[:, None, None]
+    return (x - mean_t) / std_t
 
 
 def llava_pad_image(image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 RGB [H, W, 3] -> normalised float tensor [3, size, size], as LLaVA-1.5 'pad'.
-
-    The canvas is filled with the mean colour as LLaVA does (``int(m * 255)`` per channel),
-    then PIL bicubic resizes it to ``size`` (what both CLIPImageProcessor and open_clip's
-    transform do for a square image), then /255 and (x - mean) / std.
-    """
-    height, width = image.shape[:2]
-    side, left, top = pad_offsets(width, height)
-    canvas = Image.new("RGB", (side, side), tuple(int(m * 255) for m in mean))
-    canvas.paste(Image.fromarray(image, "RGB"), (left, top))
-    resized = np.asarray(canvas.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
-    pixels = torch.from_numpy(resized).permute(2, 0, 1)
-    return (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    """uint8 RGB [H, W, 3] -> normalised float tensor [3, size, size], as LLaVA-1.5 'pad':
+    :func:`~masktok.stages.model_inputs.llava_pad_pixels` (the CPU half), then /255 and
+    (x - mean) / std (:func:`normalise_pixels`, on the model's device in the invert stage)."""
+    return normalise_pixels(torch.from_numpy(llava_pad_pixels(image, size, mean).copy()), mean, std)
 
 
 def llava_pad_masks(masks: Iterable[np.ndarray], size: int) -> torch.Tensor:
-    """Binary masks [H, W] of the original image -> soft masks [K, size, size] in [0, 1].
-
-    Same geometry as :func:`llava_pad_image` (same canvas offset, PIL's pixel-centre
-    convention); PIL bilinear instead of bicubic so coverage stays in [0, 1] without ringing.
-    One mask at a time, so memory stays bounded for large images.
-    """
-    out = []
-    for mask in masks:
-        height, width = mask.shape
-        side, left, top = pad_offsets(width, height)
-        canvas = Image.new("F", (side, side), 0.0)
-        canvas.paste(Image.fromarray(np.asarray(mask, dtype=np.float32), "F"), (left, top))
-        out.append(np.asarray(canvas.resize((size, size), Image.BILINEAR), dtype=np.float32))
-    if not out:
-        return torch.zeros(0, size, size)
-    return torch.from_numpy(np.clip(np.stack(out), 0.0, 1.0))
+    """Binary masks [H, W] -> soft masks [K, size, size] in [0, 1], as a tensor
+    (:func:`~masktok.stages.model_inputs.llava_pad_mask_arrays`)."""
+    return torch.from_numpy(llava_pad_mask_arrays(masks, size))
 
 
 # --- one vision forward ----------------------------------------------------------------------

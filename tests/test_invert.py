@@ -113,7 +113,7 @@ def _item(seed: int, height: int, width: int, k: int) -> dict:
         y, x = rng.randint(0, height - 10), rng.randint(0, width - 10)
         masks[i, y : y + rng.randint(5, height // 2), x : x + rng.randint(5, width // 2)] = True
     masks[-1] = ~masks[:-1].any(0)  # background last
-    return {"image": image, "masks": encode_masks(masks)}
+    return {"image": image, "height": height, "width": width, "masks": encode_masks(masks)}
 
 
 @pytest.fixture(scope="module")

@@ -109,9 +109,9 @@ def test_batched_equals_one_image_at_a_time(stage) -> None:
         # The check has teeth: the band is thin, and the wrong embedding or the wrong
         # input size (another image's crop) flips many pixels outside it.
         assert (np.abs(logits) < MARGIN).mean() < 0.01 and 0.1 < (logits > 0).mean() < 0.9
-        size = stage.preprocess(single["image"])[1]
+        size = stage.preprocess(stage._pixels(single))[1]
         other = (i + 1) % 3
-        other_size = stage.preprocess(_batch_items()[other]["image"])[1]
+        other_size = stage.preprocess(stage._pixels(_batch_items()[other]))[1]
         for emb, input_size in [(forwards[0][other], size), (forwards[0][i], other_size)]:
             wrong, _ = stage.segment(emb[None], input_size, single["image"].shape[:2], single["boxes"])
             assert _differing(wrong, logits)[1] > 0.01 * logits.size
