@@ -4,7 +4,6 @@ and the demo save and reload through that loader."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,12 +15,11 @@ from transformers import (
 )
 
 from ..schemas.errors import ModelLoadError
+from .detector_config import _check_folder, load_processor
 
 #: The pipeline keeps the top 100 boxes, so a detector needs at least this many queries.
 MIN_QUERIES = 100
 
-_CONFIG_FILE = "config.json"
-_PROCESSOR_FILE = "preprocessor_config.json"
 
 
 def build_tiny_detector(
@@ -80,26 +78,6 @@ def save_detector(
     return folder
 
 
-def _check_folder(folder: Path) -> None:
-    expected = (
-        f"a Hugging Face Deformable-DETR folder with {_CONFIG_FILE} and {_PROCESSOR_FILE} "
-        "(e.g. a download of SenseTime/deformable-detr)"
-    )
-    if not folder.is_dir():
-        raise ModelLoadError(f"detector folder not found: {folder}; expected {expected}")
-    for name in (_CONFIG_FILE, _PROCESSOR_FILE):
-        if not (folder / name).is_file():
-            raise ModelLoadError(f"detector folder {folder} has no {name}; expected {expected}")
-    try:
-        model_type = json.loads((folder / _CONFIG_FILE).read_text()).get("model_type")
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {folder / _CONFIG_FILE}: {exc}") from exc
-    if model_type != "deformable_detr":
-        raise ModelLoadError(
-            f"detector folder {folder} holds a {model_type!r} model; expected 'deformable_detr'"
-        )
-
-
 def _own_cpu_memory(model: torch.nn.Module) -> None:
     """Copy every CPU parameter and buffer into freshly allocated memory.
 
@@ -113,17 +91,6 @@ def _own_cpu_memory(model: torch.nn.Module) -> None:
         for tensor in list(model.parameters()) + list(model.buffers()):
             if tensor.device.type == "cpu":
                 tensor.data = tensor.data.clone()
-
-
-def load_processor(folder: str | Path) -> DeformableDetrImageProcessor:
-    """The image processor of a detector folder (preprocessor_config.json), without the
-    weights: what a CPU actor needs to resize images for the detector."""
-    folder = Path(folder)
-    _check_folder(folder)
-    try:
-        return DeformableDetrImageProcessor.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot read the image processor of {folder}: {exc}") from exc
 
 
 def load_detector(

@@ -57,7 +57,7 @@ MODEL_REGISTRY: dict[str, ModelEntry] = {
         lambda seed: _module("detector").build_tiny_detector(seed),
         lambda built, path: _module("detector").save_detector(*built, path),
         "detector",
-        lambda path, variant: _module("detector").load_processor(path),
+        lambda path, variant: _module("detector_config").load_processor(path),
     ),
     "sam": ModelEntry(
         "SAM (a .pth state dict; variant = model_type, e.g. vit_h or tiny)",

@@ -41,9 +41,9 @@ class StageDef:
     name: str
     model: str | None
     make: Callable[[JobSpec, str, Any], Stage]
-    #: a CPU half of the model stages: made from the inputs of the job's models
-    #: (``models.load_inputs``, by model name) instead of a built model
-    prepares: bool = False
+    #: a CPU half of model stages: made from these models' inputs (``models.load_inputs``,
+    #: by model name; those the job runs) instead of a built model
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,8 @@ def _invert(spec: JobSpec, root: str, clip: Any) -> Stage:
 
 
 DECODE = StageDef("decode", None, _decode)
-PREPARE = StageDef("prepare", None, _prepare, prepares=True)
-PREPARE_MASKS = StageDef("prepare_masks", None, _prepare_masks, prepares=True)
+PREPARE = StageDef("prepare", None, _prepare, inputs=("detector", "sam", "clip"))
+PREPARE_MASKS = StageDef("prepare_masks", None, _prepare_masks, inputs=("clip",))
 DETECT = StageDef("detect", "detector", _detect)
 SEGMENT = StageDef("segment", "sam", _segment)
 BOXES = StageDef("boxes", None, _boxes)
@@ -166,9 +166,9 @@ def build_group(spec: JobSpec, group: Group, image_root: str | Path, checkpoints
     """(name, stage) of each stage of ``group``, its models loaded from ``checkpoints``
     (resolved paths, checkpoints.py) onto ``device`` (default: CUDA when available)."""
     built = {m: load_model(m, checkpoints[m], variant=model_variant(spec, m), device=device) for m in group.models}
-    inputs = ({m: load_inputs(m, checkpoints[m], variant=model_variant(spec, m)) for m in models_needed(spec)}
-              if any(s.prepares for s in group.stages) else {})
-    return [(s.name, s.make(spec, str(image_root), inputs if s.prepares else built.get(s.model)))
+    wanted = {m for s in group.stages for m in s.inputs} & set(models_needed(spec))
+    inputs = {m: load_inputs(m, checkpoints[m], variant=model_variant(spec, m)) for m in wanted}
+    return [(s.name, s.make(spec, str(image_root), inputs if s.inputs else built.get(s.model)))
             for s in group.stages]
 
 

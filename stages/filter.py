@@ -33,7 +33,6 @@ Rules, applied to the object rows (all rows but the last, the background):
 from __future__ import annotations
 
 import numpy as np
-import torch
 from pycocotools import mask as mask_utils
 
 from ..schemas.spec import FilterSpec
@@ -49,9 +48,9 @@ DENSE_IOU_BYTES = 512 * 2**20
 
 def _dense_iou(masks: list[dict]) -> np.ndarray:
     height, width = masks[0]["size"]
-    dtype = torch.float32 if height * width < 2**24 else torch.float64
-    flat = torch.from_numpy(decode_masks(masks).reshape(len(masks), -1)).to(dtype)
-    inter = (flat @ flat.T).double().numpy()
+    dtype = np.float32 if height * width < 2**24 else np.float64  # 0/1 products: exact integer sums
+    flat = decode_masks(masks).reshape(len(masks), -1).astype(dtype)
+    inter = (flat @ flat.T).astype(np.float64)
     areas = np.diag(inter)
     union = areas[:, None] + areas[None, :] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
