@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .batch import Batch, exception_reason, fail, failed
+from .model_inputs import ClipFrame, clip_masks, clip_pixels, detector_pixels, sam_pixels
 
 #: The stage that last reads each large array of an item: after it, the array is dead
 #: weight, and the Ray graph stops carrying it (pipeline/graph.py).
@@ -40,7 +41,6 @@ LAST_READER: dict[str, str] = {
     "image": "prepare", "detector_pixels": "detect", "sam_pixels": "segment",
     "clip_pixels": "invert", "clip_masks": "invert",
 }
-from .model_inputs import ClipFrame, clip_masks, clip_pixels, detector_pixels, sam_pixels
 
 
 class PrepareImageStage:
@@ -71,8 +71,9 @@ class PrepareImageStage:
 
 
 class PrepareMaskStage:
-    """Adds ``clip_masks`` (float32 [K, S, S]): the item's final mask rows in the CLIP frame,
-    ``side`` = S. Runs after the filter, which may drop rows."""
+    """Adds ``clip_masks`` (float32 [K, S, S]): the item's final mask rows in the CLIP frame
+    (S from ``clip``, open_clip's preprocessing settings). Runs after the filter, which may
+    drop rows."""
 
     def __init__(self, clip: dict) -> None:
         self.side = ClipFrame.from_cfg(clip).size
