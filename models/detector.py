@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from ..schemas.errors import ModelLoadError
-from .detector_config import _check_folder, load_processor
+from .detector_config import check_detector_folder, load_processor
 
 #: The pipeline keeps the top 100 boxes, so a detector needs at least this many queries.
 MIN_QUERIES = 100
@@ -105,7 +105,7 @@ def load_detector(
     a hub). Nothing is downloaded (local_files_only). The model is returned in eval mode.
     """
     folder = Path(folder)
-    _check_folder(folder)
+    check_detector_folder(folder)
     try:
         model = DeformableDetrForObjectDetection.from_pretrained(folder, local_files_only=True)
         processor = load_processor(folder)

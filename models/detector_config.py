@@ -14,7 +14,8 @@ _CONFIG_FILE = "config.json"
 _PROCESSOR_FILE = "preprocessor_config.json"
 
 
-def _check_folder(folder: Path) -> None:
+def check_detector_folder(folder: Path) -> None:
+    """A clear ModelLoadError unless ``folder`` is a Hugging Face Deformable-DETR folder."""
     expected = (
         f"a Hugging Face Deformable-DETR folder with {_CONFIG_FILE} and {_PROCESSOR_FILE} "
         "(e.g. a download of SenseTime/deformable-detr)"
@@ -40,7 +41,7 @@ def load_processor(folder: str | Path) -> Any:
     from transformers import DeformableDetrImageProcessor
 
     folder = Path(folder)
-    _check_folder(folder)
+    check_detector_folder(folder)
     try:
         return DeformableDetrImageProcessor.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:

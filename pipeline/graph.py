@@ -4,7 +4,7 @@ stages once.
 
 Ray Data moves each image as one item (a dict of the batch contract in ``masktok.stages``):
 its large arrays as tensor columns, the rest pickled (transport.py). After each group, an
-array no later stage reads (``stages.prepare.LAST_READER``: the full-resolution image after
+array no later stage reads (``transport.ARRAY_COLUMNS``: the full-resolution image after
 ``prepare``, each model's input after its model) is no longer carried; the results reach
 the driver with none of them.
 
@@ -31,7 +31,6 @@ from ..models import quiet_model_libraries
 from ..schemas.commits import STAGE_SECONDS
 from ..schemas.spec import JobSpec
 from ..stages.batch import exception_reason, fail, failed
-from ..stages.prepare import LAST_READER
 from .topology import Group, build_group, topology
 from .transport import ARRAY_COLUMNS, from_columns, to_columns
 
@@ -105,7 +104,7 @@ def columns_after(groups: list[Group], index: int) -> tuple[str, ...]:
     """The arrays carried out of group ``index``: those a stage of a later group reads (none
     out of the last group: the writer reads none)."""
     later = {stage.name for group in groups[index + 1:] for stage in group.stages}
-    return tuple(name for name in ARRAY_COLUMNS if LAST_READER[name] in later)
+    return tuple(name for name in ARRAY_COLUMNS if ARRAY_COLUMNS[name].last_reader in later)
 
 
 def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints: dict[str, str]):

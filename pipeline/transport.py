@@ -15,19 +15,27 @@ pickled part names the arrays really present.
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 Item = dict[str, Any]
 
-#: Arrays that travel as tensor columns: key -> (dtype, rank). Any other value is pickled.
-ARRAY_COLUMNS: dict[str, tuple[type, int]] = {
-    "image": (np.uint8, 3),
-    "detector_pixels": (np.uint8, 3),
-    "sam_pixels": (np.uint8, 3),
-    "clip_pixels": (np.uint8, 3),
-    "clip_masks": (np.float32, 3),
+
+class ArrayColumn(NamedTuple):
+    dtype: type
+    rank: int
+    last_reader: str  # the stage that last reads it: after that stage it is not carried
+
+
+#: Arrays that travel as tensor columns (batch contract, ``masktok.stages`` and
+#: ``stages/prepare.py``). Any other value of an item is pickled.
+ARRAY_COLUMNS: dict[str, ArrayColumn] = {
+    "image": ArrayColumn(np.uint8, 3, "prepare"),
+    "detector_pixels": ArrayColumn(np.uint8, 3, "detect"),
+    "sam_pixels": ArrayColumn(np.uint8, 3, "segment"),
+    "clip_pixels": ArrayColumn(np.uint8, 3, "invert"),
+    "clip_masks": ArrayColumn(np.float32, 3, "invert"),
 }
 _PRESENT = "__arrays__"  # key of the pickled part: the array columns this item really has
 
@@ -50,7 +58,7 @@ def to_columns(items: list[Item], columns: tuple[str, ...]) -> dict[str, np.ndar
         rest[_PRESENT] = tuple(name for name in columns if name in item)
         pickled.append(pickle.dumps(rest, protocol=5))
         for name in columns:
-            dtype, rank = ARRAY_COLUMNS[name]
+            dtype, rank, _ = ARRAY_COLUMNS[name]
             arrays[name].append(np.asarray(item[name], dtype=dtype) if name in item else np.zeros((0,) * rank, dtype))
     return {"item": np.array(pickled, dtype=object), **{name: _column(a) for name, a in arrays.items()}}
 

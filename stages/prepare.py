@@ -35,13 +35,6 @@ import numpy as np
 from .batch import Batch, exception_reason, fail, failed
 from .model_inputs import ClipFrame, clip_masks, clip_pixels, detector_pixels, sam_pixels
 
-#: The stage that last reads each large array of an item: after it, the array is dead
-#: weight, and the Ray graph stops carrying it (pipeline/graph.py).
-LAST_READER: dict[str, str] = {
-    "image": "prepare", "detector_pixels": "detect", "sam_pixels": "segment",
-    "clip_pixels": "invert", "clip_masks": "invert",
-}
-
 
 class PrepareImageStage:
     """Adds the resized inputs of the models that follow: ``detector_pixels`` when given the
