@@ -1,18 +1,22 @@
-"""Answer a LLaVA-1.5 evaluation question file from the cache, at one or more token budgets.
+"""Answer a LLaVA-1.5 benchmark question file from the cache, at one or more token budgets.
 
-Input (what LLaVA's ``model_vqa_loader.py`` reads for POPE, MME, GQA, VQAv2, VizWiz,
-TextVQA): JSON Lines of ``{"question_id", "image", "text", "category"?}``, ``image`` an
-image id of the cache. Output, per token spec: ``OUT/<spec>.jsonl`` in LLaVA's answer
-format, ``{"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}``, one
-line per answered question **in the question file's order** (LLaVA's ``eval_pope.py``
-pairs answers with labels by line order). ``metadata`` holds the spec, the number of
-visual tokens the model saw and the question's category.
+Input: any question file evaluate/questions.py reads (LLaVA's JSON Lines, ScienceQA's JSON
+list, MMBench's TSV), each question's image an image id of the cache (text-only ScienceQA
+questions are answered without visual tokens). Output, per token spec: ``OUT/<spec>.jsonl`` in
+LLaVA's answer format, ``{"question_id", "prompt", "text", "answer_id", "model_id",
+"metadata"}`` (MMBench also ``round_id``, ``options``, ``option_char``, as
+model_vqa_mmbench.py writes them), one line per answered question **in the question file's
+order**, so LLaVA's own converters and scorers read the files unchanged. ``metadata`` holds
+the spec, the number of visual tokens the model saw, the question's category and its line
+(0-based position among the file's questions).
 
 A rerun resumes: the questions already answered in ``<spec>.jsonl`` are kept, the others
 answered (answers are appended as they come, then the file is rewritten in question order
-once complete). Questions whose image is not in the cache, failed or is pending are
-reported and get no line. Greedy answers (temperature 0) do not depend on the batch size
-(transformers' ``generate`` over left-padded prompts, trainer/model.py).
+once complete). Answers are keyed by line, not by id: MME and TextVQA repeat ids by design.
+Questions whose image is not in the cache, failed or is pending are reported and get no
+line. Greedy answers (temperature 0) do not depend on the batch size (transformers'
+``generate`` over left-padded prompts, trainer/model.py). ``max_new_tokens`` defaults to
+LLaVA-1.5's for the file's kind (questions.MAX_NEW_TOKENS).
 """
 
 from __future__ import annotations
@@ -26,20 +30,12 @@ from typing import Any, Callable
 
 import torch
 
-from ..schemas.errors import DataError
 from ..trainer.compose import compose
 from ..trainer.consolidate import load_checkpoint_model
 from ..trainer.generate import image_status, open_cache, prompt_ids
 from ..trainer.scaling import CacheStats
 from ..trainer.token_spec import parse_spec
-
-
-@dataclass
-class Question:
-    question_id: Any  # as the file has it (int or str)
-    image: str
-    text: str
-    category: str | None = None
+from .questions import Question, answer_key, read_question_file
 
 
 @dataclass
@@ -51,32 +47,7 @@ class AnswerSummary:
     skipped: dict[str, list[Any]] = field(default_factory=dict)  # reason -> question ids
     files: dict[str, str] = field(default_factory=dict)
     min_margin: dict[str, float] = field(default_factory=dict)  # greedy: the nearest two best logits came
-
-
-def read_questions(path: Path) -> list[Question]:
-    """The question file's lines (blank lines skipped); DataError naming a bad line."""
-    questions, seen = [], set()
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read the question file {path}: {exc}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            q = json.loads(line)
-            question = Question(q["question_id"], q["image"], q["text"], q.get("category"))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise DataError(f"{path}, line {number}: not a question ({type(exc).__name__}: {exc}); "
-                            'expected {"question_id", "image", "text"}') from None
-        key = json.dumps(question.question_id)
-        if key in seen:
-            raise DataError(f"{path}, line {number}: question_id {question.question_id!r} appears twice")
-        seen.add(key)
-        questions.append(question)
-    if not questions:
-        raise DataError(f"{path} holds no question")
-    return questions
+    max_new_tokens: int = 0
 
 
 def spec_file(out: Path, spec: str) -> Path:
@@ -85,14 +56,15 @@ def spec_file(out: Path, spec: str) -> Path:
 
 
 def read_answers(path: Path) -> dict[str, dict[str, Any]]:
-    """Complete answer lines of a file, by question id (a line cut by a crash is dropped)."""
+    """Complete answer lines of a file written by :func:`answer`, by :func:`answer_key` (a line
+    cut by a crash, or one without ``metadata.line``, is dropped and answered again)."""
     done: dict[str, dict[str, Any]] = {}
     if not path.is_file():
         return done
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             answer = json.loads(line)
-            done[json.dumps(answer["question_id"])] = answer
+            done[json.dumps([answer["metadata"]["line"], answer["question_id"]])] = answer
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     return done
@@ -102,26 +74,29 @@ def _write_in_order(path: Path, questions: list[Question], done: dict[str, dict[
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         for q in questions:
-            if (answer := done.get(json.dumps(q.question_id))) is not None:
+            if (answer := done.get(answer_key(q))) is not None:
                 fh.write(json.dumps(answer) + "\n")
     os.replace(tmp, path)
 
 
 def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str], out: Path, batch_size: int = 8,
-           temperature: float = 0.0, max_new_tokens: int = 128, device: str = "cpu", model_id: str | None = None,
-           seed: int = 0, echo: Callable[[str], None] = lambda s: None, progress: bool = False) -> AnswerSummary:
+           temperature: float = 0.0, max_new_tokens: int | None = None, device: str = "cpu",
+           model_id: str | None = None, seed: int = 0, lang: str | None = None,
+           echo: Callable[[str], None] = lambda s: None, progress: bool = False) -> AnswerSummary:
     """Answer ``questions_file`` once per token spec into ``out`` (see the module docstring)."""
     parsed = [parse_spec(s) for s in specs]  # bad specs fail before any model is loaded
-    questions = read_questions(questions_file)
+    qfile = read_question_file(questions_file, lang)
+    questions = qfile.questions
+    max_new_tokens = max_new_tokens or qfile.max_new_tokens
     model, tokenizer, state, path = load_checkpoint_model(checkpoint)
     model.to(device).eval()
     model_id = model_id or Path(checkpoint).resolve().name
     stats = CacheStats.from_dict(state["stats"]) if state.get("stats") else None
-    summary = AnswerSummary()
+    summary = AnswerSummary(max_new_tokens=max_new_tokens)
     images = open_cache(cache, state["dims"], parsed)
     answerable = []
     for q in questions:
-        if (why := image_status(images, q.image)) is None:
+        if q.image is None or (why := image_status(images, q.image)) is None:
             answerable.append(q)
         else:
             summary.skipped.setdefault(f"image {why}", []).append(q.question_id)
@@ -133,8 +108,8 @@ def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str]
         done = read_answers(target)
         if target.is_file():  # in question order, without a line a crash may have cut
             _write_in_order(target, questions, done)
-        todo = [q for q in answerable if json.dumps(q.question_id) not in done]
-        summary.kept[str(spec)] = sum(json.dumps(q.question_id) in done for q in answerable)
+        todo = [q for q in answerable if answer_key(q) not in done]
+        summary.kept[str(spec)] = sum(answer_key(q) in done for q in answerable)
         echo(f"{spec}: {len(todo)} to answer, {summary.kept[str(spec)]} already answered -> {target}")
         summary.min_margin[str(spec)] = _answer_spec(model, tokenizer, state, images, stats, spec, todo, target,
                                                      done, batch_size, temperature, max_new_tokens, model_id, seed,
@@ -142,6 +117,22 @@ def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str]
         _write_in_order(target, questions, done)
         summary.answered[str(spec)], summary.files[str(spec)] = len(todo), str(target)
     return summary
+
+
+def answer_line(q: Question, text: str, spec: Any, visual_tokens: int, model_id: str) -> dict[str, Any]:
+    """One line of LLaVA's answer format for ``q`` (the MMBench fields after ``prompt``, as
+    model_vqa_mmbench.py orders them)."""
+    meta: dict[str, Any] = {"tokens": str(spec), "visual_tokens": visual_tokens, "line": q.line}
+    if q.category is not None:
+        meta["category"] = q.category
+    line: dict[str, Any] = {"question_id": q.question_id}
+    if "round_id" in q.extra:
+        line["round_id"] = q.extra["round_id"]
+    line.update({"prompt": q.prompt, "text": text})
+    line.update({k: v for k, v in q.extra.items() if k != "round_id"})
+    line.update({"answer_id": uuid.uuid5(uuid.NAMESPACE_URL, f"{model_id}/{spec}/{q.line}/{q.question_id}").hex[:22],
+                 "model_id": model_id, "metadata": meta})
+    return line
 
 
 def _answer_spec(model: Any, tokenizer: Any, state: dict[str, Any], images: Any, stats: CacheStats | None,
@@ -156,21 +147,17 @@ def _answer_spec(model: Any, tokenizer: Any, state: dict[str, Any], images: Any,
     with target.open("a", encoding="utf-8") as fh:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            visual = [compose(images[images.row_of(q.image)], spec, state["scaling"], stats) for q in batch]
-            prompts = [prompt_ids(state["stage"], tokenizer, q.text) for q in batch]
+            visual = [None if q.image is None else
+                      compose(images[images.row_of(q.image)], spec, state["scaling"], stats) for q in batch]
+            prompts = [prompt_ids(state["stage"], tokenizer, q.text, has_image=q.image is not None) for q in batch]
             generated = model.generate_batch(prompts, visual, max_new_tokens, tokenizer.eos_token_id,
                                              tokenizer.pad_token_id, temperature)
             margin = min([margin, *generated.margins])
             for q, v, ids in zip(batch, visual, generated.tokens):
-                meta = {"tokens": str(spec), "visual_tokens": len(v)}
-                if q.category is not None:
-                    meta["category"] = q.category
-                line = {"question_id": q.question_id, "prompt": q.text,
-                        "text": tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                        "answer_id": uuid.uuid5(uuid.NAMESPACE_URL, f"{model_id}/{spec}/{q.question_id}").hex[:22],
-                        "model_id": model_id, "metadata": meta}
+                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+                line = answer_line(q, text, spec, 0 if v is None else len(v), model_id)
                 fh.write(json.dumps(line) + "\n")
-                done[json.dumps(q.question_id)] = line
+                done[answer_key(q)] = line
             fh.flush()
             bar.update(len(batch))
     bar.close()

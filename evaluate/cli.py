@@ -17,13 +17,19 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--checkpoint", type=_DIR, required=True, help="A checkpoint-*/ folder, or a run folder (its latest).")
 @click.option("--cache", type=_DIR, required=True, help="The job directory holding the questions' images.")
 @click.option("--questions", "questions_file", type=_FILE, required=True,
-              help="LLaVA eval question file: JSON Lines of {question_id, image, text, category?}.")
+              help="A LLaVA-1.5 benchmark file as LLaVA ships it: JSON Lines of {question_id, image, text, "
+                   "category?} (VQAv2, GQA, VizWiz, TextVQA, POPE, MME, MM-Vet), ScienceQA's JSON list "
+                   "(llava_test_CQM-A.json) or MMBench's .tsv.")
 @click.option("--tokens", "specs", multiple=True,
               help="A token spec to answer at (repeat for a budget sweep). Default: the checkpoint's.")
 @click.option("--out", type=_DIR, required=True, help="Folder of the answer files, one <spec>.jsonl per --tokens.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0: greedy.")
-@click.option("--max-new-tokens", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1), default=None,
+              help="Default: LLaVA-1.5's for the file: 128 (model_vqa_loader benchmarks), 1024 (MM-Vet, "
+                   "ScienceQA, MMBench).")
+@click.option("--lang", type=click.Choice(["en", "cn"]), default=None,
+              help="MMBench's single-prediction suffix (default: cn for a *_cn* file, else en).")
 @click.option("--model-id", default=None, help="The answers' model_id (default: the checkpoint folder's name).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling (temperature > 0).")
 @click.option("--device", default="cpu", show_default=True)

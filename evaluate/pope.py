@@ -1,15 +1,22 @@
 """POPE scores of LLaVA-style answer files, equal to LLaVA-1.5's ``llava/eval/eval_pope.py``.
 
 An answer's text is read as yes/no the way LLaVA-1.5 does it (:func:`normalize_pope_answer`);
-"yes" is the positive class. Unlike LLaVA, answers and labels are paired by
-(category, question_id), not by line order, so several label files (one per POPE category,
-whose question ids repeat) can be scored against one answer file; whatever does not pair is
-reported, never silently dropped. Overall scores pool all paired items of all categories.
+"yes" is the positive class. The reported POPE number is the mean F1 over the categories.
+
+Pairing. With LLaVA's question file (``--questions llava_pope_test.jsonl``) the rule is
+eval_pope.py's: the k-th question of a category answers the k-th label of that category's
+label file (the question file's ids are the label ids + 10,000,000 for random and + 20,000,000
+for popular, and LLaVA's answers carry no category). Unlike eval_pope.py, each pair is checked
+(same image, the label's question at the start of the question's text), answers find their
+question by id and prompt (scoring.pair_with_questions), so a missing answer shifts nothing.
+Without a question file, answers and labels pair by (category, question_id), the category
+from masktok's ``metadata.category``. Whatever does not pair is reported, never silently
+dropped; a label without an answer counts as a wrong prediction. Overall scores pool all
+items of all categories.
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -17,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from .scoring import BenchScore, read_answer_file, read_json_lines, pair_with_questions
 
 POPE_FILE_PREFIX = "coco_pope_"
 
@@ -32,11 +40,14 @@ def normalize_pope_answer(text: str) -> str:
 
 @dataclass(frozen=True)
 class PopeLabel:
-    """One ground-truth line: its category, question id and "yes"/"no" label."""
+    """One ground-truth line: its category, question id and "yes"/"no" label (and, as POPE's
+    files have them, its image and question)."""
 
     category: str
     question_id: Any
     label: str
+    image: str | None = None
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,21 +95,10 @@ def score_predictions(pairs: Iterable[tuple[str, str]]) -> PopeScores:
 
 def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) of each non-blank line; DataError naming file and line if unreadable."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not JSON ({exc.msg}, column {exc.colno})") from None
+    rows = read_json_lines(path)
+    for number, row in rows:
         if not isinstance(row, dict) or "question_id" not in row:
             raise DataError(f"{path}:{number}: expected a JSON object with a question_id")
-        rows.append((number, row))
     return rows
 
 
@@ -128,7 +128,7 @@ def load_pope_labels(paths: Sequence[Path]) -> list[PopeLabel]:
                 raise DataError(f"{path}:{number}: question {row['question_id']!r} of category "
                                 f"{category!r} is labelled twice (also {seen[key]})")
             seen[key] = f"{path}:{number}"
-            labels.append(PopeLabel(category, row["question_id"], label))
+            labels.append(PopeLabel(category, row["question_id"], label, row.get("image"), row.get("text")))
     return labels
 
 
@@ -138,8 +138,44 @@ class PopePairing:
 
     pairs: list[tuple[str, str, str]] = field(default_factory=list)
     labels_without_answer: list[tuple[str, Any]] = field(default_factory=list)
+    missing: list[tuple[str, str, str]] = field(default_factory=list)  # scored as wrong predictions
     answers_without_label: list[tuple[str | None, Any]] = field(default_factory=list)
     ambiguous_answers: list[Any] = field(default_factory=list)
+
+    def note_missing(self, label: PopeLabel) -> None:
+        """A label without an answer: reported, and scored as the wrong prediction."""
+        self.labels_without_answer.append((label.category, label.question_id))
+        self.missing.append((label.category, "no" if label.label == "yes" else "yes", label.label))
+
+
+def pair_by_questions(answers: Sequence[Any], questions: Sequence[Any], labels: Sequence[PopeLabel],
+                      questions_path: Path | str = "questions") -> PopePairing:
+    """eval_pope.py's pairing, checked (module docstring): answers (scoring.AnswerLine) to
+    their question lines, the k-th question of a category to the k-th label of that category.
+    DataError when a label category has another number of questions, or a pair's image or
+    question differs (labels of another POPE split or another question file)."""
+    answer_of, unpaired = pair_with_questions(answers, questions)
+    pairing = PopePairing(answers_without_label=[(None, a.question_id) for a in unpaired])
+    by_category: dict[str, list[PopeLabel]] = {}
+    for lab in labels:
+        by_category.setdefault(lab.category, []).append(lab)
+    for category, category_labels in by_category.items():
+        asked = [q for q in questions if q.category == category]
+        if len(asked) != len(category_labels):
+            raise DataError(f"{questions_path} has {len(asked)} questions of category {category!r}, its "
+                            f"labels {len(category_labels)}: labels of another POPE split or question file")
+        for k, (q, lab) in enumerate(zip(asked, category_labels)):
+            if (lab.image is not None and lab.image != q.image) or (lab.text and not q.text.startswith(lab.text)):
+                raise DataError(f"question {k + 1} of category {category!r} ({questions_path}, question_id "
+                                f"{q.question_id!r}) is not label {lab.question_id!r}'s ({lab.image}: {lab.text!r})")
+            if (a := answer_of.get(q.line)) is None:
+                pairing.note_missing(lab)
+            else:
+                pairing.pairs.append((category, normalize_pope_answer(a.text), lab.label))
+    labelled = set(by_category)
+    pairing.answers_without_label += [(q.category, a.question_id) for line, a in answer_of.items()
+                                      for q in (questions[line],) if q.category not in labelled]
+    return pairing
 
 
 def pair_answers(answers: Sequence[tuple[int, dict[str, Any]]], labels: Sequence[PopeLabel],
@@ -175,8 +211,9 @@ def pair_answers(answers: Sequence[tuple[int, dict[str, Any]]], labels: Sequence
                             f"category {category!r} (first on line {answered[key]})")
         answered[key] = number
         pairing.pairs.append((key[0], normalize_pope_answer(answer["text"]), by_key[key].label))
-    pairing.labels_without_answer = [(lab.category, lab.question_id) for lab in labels
-                                     if (lab.category, str(lab.question_id)) not in answered]
+    for lab in labels:
+        if (lab.category, str(lab.question_id)) not in answered:
+            pairing.note_missing(lab)
     return pairing
 
 
@@ -202,17 +239,49 @@ class PopeReport:
 
 def score_pairing(pairing: PopePairing) -> PopeReport:
     """Per-category and pooled overall scores of a pairing."""
-    categories = sorted({category for category, _, _ in pairing.pairs})
-    per_category = {c: score_predictions((p, lab) for cat, p, lab in pairing.pairs if cat == c)
-                    for c in categories}
-    overall = score_predictions((p, lab) for _, p, lab in pairing.pairs)
+    scored = pairing.pairs + pairing.missing
+    categories = sorted({category for category, _, _ in scored})
+    per_category = {c: score_predictions((p, lab) for cat, p, lab in scored if cat == c) for c in categories}
+    overall = score_predictions((p, lab) for _, p, lab in scored)
     return PopeReport(per_category, overall, pairing)
 
 
-def score_pope_file(answers_path: Path, label_paths: Sequence[Path]) -> PopeReport:
-    """Score one answer jsonl against POPE label files (see the module docstring)."""
+def score_pope_file(answers_path: Path, label_paths: Sequence[Path],
+                    questions_path: Path | None = None) -> PopeReport:
+    """Score one answer jsonl against POPE label files, paired through LLaVA's question file
+    when one is given (see the module docstring)."""
     labels = load_pope_labels(label_paths)
-    return score_pairing(pair_answers(read_jsonl(answers_path), labels, answers_path))
+    if questions_path is None:
+        return score_pairing(pair_answers(read_jsonl(answers_path), labels, answers_path))
+    from .questions import read_question_file
+
+    questions = read_question_file(questions_path).questions
+    return score_pairing(pair_by_questions(read_answer_file(answers_path), questions, labels, questions_path))
+
+
+def mean_f1(report: PopeReport) -> float | None:
+    """The reported POPE number: the mean of the categories' F1, in % (None if one is undefined)."""
+    f1s = [s.f1 for s in report.per_category.values()]
+    return None if not f1s or None in f1s else 100 * sum(f1s) / len(f1s)
+
+
+def score_pope(answers_path: Path, label_paths: Sequence[Path], questions_path: Path | None = None) -> BenchScore:
+    """:func:`score_pope_file` as a BenchScore (:func:`as_bench_score`)."""
+    return as_bench_score(score_pope_file(answers_path, label_paths, questions_path), answers_path)
+
+
+def as_bench_score(report: PopeReport, answers_path: Path | str) -> BenchScore:
+    """``score`` the mean F1 (%), parts per category and pooled, ``missing`` the labels without
+    an answer, ``unpaired`` the answers of no label; DataError when nothing paired."""
+    pairing = report.pairing
+    if not pairing.pairs:
+        raise DataError(f"no answer of {answers_path} pairs with a POPE label (question ids or categories "
+                        "differ: an answer file of another question set, or labels of another benchmark?)")
+    return BenchScore("pope", mean_f1(report),
+                      parts={"per_category": {c: asdict(s) for c, s in report.per_category.items()},
+                             "overall": asdict(report.overall)},
+                      scored=report.overall.n, missing=list(pairing.labels_without_answer),
+                      unpaired=list(pairing.answers_without_label) + list(pairing.ambiguous_answers))
 
 
 def percent(value: float | None) -> str:

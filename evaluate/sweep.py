@@ -1,36 +1,40 @@
-"""POPE score against the number of visual tokens: one point per answer file of the same
-question set, each answered at another token budget (the shape of the Mask-LLaVA paper's
-Figure 5). A file's token count is the mean of its answers' ``metadata.visual_tokens``
-(the tokens the model saw, which varies with the number of objects in each image)."""
+"""Scores against the number of visual tokens: the paper's Table 1 (a row per token budget,
+a column per benchmark) and Figure 5 (a plot per benchmark of score against visual tokens).
+
+Input: answer files of one or more benchmarks, one file per token budget and benchmark (as
+``masktok answer --out answers/<bench> --tokens ... --tokens ...`` writes them). A file's
+token count is the mean of its answers' ``metadata.visual_tokens`` (the tokens the model saw,
+which varies with the number of objects in each image); its spec is ``metadata.tokens``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
-from .pope import PopeReport, load_pope_labels, pair_answers, percent, read_jsonl, score_pairing
+from .benchmarks import BENCHMARKS, score_benchmark
+from .scoring import BenchScore, format_rows, read_json_lines
 
 
 @dataclass
 class SweepPoint:
-    """One answer file: its token spec, mean visual tokens and POPE report."""
+    """One answer file: its benchmark, token spec, mean visual tokens and score."""
 
+    benchmark: str
     answers_path: Path
     spec: str
     visual_tokens: float
-    report: PopeReport
+    result: BenchScore
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: path, spec, tokens, overall scores and leftover counts."""
-        pairing = self.report.pairing
-        return {"answers": str(self.answers_path), "spec": self.spec, "visual_tokens": self.visual_tokens,
-                "overall": asdict(self.report.overall),
-                "labels_without_answer": len(pairing.labels_without_answer),
-                "answers_without_label": len(pairing.answers_without_label),
-                "ambiguous_answers": len(pairing.ambiguous_answers)}
+        """JSON-ready: benchmark, path, spec, tokens and the scorer's summary."""
+        return {"benchmark": self.benchmark, "answers": str(self.answers_path), "spec": self.spec,
+                "visual_tokens": self.visual_tokens, **{k: v for k, v in self.result.to_dict(examples=0).items()
+                                                         if k not in ("benchmark", "missing_examples",
+                                                                      "unpaired_examples")}}
 
 
 def _metadata(row: dict[str, Any]) -> dict[str, Any]:
@@ -63,17 +67,33 @@ def token_spec_of(rows: Sequence[tuple[int, dict[str, Any]]], path: Path) -> str
     return specs.pop() if specs else Path(path).stem
 
 
-def sweep_pope(answer_paths: Sequence[Path], label_paths: Sequence[Path]) -> list[SweepPoint]:
-    """Score each answer file against the same POPE labels; points sorted by visual tokens
-    (then spec)."""
-    labels = load_pope_labels(label_paths)
+def answer_files(path: Path) -> list[Path]:
+    """A folder's ``*.jsonl`` (sorted), or the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise DataError(f"{path} holds no answer file (*.jsonl)")
+        return files
+    return [path]
+
+
+def sweep(entries: Sequence[tuple[str, Path]], labels: dict[str, list[Path]],
+          questions: dict[str, Path]) -> list[SweepPoint]:
+    """Score every (benchmark, answer file or folder) entry with that benchmark's labels and
+    question file; points sorted by visual tokens (then spec, then benchmark)."""
     points = []
-    for path in answer_paths:
-        rows = read_jsonl(path)
-        tokens = mean_visual_tokens(rows, path)
-        report = score_pairing(pair_answers(rows, labels, path))
-        points.append(SweepPoint(Path(path), token_spec_of(rows, path), tokens, report))
-    return sorted(points, key=lambda p: (p.visual_tokens, p.spec))
+    for bench, path in entries:
+        for file in answer_files(path):
+            rows = read_json_lines(file)
+            points.append(SweepPoint(bench, file, token_spec_of(rows, file), mean_visual_tokens(rows, file),
+                                     score_benchmark(bench, file, labels.get(bench, []), questions.get(bench))))
+    return sorted(points, key=lambda p: (p.visual_tokens, p.spec, p.benchmark))
+
+
+def format_score(value: float | None) -> str:
+    """A headline score as the paper prints it: one decimal ("-" when undefined)."""
+    return "-" if value is None else f"{value:.1f}"
 
 
 def format_tokens(value: float) -> str:
@@ -82,38 +102,62 @@ def format_tokens(value: float) -> str:
 
 
 def format_sweep_table(points: Sequence[SweepPoint]) -> str:
-    """One row per file: tokens, spec, n, accuracy, F1, yes-ratio (%), and the file."""
-    header = ("tokens", "spec", "n", "acc%", "F1%", "yes%", "answers")
-    rows = [header] + [(format_tokens(p.visual_tokens), p.spec, str(p.report.overall.n),
-                        percent(p.report.overall.accuracy), percent(p.report.overall.f1),
-                        percent(p.report.overall.yes_ratio), str(p.answers_path)) for p in points]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    left = {1, 6}
-    return "\n".join("  ".join(cell.ljust(w) if i in left else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows)
+    """Table 1's layout: a row per token spec (its mean visual tokens over all its answers), a
+    column per benchmark with the headline score; "-" where a spec has no file of that benchmark."""
+    benches = [b for b in BENCHMARKS if any(p.benchmark == b for p in points)]
+    benches += sorted({p.benchmark for p in points} - set(benches))
+    specs: dict[str, list[SweepPoint]] = {}
+    for p in points:
+        specs.setdefault(p.spec, []).append(p)
+    order = sorted(specs, key=lambda s: (-_tokens(specs[s]), s))
+    rows = [("tokens", "spec", *(BENCHMARKS[b].title if b in BENCHMARKS else b for b in benches))]
+    for spec in order:
+        by_bench = {p.benchmark: p for p in specs[spec]}
+        rows.append((format_tokens(_tokens(specs[spec])), spec,
+                     *(format_score(by_bench[b].result.score) if b in by_bench else "-" for b in benches)))
+    return format_rows(rows, left={1})
 
 
-def plot_sweep(points: Sequence[SweepPoint], out_path: Path, title: str = "POPE") -> Path:
-    """Write a PNG of F1 and accuracy (%) against visual tokens (log x axis, ticks at the
-    points' token counts), each point labelled with its token spec. Undefined scores are skipped."""
+def _tokens(points: Sequence[SweepPoint]) -> float:
+    return sum(p.visual_tokens for p in points) / len(points)
+
+
+def plot_paths(out_path: Path, benches: Sequence[str]) -> dict[str, Path]:
+    """Where each benchmark's plot goes: ``out_path`` itself for one benchmark, else
+    ``<stem>-<bench>.png`` beside it."""
+    out_path = Path(out_path)
+    if len(benches) == 1:
+        return {benches[0]: out_path}
+    return {b: out_path.with_name(f"{out_path.stem}-{b}.png") for b in benches}
+
+
+def plot_sweep(points: Sequence[SweepPoint], out_path: Path) -> list[Path]:
+    """One PNG per benchmark (:func:`plot_paths`): its score against visual tokens (log x axis,
+    ticks at the points' token counts), each point labelled with its token spec."""
+    benches = list(dict.fromkeys(p.benchmark for p in points))
+    written = []
+    for bench, path in plot_paths(out_path, benches).items():
+        mine = [p for p in points if p.benchmark == bench and p.result.score is not None]
+        if mine:
+            written.append(_plot_one(mine, bench, path))
+    return written
+
+
+def _plot_one(points: Sequence[SweepPoint], bench: str, out_path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, NullLocator
 
+    info = BENCHMARKS.get(bench)
     xs = [p.visual_tokens for p in points]
+    ys = [p.result.score for p in points]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     try:
-        for name, marker in (("f1", "o"), ("accuracy", "s")):
-            shown = [(x, 100 * getattr(p.report.overall, name)) for x, p in zip(xs, points)
-                     if getattr(p.report.overall, name) is not None]
-            if shown:
-                ax.plot(*zip(*shown), marker=marker, label="F1" if name == "f1" else "accuracy")
-        for x, p in zip(xs, points):
-            y = p.report.overall.f1 if p.report.overall.f1 is not None else p.report.overall.accuracy
-            if y is not None:
-                ax.annotate(p.spec, (x, 100 * y), textcoords="offset points", xytext=(4, 6), fontsize=7)
+        ax.plot(xs, ys, marker="o")
+        for x, y, p in zip(xs, ys, points):
+            ax.annotate(p.spec, (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7)
         ax.set_xscale("log")
         ticks = sorted(set(xs))
         ax.xaxis.set_major_locator(FixedLocator(ticks))
@@ -122,10 +166,9 @@ def plot_sweep(points: Sequence[SweepPoint], out_path: Path, title: str = "POPE"
         ax.set_xlim(ticks[0] / 1.3, ticks[-1] * 1.8)  # room for the last point's label
         ax.margins(y=0.12)
         ax.set_xlabel("visual tokens per image (log scale)")
-        ax.set_ylabel("score (%)")
-        ax.set_title(title)
+        ax.set_ylabel(f"{info.title if info else bench} ({info.unit if info else 'score'})")
+        ax.set_title(info.title if info else bench)
         ax.grid(True, alpha=0.3)
-        ax.legend()
         fig.tight_layout()
         out_path = Path(out_path)
         try:

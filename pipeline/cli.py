@@ -18,7 +18,7 @@ from ..schemas.errors import Group
 from ..schemas.jobdir import JobDir
 from ..schemas.spec import CORPUS_KINDS, apply_overrides, read_toml, set_value, spec_from_dict
 from ..evaluate.cli import answer
-from ..evaluate.score_cli import score
+from ..evaluate.score_cli import score, submission
 from ..trainer.cli import export, generate, train
 from .plan import plan_job
 from .views.inspect import inspect
@@ -170,6 +170,7 @@ main.add_command(generate)
 main.add_command(export)
 main.add_command(answer)
 main.add_command(score)
+main.add_command(submission)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -6,10 +6,13 @@ instruct mix). It is read as a stream: the array is cut into records with the st
 library's decoder, one record at a time, so memory holds one chunk of text and the few
 fields planning keeps, never the whole document. A syntax error names its line and column.
 
-An eval question file (LLaVA-1.5 ``playground/data/eval``: POPE, MME, GQA, VQAv2, VizWiz,
-TextVQA) is JSON Lines, one question object per line, read one line at a time. Its corpus
-rows are 0-based line indexes (line number - 1), so ``lines[row]`` finds the question even
-where blank lines were skipped.
+An eval question file (LLaVA-1.5 ``playground/data/eval``) comes in three formats
+(evaluate/questions.py): JSON Lines (POPE, MME, GQA, VQAv2, VizWiz, TextVQA, MM-Vet), one
+question object per line, read one line at a time, whose corpus rows are 0-based line indexes
+(line number - 1), so ``lines[row]`` finds the question even where blank lines were skipped;
+ScienceQA's JSON list, read as a LLaVA conversation file (text-only items need no image); and
+MMBench's TSV, whose pictures are inside its rows: planning decodes each distinct picture once
+into the job (``JOBDIR/images/``, named by content) and its corpus rows are row positions.
 """
 
 from __future__ import annotations
@@ -221,10 +224,25 @@ def iter_json_lines(path: Path, on_read: Callable[[int], None] = lambda n: None)
             raise _not_utf8(path, exc) from None
 
 
-def scan_llava_eval(path: Path, on_read: Callable[[int], None] = lambda n: None) -> CorpusScan:
-    """Read a LLaVA-1.5 eval question file (JSON Lines) into a CorpusScan. Every question
-    needs an image: a line that is not an object or has no ``image`` is invalid (there are
-    no text-only questions); ``question_id`` and ``text`` are not looked at."""
+def scan_llava_eval(path: Path, on_read: Callable[[int], None] = lambda n: None,
+                    images_dir: Path | None = None) -> CorpusScan:
+    """Read a LLaVA-1.5 eval question file into a CorpusScan, in whichever of its formats
+    (module docstring). JSON Lines: every question needs an image, so a line that is not an
+    object or has no ``image`` is invalid; ``question_id`` and ``text`` are not looked at.
+    MMBench's TSV: its pictures are written into ``images_dir``."""
+    from ..evaluate.questions import file_format
+    from ..schemas.errors import DataError
+
+    try:
+        fmt = file_format(path)
+        if fmt == "scienceqa":
+            return scan_llava(path, on_read=on_read)
+        if fmt == "mmbench":
+            if images_dir is None:
+                raise CorpusError(f"{path}: MMBench's pictures are inside the TSV and need a folder to go to")
+            return scan_embedded_images(path, images_dir)
+    except DataError as exc:
+        raise CorpusError(str(exc)) from None
     scan = CorpusScan()
     for number, record in iter_json_lines(path, on_read=on_read):
         scan.records_read += 1
@@ -235,6 +253,22 @@ def scan_llava_eval(path: Path, on_read: Callable[[int], None] = lambda n: None)
             scan.note_invalid(where, "no 'image'")
         else:
             _add_image(scan, number - 1, where, record["image"])
+    return scan
+
+
+def scan_embedded_images(path: Path, images_dir: Path) -> CorpusScan:
+    """MMBench's TSV: each distinct picture written once to ``images_dir/<content id>``
+    (atomically; an existing file of that name already holds those bytes), its rows referenced."""
+    from ..evaluate.questions import iter_mmbench_images
+    from .durable import write_atomic
+
+    scan = CorpusScan()
+    images_dir.mkdir(parents=True, exist_ok=True)
+    for position, (_, image_id, data) in enumerate(iter_mmbench_images(path)):
+        scan.records_read += 1
+        if data is not None and not (images_dir / image_id).is_file():
+            write_atomic(images_dir / image_id, data)
+        scan.references.setdefault(image_id, []).append(position)
     return scan
 
 

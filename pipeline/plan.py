@@ -64,7 +64,7 @@ class PlanSummary:
 
         out = [f"masktok plan: {self.kind} corpus {self.source}", f"  image root: {self.image_root}"]
         out.append(row("records read", f"{self.records_read:,}"))
-        if self.kind not in ("folder", "llava-eval"):  # an eval question without an image is invalid
+        if self.kind != "folder" and (self.kind != "llava-eval" or self.text_only):  # ScienceQA has some
             out.append(row("text-only records (skipped)", f"{self.text_only:,}"))
         if self.kind != "folder":
             out.append(row("invalid records (skipped)", f"{self.invalid:,}", self.invalid_examples))
@@ -83,7 +83,13 @@ class PlanSummary:
         return out
 
 
-def resolve_corpus(spec: JobSpec) -> JobSpec:
+def carries_images(kind: str, source: Path) -> bool:
+    """A question file with its pictures inside (MMBench's TSV): the job's own folder
+    (JobDir.eval_images) is its image root."""
+    return kind == "llava-eval" and source.suffix.lower() == ".tsv"
+
+
+def resolve_corpus(spec: JobSpec, jobdir: Path | None = None) -> JobSpec:
     """Absolute source and image root, checked to exist; env refs in checkpoints expanded."""
     c = spec.corpus
     if not c.source:
@@ -91,7 +97,13 @@ def resolve_corpus(spec: JobSpec) -> JobSpec:
     source = Path(c.source).expanduser().absolute()
     if not source.exists():
         raise PlanError(f"corpus source not found: {source}")
-    if c.kind == "folder":
+    if carries_images(c.kind, source) and not source.is_dir():
+        images = JobDir(Path(jobdir or ".")).eval_images.expanduser().absolute()
+        if c.image_root and Path(c.image_root).expanduser().absolute() != images:
+            raise PlanError(f"{source.name} carries its pictures: leave out --image-root "
+                            f"(plan decodes them into {images})")
+        root = images
+    elif c.kind == "folder":
         if not source.is_dir():
             raise PlanError(f"a folder corpus needs a directory, and {source} is a file")
         if c.image_root and Path(c.image_root).expanduser().absolute() != source:
@@ -116,10 +128,12 @@ def _scan(spec: JobSpec, progress: bool) -> CorpusScan:
     source = Path(spec.corpus.source)
     if spec.corpus.kind == "folder":
         return scan_folder(source)
-    read = scan_llava_eval if spec.corpus.kind == "llava-eval" else scan_llava
     with tqdm(total=source.stat().st_size, unit="B", unit_scale=True, desc="reading corpus",
               disable=not progress, leave=False) as bar:
-        return read(source, on_read=bar.update)
+        if spec.corpus.kind == "llava-eval":
+            images = Path(spec.corpus.image_root) if carries_images("llava-eval", source) else None
+            return scan_llava_eval(source, on_read=bar.update, images_dir=images)
+        return scan_llava(source, on_read=bar.update)
 
 
 class _FileChecker:
@@ -179,7 +193,7 @@ def _digest(ids: list[str], paths: list[str], rows: list[list[int]], shard_size:
 
 def plan_job(jobdir: Path, spec: JobSpec, *, force: bool = False, progress: bool = False) -> PlanSummary:
     """Plan ``spec`` into ``jobdir``; refuses to replace a different job unless ``force``."""
-    spec = resolve_corpus(spec)
+    spec = resolve_corpus(spec, jobdir)
     c = spec.corpus
     scan = _scan(spec, progress)
     if scan.records_read == 0:

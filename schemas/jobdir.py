@@ -53,6 +53,11 @@ class JobDir:
         return self.root / "run.lock"
 
     @property
+    def eval_images(self) -> Path:
+        """The pictures a question file carries inside it (MMBench's TSV), decoded by plan."""
+        return self.root / "images"
+
+    @property
     def models(self) -> Path:
         """Where the tiny presets are materialised for jobs that ask for them."""
         return self.root / "models"

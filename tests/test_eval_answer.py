@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from masktok.evaluate.answer import answer, read_questions
+from masktok.evaluate.answer import answer
+from masktok.evaluate.questions import read_question_file
 from masktok.evaluate.cli import answer as answer_cli
 from masktok.schemas.errors import DataError, TokenSpecError
 from masktok.trainer.runtime import TrainConfig
@@ -19,10 +20,12 @@ SPECS = ["cls,patch:9,obj:5", "cls,patch:1,obj:2"]
 
 
 def _questions(path: Path) -> Path:
-    """13 questions over the tiny cache's 12 images: image 5 failed, one image unknown; ids
-    of both types, two categories, one image asked about twice."""
+    """15 questions over the tiny cache's 12 images: image 5 failed, one image unknown; ids
+    of both types, two categories, one image asked about twice, and id 7 on two lines (MME
+    repeats ids by design: two questions per image, the image path as the id)."""
     lines = [{"question_id": i, "image": f"img/{i:03d}.jpg", "text": f"Is there a thing {i}?",
               "category": "random" if i % 2 else "popular"} for i in range(12)]
+    lines.insert(8, {"question_id": 7, "image": "img/007.jpg", "text": "Is it red?", "category": "random"})
     lines += [{"question_id": "q-extra", "image": "img/003.jpg", "text": "Describe the image."},
               {"question_id": 99, "image": "img/zzz.jpg", "text": "Where?"}]
     path.write_text("\n".join(json.dumps(q) for q in lines) + "\n\n")
@@ -50,12 +53,14 @@ def answered(trained) -> tuple[Path, object]:
 
 def test_one_line_per_answerable_question_in_the_question_files_order(trained, answered) -> None:
     out, summary = answered
-    ids = [q.question_id for q in read_questions(trained["questions"])]
-    answerable = [i for i in ids if i not in (5, 99)]
+    questions = read_question_file(trained["questions"]).questions
+    answerable = [q for q in questions if q.question_id not in (5, 99)]
     assert summary.skipped == {"image failed": [5], "image not in the cache": [99]}
+    assert summary.max_new_tokens == 6
     for spec in SPECS:
         lines = _lines(out / f"{spec}.jsonl")
-        assert [a["question_id"] for a in lines] == answerable
+        assert [(a["question_id"], a["metadata"]["line"]) for a in lines] == [(q.question_id, q.line) for q in answerable]
+        assert [a["prompt"] for a in lines if a["question_id"] == 7] == ["Is there a thing 7?", "Is it red?"]
         first = lines[0]
         assert set(first) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
         assert first["prompt"] == "Is there a thing 0?" and first["model_id"] == "eval-run"
@@ -105,7 +110,7 @@ def test_a_version_1_cache_still_trains_and_answers(trained) -> None:
     train(TrainConfig(stage=2, cache=job, data=trained["data"], llm=trained["llm"], out=run, max_steps=2,
                       batch_size=4, tokens="cls,patch:9,obj:5"))
     summary = answer(run, job, trained["questions"], ["cls,patch:4,obj:3"], root / "v1-answers", max_new_tokens=3)
-    assert summary.answered["cls,patch:4,obj:3"] == 12
+    assert summary.answered["cls,patch:4,obj:3"] == 13
     with pytest.raises(TokenSpecError, match="version 1"):
         answer(run, job, trained["questions"], ["obj:3@iou0.5"], root / "v1-iou", max_new_tokens=3)
 
@@ -122,7 +127,7 @@ def test_the_cli_answers_at_the_checkpoints_budget_and_reports_bad_input(trained
     bad.write_text('{"question_id": 1, "image": "img/000.jpg", "text": "x"}\n{"question_id": 2}\n')
     res = runner.invoke(answer_cli, [*args, "--questions", str(bad)])
     assert res.exit_code == 1 and "line 2" in res.output and "Traceback" not in res.output
-    with pytest.raises(DataError, match="twice"):
-        dup = trained["root"] / "dup.jsonl"
-        dup.write_text('{"question_id": 1, "image": "a", "text": "x"}\n' * 2)
-        read_questions(dup)
+    with pytest.raises(DataError, match="no LLaVA question file"):
+        other = trained["root"] / "labels.txt"
+        other.write_text("image\tquestion\tanswer\n")
+        read_question_file(other)

@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from masktok.evaluate.pope import (category_from_label_file, load_pope_labels, normalize_pope_answer,
-                                   pair_answers, read_jsonl, score_counts, score_pope_file)
+                                   pair_answers, score_counts, score_pope, score_pope_file)
 from masktok.evaluate.score_cli import score
-from masktok.evaluate.sweep import sweep_pope
+from masktok.evaluate.sweep import sweep
 from masktok.schemas.errors import DataError
 
 
@@ -146,10 +146,11 @@ def test_cli_pope_json_and_unpaired_report_on_stderr(pope_files) -> None:
     result = CliRunner().invoke(score, ["pope", "--answers", str(answers), "--labels", str(labels[0]), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["overall"]["n"] == 5 and data["overall"]["f1"] == pytest.approx(0.5)
-    assert list(data["per_category"]) == ["adversarial"]
-    assert data["answers_without_label"]["count"] == 5
-    assert "5 answers without a label" in result.stderr and "popular/" in result.stderr
+    assert data["benchmark"] == "pope" and data["score"] == pytest.approx(50.0)  # mean F1 of one category
+    assert data["parts"]["overall"]["n"] == 5 and data["parts"]["overall"]["f1"] == pytest.approx(0.5)
+    assert list(data["parts"]["per_category"]) == ["adversarial"]
+    assert data["counts"] == {"scored": 5, "missing": 0, "unpaired": 5}
+    assert "5 answer(s) of no question" in result.stderr and "popular/" in result.stderr
 
 
 @pytest.mark.parametrize("problem", ["missing answers", "bad label", "bad json"])
@@ -183,34 +184,103 @@ def sweep_files(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_sweep_sorts_files_by_mean_visual_tokens(tmp_path: Path) -> None:
     labels, big, small = sweep_files(tmp_path)
-    points = sweep_pope([big, small], [labels])
+    points = sweep([("pope", big), ("pope", small)], {"pope": [labels]}, {})
     assert [(p.spec, p.visual_tokens) for p in points] == [("cls,patch:9,obj:5", 15), ("cls,patch:36,obj:101", 135)]
-    assert points[0].report.overall.f1 == pytest.approx(2 / 3) and points[1].report.overall.accuracy == 1.0
+    assert points[0].result.score == pytest.approx(200 / 3) and points[1].result.score == 100.0
 
 
 def test_sweep_without_visual_tokens_names_the_file(tmp_path: Path) -> None:
     labels, _, _ = sweep_files(tmp_path)
     llava = write_jsonl(tmp_path / "llava.jsonl", [answer(1, "Yes")])
     with pytest.raises(DataError, match="llava.jsonl:1: no metadata.visual_tokens"):
-        sweep_pope([llava], [labels])
+        sweep([("pope", llava)], {"pope": [labels]}, {})
 
 
-def test_cli_sweep_table_sorted_and_plot_is_png(tmp_path: Path) -> None:
+def test_cli_sweep_table_has_a_row_per_spec_and_a_column_per_benchmark(tmp_path: Path) -> None:
+    """Two benchmarks: POPE at two budgets (a folder of answer files) and ScienceQA at one; the
+    row of the spec without a ScienceQA file shows "-"; one plot per benchmark."""
     labels, big, small = sweep_files(tmp_path)
+    pope_dir = tmp_path / "pope"
+    pope_dir.mkdir()
+    for f in (big, small):
+        f.rename(pope_dir / f.name)
+    sqa_questions = tmp_path / "llava_test_CQM-A.json"
+    sqa_questions.write_text(json.dumps([
+        {"id": "1", "image": "1/image.png", "conversations": [{"from": "human", "value": "<image>\nQ?\nA. x\nB. y"},
+                                                              {"from": "gpt", "value": "B"}]},
+        {"id": "2", "conversations": [{"from": "human", "value": "Q2?\nA. x\nB. y"}, {"from": "gpt", "value": "A"}]}]))
+    sqa = write_jsonl(tmp_path / "sqa.jsonl", [  # IMG: 1/1 right; all: 1/2
+        {**answer("1", "B", None, 140, "cls,patch:36,obj:101"), "prompt": "<image>\nQ?\nA. x\nB. y\n"
+         "Answer with the option's letter from the given choices directly."},
+        {**answer("2", "B", None, 0, "cls,patch:36,obj:101"), "prompt": "Q2?\nA. x\nB. y\n"
+         "Answer with the option's letter from the given choices directly."}])
     plot = tmp_path / "sweep.png"
-    result = CliRunner().invoke(score, ["sweep", str(big), str(small), "--labels", str(labels), "--plot", str(plot)])
+    result = CliRunner().invoke(score, ["sweep", f"pope={pope_dir}", f"sqa={sqa}", "--labels", f"pope={labels}",
+                                        "--questions", f"sqa={sqa_questions}", "--plot", str(plot)])
     assert result.exit_code == 0, result.output
-    rows = [line.split() for line in result.stdout.splitlines()[1:]]
-    assert [row[:6] for row in rows] == [["15", "cls,patch:9,obj:5", "4", "50.00", "66.67", "100.00"],
-                                         ["135", "cls,patch:36,obj:101", "4", "100.00", "100.00", "50.00"]]
-    data = plot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["tokens", "spec", "SQA-IMG", "POPE"]
+    rows = [line.split() for line in lines[1:]]
+    # cls,patch:36,obj:101: POPE files mean 135, SQA file mean 70 -> 102.5 over the two files
+    assert rows == [["102.5", "cls,patch:36,obj:101", "100.0", "100.0"], ["15", "cls,patch:9,obj:5", "-", "66.7"]]
+    for name in ("sweep-pope.png", "sweep-sqa.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
 def test_cli_sweep_json_parses(tmp_path: Path) -> None:
     labels, big, small = sweep_files(tmp_path)
-    result = CliRunner().invoke(score, ["sweep", str(small), str(big), "--labels", str(labels), "--json"])
+    result = CliRunner().invoke(score, ["sweep", f"pope={small}", f"pope={big}", "--labels", str(labels), "--json"])
     assert result.exit_code == 0, result.output
     points = json.loads(result.stdout)["points"]
     assert [p["visual_tokens"] for p in points] == [15, 135]
-    assert points[1]["overall"]["tp"] == 2 and points[0]["overall"]["fp"] == 2
+    assert points[1]["parts"]["overall"]["tp"] == 2 and points[0]["parts"]["overall"]["fp"] == 2
+
+
+# LLaVA's POPE layout: one question file whose ids are the label ids + 10,000,000 (random);
+# answers without a category; labels paired by position within a category (eval_pope.py).
+def _llava_pope(tmp_path: Path, drop_answer: int | None = None) -> tuple[Path, Path, Path]:
+    items = [(1, "a.jpg", "Is there a dog in the image?", "yes", "Yes"),
+             (2, "a.jpg", "Is there a cat in the image?", "no", "No"),
+             (3, "b.jpg", "Is there a car in the image?", "yes", "No"),     # FN
+             (4, "b.jpg", "Is there a bus in the image?", "no", "Yes, a bus.")]  # FP
+    labels = write_jsonl(tmp_path / "coco_pope_random.json",
+                         [{"question_id": q, "image": im, "text": t, "label": lab} for q, im, t, lab, _ in items])
+    suffix = "\nAnswer the question using a single word or phrase."
+    questions = write_jsonl(tmp_path / "llava_pope_test.jsonl",
+                            [{"question_id": 10_000_000 + q, "image": im, "text": t + suffix, "category": "random"}
+                             for q, im, t, _, _ in items])
+    answers = write_jsonl(tmp_path / "llava_answers.jsonl",
+                          [{"question_id": 10_000_000 + q, "prompt": t + suffix, "text": a, "answer_id": "x",
+                            "model_id": "llava", "metadata": {}} for q, _, t, _, a in items if q != drop_answer])
+    return answers, questions, labels
+
+
+def test_pope_pairs_llavas_answers_through_the_question_file_by_position_in_category(tmp_path: Path) -> None:
+    answers, questions, labels = _llava_pope(tmp_path)
+    result = score_pope(answers, [labels], questions)
+    rnd = result.parts["per_category"]["random"]
+    assert (rnd["tp"], rnd["fp"], rnd["tn"], rnd["fn"]) == (1, 1, 1, 1)
+    assert result.score == pytest.approx(50.0) and result.missing == [] and result.unpaired == []
+    with pytest.raises(DataError, match="no answer .* pairs"):  # without the question file nothing pairs
+        score_pope(answers, [labels])
+
+
+def test_pope_missing_answer_counts_wrong_and_shifts_nothing(tmp_path: Path) -> None:
+    """eval_pope.py pairs by position: a dropped answer 2 would pair answer 3 with label 2."""
+    answers, questions, labels = _llava_pope(tmp_path, drop_answer=2)
+    rnd = score_pope(answers, [labels], questions).parts["per_category"]["random"]
+    assert (rnd["tp"], rnd["fp"], rnd["tn"], rnd["fn"]) == (1, 2, 0, 1)  # label 2 ("no") counted as a "yes"
+    assert score_pope(answers, [labels], questions).missing == [("random", 2)]
+
+
+def test_pope_labels_of_another_split_are_refused(tmp_path: Path) -> None:
+    answers, questions, labels = _llava_pope(tmp_path)
+    other = write_jsonl(tmp_path / "coco_pope_popular.json", [{"question_id": 1, "label": "yes"}])
+    with pytest.raises(DataError, match="0 questions of category 'popular'"):
+        score_pope(answers, [other], questions)
+    shuffled = write_jsonl(tmp_path / "x" / "coco_pope_random.json" if (tmp_path / "x").mkdir() is None else None,
+                           [{"question_id": q, "image": "b.jpg", "text": "Is there a dog in the image?", "label": "yes"}
+                            for q in (1, 2, 3, 4)])
+    with pytest.raises(DataError, match="is not label 1's"):
+        score_pope(answers, [shuffled], questions)

@@ -43,12 +43,12 @@ def image_status(images: ZarrImages, image_id: str) -> str | None:
     return None
 
 
-def prompt_ids(stage: int, tokenizer: Any, question: str) -> list[int]:
+def prompt_ids(stage: int, tokenizer: Any, question: str, has_image: bool = True) -> list[int]:
     """The generation prompt of a checkpoint's stage: plain (the image alone; the question is
-    not part of stage 1's template) or one v1 USER turn with the image first."""
+    not part of stage 1's template) or one v1 USER turn, with the image first when it has one."""
     if stage == 1:
         return templates.plain_prompt(tokenizer)
-    return templates.v1_prompt(question, tokenizer, has_image=True)
+    return templates.v1_prompt(question, tokenizer, has_image=has_image)
 
 
 def generate(checkpoint: Path, cache: Path, image_id: str, prompt: str, tokens: str | None = None,

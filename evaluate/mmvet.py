@@ -1,0 +1,40 @@
+"""MM-Vet: the file its grader takes, from a LLaVA answer file.
+
+MM-Vet is graded by GPT-4 (its official grader, the MM-Vet evaluator or its online server),
+not locally: masktok writes the results file that grader reads and scores nothing itself.
+The file is what LLaVA-1.5's ``scripts/convert_mmvet_for_eval.py`` writes: one JSON object
+``{"v1_<question_id>": answer text}`` in answer-file order, ``json.dump(..., indent=2)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..schemas.errors import DataError
+from .scoring import id_key, read_answer_file
+
+
+def mmvet_results(answers_path: Path) -> dict[str, str]:
+    """``{"v1_<question_id>": text}`` of an answer file, in file order. DataError for a file
+    that is no answer file or answers a question twice (where LLaVA keeps the last)."""
+    results: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    for answer in read_answer_file(answers_path):
+        key = f"v1_{id_key(answer.question_id)}"
+        if key in results:
+            raise DataError(f"{answers_path}:{answer.number}: second answer to question "
+                            f"{answer.question_id!r} (first on line {first_line[key]})")
+        results[key], first_line[key] = answer.text, answer.number
+    return results
+
+
+def write_mmvet_submission(answers_path: Path, out_path: Path) -> dict[str, str]:
+    """Write MM-Vet's results file for GPT-4 grading (see the module docstring) and return it.
+    Byte for byte what convert_mmvet_for_eval.py writes for the same answer file."""
+    results = mmvet_results(answers_path)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with out_path.open("w", encoding="utf-8") as fh:
+        json.dump(results, fh, indent=2)
+    return results
