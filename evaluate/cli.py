@@ -30,7 +30,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
                    "ScienceQA, MMBench).")
 @click.option("--lang", type=click.Choice(["en", "cn"]), default=None,
               help="MMBench's single-prediction suffix (default: cn for a *_cn* file, else en).")
-@click.option("--model-id", default=None, help="The answers' model_id (default: the checkpoint folder's name).")
+@click.option("--model-id", default=None, help="The answers' model_id (default: the name of the folder given to --checkpoint).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling (temperature > 0).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or report.")

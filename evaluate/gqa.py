@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
-from .scoring import AnswerLine, BenchScore, format_rows, id_key, read_answer_file, require_pairs
-from .vqa import load_json
+from .scoring import AnswerLine, BenchScore, load_json, format_rows, id_key, read_answer_file, require_pairs
 
 # eval.py's names of the semantic types, for the table.
 SEMANTIC_NAMES = {"attr": "attribute", "cat": "category", "global": "scene", "obj": "object", "rel": "relation"}

@@ -53,6 +53,9 @@ def pope(answers_path: Path, label_paths: tuple[Path, ...], questions_path: Path
     headline = "-" if result.score is None else f"{result.score:.2f}"
     _report(result, lambda s: f"{format_pope_table(report)}\nPOPE (mean F1 over the categories): {headline}",
             as_json)
+    if questions_path is None and result.unpaired:
+        click.echo("hint: LLaVA's own answers carry no category and their ids are not the labels' ids: "
+                   "pass --questions llava_pope_test.jsonl to pair them as eval_pope.py does", err=True)
 
 
 @score.command("mme")

@@ -51,6 +51,16 @@ def read_json_lines(path: Path) -> list[tuple[int, Any]]:
     return rows
 
 
+def load_json(path: Path) -> Any:
+    """A JSON file's value; DataError naming the file if it cannot be read or parsed."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+
+
 def read_answer_file(path: Path) -> list[AnswerLine]:
     """Every answer of a LLaVA answer file, in file order. DataError for a file that is not one
     (a line that is no object with ``question_id`` and a string ``text``), or holds no answer."""

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
-from .scoring import AnswerLine, BenchScore, format_rows, id_key, read_answer_file, read_json_lines, require_pairs
+from .questions import read_question_file
+from .scoring import (AnswerLine, BenchScore, format_rows, id_key, load_json, read_answer_file, read_json_lines,
+                      require_pairs)
 
 # --- the EvalAI answer processor (m4c_evaluator.EvalAIAnswerProcessor) ---------------------------
 
@@ -132,16 +134,6 @@ class VqaLabel:
     answer_type: str | None = None
 
 
-def load_json(path: Path) -> Any:
-    """A JSON file's value; DataError naming the file if it cannot be read or parsed."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not JSON ({exc.msg}, line {exc.lineno})") from None
-
-
 def _human_answers(raw: Any, path: Path, shown: Any) -> tuple[str, ...]:
     """Answer strings of a label: TextVQA's strings or VQA's [{"answer": ...}] objects."""
     if isinstance(raw, list) and raw:
@@ -224,20 +216,6 @@ def score_textvqa(answers_path: Path, labels_path: Path) -> BenchScore:
     return _score("textvqa", labels, keyed, answers_path, labels_path)
 
 
-def read_llava_questions(path: Path, need_image: bool = False) -> list[dict[str, Any]]:
-    """The rows of a LLaVA question jsonl (question_id, image, text, ...), in file order."""
-    rows = []
-    for number, row in read_json_lines(path):
-        has_image = isinstance(row, dict) and isinstance(row.get("image"), str)
-        if not isinstance(row, dict) or "question_id" not in row or (need_image and not has_image):
-            raise DataError(f"{path}:{number}: not a LLaVA question line (expected question_id"
-                            f"{' and image' if need_image else ''})")
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no questions")
-    return rows
-
-
 def _vqav2_labels(annotations: list, path: Path) -> dict[str, VqaLabel]:
     labels = {}
     for row in annotations:
@@ -268,7 +246,7 @@ def score_vqa(answers_path: Path, labels_path: Path, questions_path: Path | None
         benchmark, labels = "vqav2", _vqav2_labels(data["annotations"], labels_path)
         question_of = None
         if questions_path is not None:
-            asked = {id_key(row["question_id"]) for row in read_llava_questions(questions_path)}
+            asked = {id_key(q.question_id) for q in read_question_file(questions_path).questions}
             labels = {key: label for key, label in labels.items() if key in asked}
     elif isinstance(data, list) and data and isinstance(data[0], dict) and "image" in data[0]:
         benchmark, labels = "vizwiz", _vizwiz_labels(data, labels_path)
@@ -276,7 +254,7 @@ def score_vqa(answers_path: Path, labels_path: Path, questions_path: Path | None
             raise DataError(f"{labels_path} is VizWiz annotations, paired by image: give the LLaVA "
                             "question file (question_id -> image)")
         question_of = {id_key(row["question_id"]): row["image"]
-                       for row in read_llava_questions(questions_path, need_image=True)}
+                       for row in _question_rows(questions_path)}
         asked_images = set(question_of.values())
         labels = {key: label for key, label in labels.items() if key in asked_images}
     else:
@@ -311,6 +289,11 @@ def _write_submission(entries: list[dict[str, Any]], out_path: Path) -> None:
     out_path.write_text(json.dumps(entries), encoding="utf-8")
 
 
+def _question_rows(path: Path) -> list[dict[str, Any]]:
+    """``{"question_id", "image"}`` of each question of a LLaVA question file, in file order."""
+    return [{"question_id": q.question_id, "image": q.image} for q in read_question_file(path).questions]
+
+
 def write_vqav2_submission(answers_path: Path, test_questions_path: Path, out_path: Path) -> tuple[int, int]:
     """The VQAv2 test-dev/test upload, as LLaVA's convert_vqav2_for_submission.py: one
     {"question_id", "answer"} per question of ``test_questions_path``
@@ -318,7 +301,7 @@ def write_vqav2_submission(answers_path: Path, test_questions_path: Path, out_pa
     none. Returns (written, missing); DataError when no answer is of these questions."""
     texts = _answers_by_id(answers_path)
     entries, missing = [], 0
-    for row in read_llava_questions(test_questions_path):
+    for row in _question_rows(test_questions_path):
         text = texts.get(id_key(row["question_id"]))
         missing += text is None
         entries.append({"question_id": row["question_id"],
@@ -335,7 +318,7 @@ def write_vizwiz_submission(answers_path: Path, questions_path: Path, out_path: 
     counted. Returns (written, missing); DataError when no answer is of these questions."""
     texts = _answers_by_id(answers_path)
     entries, missing = [], 0
-    for row in read_llava_questions(questions_path, need_image=True):
+    for row in _question_rows(questions_path):
         text = texts.get(id_key(row["question_id"]))
         missing += text is None
         entries.append({"image": row["image"], "answer": "" if text is None else normalize_vqa_answer(text)})

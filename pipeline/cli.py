@@ -41,7 +41,7 @@ def spec_document(spec: str | None) -> tuple[dict[str, Any], str]:
     if spec is None:
         return {}, "job spec"
     name = spec.replace("-", "_")
-    if not Path(spec).exists() and name in BUNDLED:
+    if not Path(spec).is_file() and name in BUNDLED:  # a folder named "demo" is no spec
         path = bundled_spec(name)
         return read_toml(path), f"bundled spec '{name}'"
     return read_toml(Path(spec)), spec

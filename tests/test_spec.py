@@ -134,3 +134,13 @@ def test_a_partial_resources_table_keeps_the_stages_defaults():
     assert spec.detect.resources.actors == 4
     assert spec.detect.resources.gpus == JobSpec().detect.resources.gpus == 1.0
     assert spec.detect.resources.batch_size == JobSpec().detect.resources.batch_size
+
+
+def test_a_folder_named_like_a_bundled_spec_does_not_hide_it(tmp_path, monkeypatch):
+    """--spec demo from a folder that holds a demo/ (say, `make demo`'s output) is the bundled spec."""
+    from masktok.pipeline.cli import spec_document
+
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    doc, label = spec_document("demo")
+    assert label == "bundled spec 'demo'" and doc["detect"]["checkpoint"] == "tiny"
