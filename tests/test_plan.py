@@ -148,15 +148,24 @@ def test_a_different_job_is_refused_unless_forced(tmp_path, corpus):
     job = tmp_path / "job"
     base = ["--corpus", "llava-instruct", "--source", source, "--image-root", root, *TINY]
     assert plan(job, *base).exit_code == 0
+    def files():  # bytes and mtime of what plan wrote (run.lock records the last lock holder)
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in job.iterdir()
+                if p.is_file() and p.name != "run.lock"}
+
+    written = files()
     again = plan(job, *base)
     assert again.exit_code == 0 and "nothing rewritten" in again.output
-    (job / "commits").mkdir()
-    (job / "commits" / "shard-000000.json").write_text("{}")
+    assert files() == written  # a repeated plan rewrites nothing
+    results = [job / "commits", job / "tokens.zarr", job / "wds"]  # what a run writes
+    for folder in results:
+        folder.mkdir()
+        (folder / "x").write_text("{}")
+    (job / "failures.parquet").write_bytes(b"PAR1")
     refused = plan(job, *base, "--set", "detect.top_k=5")
     assert refused.exit_code == 1 and re.search(r"detect\.top_k: \d+ -> 5", refused.output) and "--force" in refused.output
-    assert (job / "commits").exists()
+    assert all(path.exists() for path in [*results, job / "failures.parquet"])
     forced = plan(job, *base, "--set", "detect.top_k=5", "--force")
-    assert forced.exit_code == 0 and not (job / "commits").exists()
+    assert forced.exit_code == 0 and not any(path.exists() for path in [*results, job / "failures.parquet"])
     assert tomllib.loads((job / "job.toml").read_text())["detect"]["top_k"] == 5
 
 
