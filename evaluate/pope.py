@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
-from .scoring import BenchScore, read_answer_file, read_json_lines, pair_with_questions
+from .scoring import BenchScore, format_rows, pair_with_questions, percent, read_answer_file, read_json_lines
 
 POPE_FILE_PREFIX = "coco_pope_"
 
@@ -225,17 +225,6 @@ class PopeReport:
     overall: PopeScores
     pairing: PopePairing
 
-    def to_dict(self, examples: int = 10) -> dict[str, Any]:
-        """A JSON-ready summary; unpaired lists are cut to ``examples`` ids each, with counts."""
-        def cut(items: list) -> dict[str, Any]:
-            return {"count": len(items), "examples": [list(i) if isinstance(i, tuple) else i
-                                                      for i in items[:examples]]}
-        return {"per_category": {c: asdict(s) for c, s in self.per_category.items()},
-                "overall": asdict(self.overall),
-                "labels_without_answer": cut(self.pairing.labels_without_answer),
-                "answers_without_label": cut(self.pairing.answers_without_label),
-                "ambiguous_answers": cut(self.pairing.ambiguous_answers)}
-
 
 def score_pairing(pairing: PopePairing) -> PopeReport:
     """Per-category and pooled overall scores of a pairing."""
@@ -284,11 +273,6 @@ def as_bench_score(report: PopeReport, answers_path: Path | str) -> BenchScore:
                       unpaired=list(pairing.answers_without_label) + list(pairing.ambiguous_answers))
 
 
-def percent(value: float | None) -> str:
-    """A fraction as a percentage with 2 decimals; "-" for an undefined (None) metric."""
-    return "-" if value is None else f"{100 * value:.2f}"
-
-
 def format_pope_table(report: PopeReport) -> str:
     """Category rows and an overall row: n, counts and metrics in %."""
     header = ("category", "n", "TP", "FP", "TN", "FN", "acc%", "prec%", "rec%", "F1%", "yes%")
@@ -296,24 +280,4 @@ def format_pope_table(report: PopeReport) -> str:
     for name, s in [*report.per_category.items(), ("overall", report.overall)]:
         rows.append((name, str(s.n), str(s.tp), str(s.fp), str(s.tn), str(s.fn), percent(s.accuracy),
                      percent(s.precision), percent(s.recall), percent(s.f1), percent(s.yes_ratio)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
-
-
-def format_unpaired(pairing: PopePairing, examples: int = 5) -> list[str]:
-    """One line per kind of leftover (none when everything paired), with a few example ids."""
-    def ids(items: list) -> str:
-        shown = ", ".join(f"{i[0]}/{i[1]}" if isinstance(i, tuple) else str(i) for i in items[:examples])
-        return shown + (", ..." if len(items) > examples else "")
-    lines = []
-    if pairing.labels_without_answer:
-        lines.append(f"{len(pairing.labels_without_answer)} labels without an answer "
-                     f"(category/question_id: {ids(pairing.labels_without_answer)})")
-    if pairing.answers_without_label:
-        lines.append(f"{len(pairing.answers_without_label)} answers without a label "
-                     f"(category/question_id: {ids(pairing.answers_without_label)})")
-    if pairing.ambiguous_answers:
-        lines.append(f"{len(pairing.ambiguous_answers)} answers without a category whose question_id "
-                     f"is in several label categories (question_id: {ids(pairing.ambiguous_answers)})")
-    return lines
+    return format_rows(rows)
