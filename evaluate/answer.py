@@ -35,7 +35,7 @@ from ..trainer.consolidate import load_checkpoint_model
 from ..trainer.generate import image_status, open_cache, prompt_ids
 from ..trainer.scaling import CacheStats
 from ..trainer.token_spec import parse_spec
-from .questions import Question, answer_key, read_question_file
+from .questions import Question, answer_key, line_key, read_question_file
 
 
 @dataclass
@@ -64,7 +64,7 @@ def read_answers(path: Path) -> dict[str, dict[str, Any]]:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             answer = json.loads(line)
-            done[json.dumps([answer["metadata"]["line"], answer["question_id"]])] = answer
+            done[line_key(answer["metadata"]["line"], answer["question_id"])] = answer
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     return done

@@ -137,15 +137,18 @@ class PopePairing:
     """Answers matched to labels: (category, predicted, label) triples and what did not pair."""
 
     pairs: list[tuple[str, str, str]] = field(default_factory=list)
-    labels_without_answer: list[tuple[str, Any]] = field(default_factory=list)
-    missing: list[tuple[str, str, str]] = field(default_factory=list)  # scored as wrong predictions
+    missing: list[PopeLabel] = field(default_factory=list)  # labels without an answer: scored wrong
     answers_without_label: list[tuple[str | None, Any]] = field(default_factory=list)
     ambiguous_answers: list[Any] = field(default_factory=list)
 
-    def note_missing(self, label: PopeLabel) -> None:
-        """A label without an answer: reported, and scored as the wrong prediction."""
-        self.labels_without_answer.append((label.category, label.question_id))
-        self.missing.append((label.category, "no" if label.label == "yes" else "yes", label.label))
+    @property
+    def labels_without_answer(self) -> list[tuple[str, Any]]:
+        return [(lab.category, lab.question_id) for lab in self.missing]
+
+    def scored(self) -> list[tuple[str, str, str]]:
+        """(category, predicted, label) of every label: the pairs, and each missing answer
+        as the wrong prediction."""
+        return self.pairs + [(lab.category, "no" if lab.label == "yes" else "yes", lab.label) for lab in self.missing]
 
 
 def pair_by_questions(answers: Sequence[Any], questions: Sequence[Any], labels: Sequence[PopeLabel],
@@ -169,12 +172,12 @@ def pair_by_questions(answers: Sequence[Any], questions: Sequence[Any], labels: 
                 raise DataError(f"question {k + 1} of category {category!r} ({questions_path}, question_id "
                                 f"{q.question_id!r}) is not label {lab.question_id!r}'s ({lab.image}: {lab.text!r})")
             if (a := answer_of.get(q.line)) is None:
-                pairing.note_missing(lab)
+                pairing.missing.append(lab)
             else:
                 pairing.pairs.append((category, normalize_pope_answer(a.text), lab.label))
-    labelled = set(by_category)
-    pairing.answers_without_label += [(q.category, a.question_id) for line, a in answer_of.items()
-                                      for q in (questions[line],) if q.category not in labelled]
+    category_of = {q.line: q.category for q in questions}
+    pairing.answers_without_label += [(category_of[line], a.question_id) for line, a in answer_of.items()
+                                      if category_of[line] not in by_category]
     return pairing
 
 
@@ -211,9 +214,7 @@ def pair_answers(answers: Sequence[tuple[int, dict[str, Any]]], labels: Sequence
                             f"category {category!r} (first on line {answered[key]})")
         answered[key] = number
         pairing.pairs.append((key[0], normalize_pope_answer(answer["text"]), by_key[key].label))
-    for lab in labels:
-        if (lab.category, str(lab.question_id)) not in answered:
-            pairing.note_missing(lab)
+    pairing.missing = [lab for lab in labels if (lab.category, str(lab.question_id)) not in answered]
     return pairing
 
 
@@ -228,7 +229,7 @@ class PopeReport:
 
 def score_pairing(pairing: PopePairing) -> PopeReport:
     """Per-category and pooled overall scores of a pairing."""
-    scored = pairing.pairs + pairing.missing
+    scored = pairing.scored()
     categories = sorted({category for category, _, _ in scored})
     per_category = {c: score_predictions((p, lab) for cat, p, lab in scored if cat == c) for c in categories}
     overall = score_predictions((p, lab) for _, p, lab in scored)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from .scoring import read_json_lines
 
 #: LLaVA-1.5's generation length per kind: model_vqa_loader.py's default, and the 1024 that
 #: model_vqa.py (MM-Vet), model_vqa_science.py and model_vqa_mmbench.py hard-code.
@@ -62,11 +63,16 @@ class QuestionFile:
         return MAX_NEW_TOKENS[self.kind]
 
 
+def carries_pictures(path: Path) -> bool:
+    """MMBench's TSV (told by its suffix) holds its pictures; the other formats name image files."""
+    return Path(path).suffix.lower() == ".tsv"
+
+
 def file_format(path: Path) -> str:
     """"jsonl", "scienceqa" (a JSON list) or "mmbench" (a TSV), from the file's name and first
     character; DataError for anything else."""
     path = Path(path)
-    if path.suffix.lower() == ".tsv":
+    if carries_pictures(path):
         return "mmbench"
     try:
         with path.open(encoding="utf-8-sig", errors="replace") as fh:  # the reader names bad bytes
@@ -105,8 +111,6 @@ def read_question_file(path: Path, lang: str | None = None) -> QuestionFile:
 
 
 def _jsonl_questions(path: Path) -> list[Question]:
-    from .scoring import read_json_lines
-
     questions = []
     for number, q in read_json_lines(path):
         try:
@@ -158,7 +162,7 @@ def _plain(value: Any) -> Any:
 def _category(row: Any) -> str | None:
     from .mmbench import is_none
 
-    value = row.get("category") if hasattr(row, "get") else None
+    value = row.get("category")
     return None if is_none(value) else str(value)
 
 
@@ -194,18 +198,24 @@ def iter_mmbench_images(path: Path) -> Iterator[tuple[Any, str, bytes | None]]:
         raise DataError(f"{path}: MMBench's question TSV needs an 'image' column (base64 pictures)")
     seen: dict[str, str] = {}  # the base64 text -> its id (copies repeat the same text)
     for position, (_, row) in enumerate(table.iterrows()):
+        where = f"{path}, row {position + 1} (index {_plain(row['index'])})"
         if is_none(row["image"]):
-            raise DataError(f"{path}, row {position + 1} (index {_plain(row['index'])}): no image")
+            raise DataError(f"{where}: no image")
         b64 = str(row["image"])
         if b64 in seen:
             yield row, seen[b64], None
             continue
-        data = decode_base64_image(b64, f"{path}, row {position + 1} (index {_plain(row['index'])})")
+        data = decode_base64_image(b64, where)
         seen[b64] = image_id = embedded_image_id(data)
         yield row, image_id, data
 
 
-def answer_key(q: Question) -> str:
-    """What an answer line is known by when a run resumes: the question's line and id (ids
+def line_key(line: int, question_id: Any) -> str:
+    """What an answer line is known by when a run resumes: its question's line and id (ids
     repeat; a question file edited between runs does not silently reuse answers)."""
-    return json.dumps([q.line, q.question_id])
+    return json.dumps([line, question_id])
+
+
+def answer_key(q: Question) -> str:
+    """:func:`line_key` of a question."""
+    return line_key(q.line, q.question_id)

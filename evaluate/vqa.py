@@ -253,8 +253,7 @@ def score_vqa(answers_path: Path, labels_path: Path, questions_path: Path | None
         if questions_path is None:
             raise DataError(f"{labels_path} is VizWiz annotations, paired by image: give the LLaVA "
                             "question file (question_id -> image)")
-        question_of = {id_key(row["question_id"]): row["image"]
-                       for row in _question_rows(questions_path)}
+        question_of = {id_key(q.question_id): q.image for q in read_question_file(questions_path).questions}
         asked_images = set(question_of.values())
         labels = {key: label for key, label in labels.items() if key in asked_images}
     else:
@@ -289,9 +288,20 @@ def _write_submission(entries: list[dict[str, Any]], out_path: Path) -> None:
     out_path.write_text(json.dumps(entries), encoding="utf-8")
 
 
-def _question_rows(path: Path) -> list[dict[str, Any]]:
-    """``{"question_id", "image"}`` of each question of a LLaVA question file, in file order."""
-    return [{"question_id": q.question_id, "image": q.image} for q in read_question_file(path).questions]
+def _write_upload(answers_path: Path, questions_path: Path, out_path: Path, key: str) -> tuple[int, int]:
+    """One ``{key: <the question's key>, "answer": normalised text}`` per question of a LLaVA
+    question file, in its order, "" where it has no answer; (written, missing). DataError when
+    no answer is of these questions."""
+    texts = _answers_by_id(answers_path)
+    entries, missing = [], 0
+    for q in read_question_file(questions_path).questions:
+        text = texts.get(id_key(q.question_id))
+        missing += text is None
+        entries.append({key: q.question_id if key == "question_id" else q.image,
+                        "answer": "" if text is None else normalize_vqa_answer(text)})
+    require_pairs(len(entries) - missing, answers_path, str(questions_path))
+    _write_submission(entries, out_path)
+    return len(entries), missing
 
 
 def write_vqav2_submission(answers_path: Path, test_questions_path: Path, out_path: Path) -> tuple[int, int]:
@@ -299,16 +309,7 @@ def write_vqav2_submission(answers_path: Path, test_questions_path: Path, out_pa
     {"question_id", "answer"} per question of ``test_questions_path``
     (``llava_vqav2_mscoco_test2015.jsonl``), in its order, answers normalised, "" where there is
     none. Returns (written, missing); DataError when no answer is of these questions."""
-    texts = _answers_by_id(answers_path)
-    entries, missing = [], 0
-    for row in _question_rows(test_questions_path):
-        text = texts.get(id_key(row["question_id"]))
-        missing += text is None
-        entries.append({"question_id": row["question_id"],
-                        "answer": "" if text is None else normalize_vqa_answer(text)})
-    require_pairs(len(entries) - missing, answers_path, str(test_questions_path))
-    _write_submission(entries, out_path)
-    return len(entries), missing
+    return _write_upload(answers_path, test_questions_path, out_path, "question_id")
 
 
 def write_vizwiz_submission(answers_path: Path, questions_path: Path, out_path: Path) -> tuple[int, int]:
@@ -316,15 +317,7 @@ def write_vizwiz_submission(answers_path: Path, questions_path: Path, out_path: 
     "answer"} per question of ``questions_path`` (``llava_test.jsonl``), in its order, answers
     normalised. Where LLaVA stops at a question without an answer, it is written as "" and
     counted. Returns (written, missing); DataError when no answer is of these questions."""
-    texts = _answers_by_id(answers_path)
-    entries, missing = [], 0
-    for row in _question_rows(questions_path):
-        text = texts.get(id_key(row["question_id"]))
-        missing += text is None
-        entries.append({"image": row["image"], "answer": "" if text is None else normalize_vqa_answer(text)})
-    require_pairs(len(entries) - missing, answers_path, str(questions_path))
-    _write_submission(entries, out_path)
-    return len(entries), missing
+    return _write_upload(answers_path, questions_path, out_path, "image")
 
 
 def format_vqa_table(score: BenchScore) -> str:

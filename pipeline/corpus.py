@@ -229,7 +229,7 @@ def scan_llava_eval(path: Path, on_read: Callable[[int], None] = lambda n: None,
     """Read a LLaVA-1.5 eval question file into a CorpusScan, in whichever of its formats
     (module docstring). JSON Lines: every question needs an image, so a line that is not an
     object or has no ``image`` is invalid; ``question_id`` and ``text`` are not looked at.
-    MMBench's TSV: its pictures are written into ``images_dir``."""
+    MMBench's TSV: its pictures are written into ``images_dir`` (unused by the other formats)."""
     from ..evaluate.questions import file_format
     from ..schemas.errors import DataError
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..evaluate.questions import carries_pictures
 from ..schemas import manifest as manifest_schema
 from ..schemas.errors import PlanError, SpecError
 from ..schemas.jobdir import JobDir
@@ -83,22 +84,18 @@ class PlanSummary:
         return out
 
 
-def carries_images(kind: str, source: Path) -> bool:
-    """A question file with its pictures inside (MMBench's TSV): the job's own folder
-    (JobDir.eval_images) is its image root."""
-    return kind == "llava-eval" and source.suffix.lower() == ".tsv"
-
-
-def resolve_corpus(spec: JobSpec, jobdir: Path | None = None) -> JobSpec:
-    """Absolute source and image root, checked to exist; env refs in checkpoints expanded."""
+def resolve_corpus(spec: JobSpec, jobdir: Path) -> JobSpec:
+    """Absolute source and image root, checked to exist; env refs in checkpoints expanded. A
+    question file that carries its pictures (MMBench's TSV) has the job's own folder
+    (JobDir.eval_images) as its image root."""
     c = spec.corpus
     if not c.source:
         raise PlanError("no corpus source: pass --source PATH (or set corpus.source)")
     source = Path(c.source).expanduser().absolute()
     if not source.exists():
         raise PlanError(f"corpus source not found: {source}")
-    if carries_images(c.kind, source) and not source.is_dir():
-        images = JobDir(Path(jobdir or ".")).eval_images.expanduser().absolute()
+    if c.kind == "llava-eval" and carries_pictures(source) and not source.is_dir():
+        images = JobDir(Path(jobdir)).eval_images.expanduser().absolute()
         if c.image_root and Path(c.image_root).expanduser().absolute() != images:
             raise PlanError(f"{source.name} carries its pictures: leave out --image-root "
                             f"(plan decodes them into {images})")
@@ -130,9 +127,8 @@ def _scan(spec: JobSpec, progress: bool) -> CorpusScan:
         return scan_folder(source)
     with tqdm(total=source.stat().st_size, unit="B", unit_scale=True, desc="reading corpus",
               disable=not progress, leave=False) as bar:
-        if spec.corpus.kind == "llava-eval":
-            images = Path(spec.corpus.image_root) if carries_images("llava-eval", source) else None
-            return scan_llava_eval(source, on_read=bar.update, images_dir=images)
+        if spec.corpus.kind == "llava-eval":  # MMBench's pictures go to its image root (resolve_corpus)
+            return scan_llava_eval(source, on_read=bar.update, images_dir=Path(spec.corpus.image_root))
         return scan_llava(source, on_read=bar.update)
 
 
