@@ -18,6 +18,7 @@ BENCHMARKS = {
     "run": ["bench_run.py"],
     "trainer": ["bench_trainer.py"],
     "reader": ["bench_reader.py"],
+    "sink": ["bench_sink.py"],
     "memory": ["bench_memory.py"],
     "eval": ["bench_eval.py"],
     "image_memory": ["bench_image_memory.py"],

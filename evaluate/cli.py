@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..schemas.errors import Command
+from ..schemas.jobdir import JobDirPath
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -15,7 +16,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 
 @click.command("answer", cls=Command)
 @click.option("--checkpoint", type=_DIR, required=True, help="A checkpoint-*/ folder, or a run folder (its latest).")
-@click.option("--cache", type=_DIR, required=True, help="The job directory holding the questions' images.")
+@click.option("--cache", type=JobDirPath(), required=True, help="The job directory holding the questions' images.")
 @click.option("--questions", "questions_file", type=_FILE, required=True,
               help="A LLaVA-1.5 benchmark file as LLaVA ships it: JSON Lines of {question_id, image, text, "
                    "category?} (VQAv2, GQA, VizWiz, TextVQA, POPE, MME, MM-Vet), ScienceQA's JSON list "

@@ -15,7 +15,7 @@ import click
 
 from ..jobs import BUNDLED, bundled_spec
 from ..schemas.errors import Group
-from ..schemas.jobdir import JobDir
+from ..schemas.jobdir import JobDir, JobDirPath
 from ..schemas.spec import CORPUS_KINDS, apply_overrides, read_toml, set_value, spec_from_dict
 from ..evaluate.cli import answer
 from ..evaluate.score_cli import score, submission
@@ -48,7 +48,7 @@ def spec_document(spec: str | None) -> tuple[dict[str, Any], str]:
 
 
 @main.command()
-@click.argument("jobdir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("jobdir", type=JobDirPath())
 @click.option("--corpus", "kind", type=click.Choice(CORPUS_KINDS),
               help="Corpus format: a LLaVA JSON file, a LLaVA eval question file (JSON Lines), "
                    "or a folder of images.")
@@ -99,7 +99,7 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
 
 
 @main.command()
-@click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("jobdir", type=JobDirPath(exists=True))
 @click.option("--ray-address", metavar="ADDR",
               help="Join a running Ray cluster ('auto' or host:port). Default: start a local Ray for this run.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -121,7 +121,7 @@ def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry
 
 
 @main.command()
-@click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("jobdir", type=JobDirPath(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts and dashboards.")
 def status(jobdir: Path, as_json: bool) -> None:
     """Images and shards done, failed and pending; throughput, ETA and the slowest stage."""
@@ -136,7 +136,7 @@ def status(jobdir: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("jobdir", type=JobDirPath(exists=True))
 @click.option("--repair", is_flag=True, help="Remove the commits of bad shards, so the next run redoes them.")
 def verify(jobdir: Path, repair: bool) -> None:
     """Check every committed shard against its commit file (checksums, counts, finite

@@ -5,8 +5,8 @@ stages once.
 Ray Data moves each image as one item (a dict of the batch contract in ``masktok.stages``):
 its large arrays as tensor columns, the rest pickled (transport.py). After each group, an
 array no later stage reads (``transport.ARRAY_COLUMNS``: the full-resolution image after
-``prepare``, each model's input after its model) is no longer carried; the results reach
-the driver with none of them.
+``prepare``, each model's input after its model) is no longer carried. The last group hands
+the finished items to the shard writers (writers.py); no image reaches the driver.
 
 An exception that escapes a stage for a whole batch is retried item by item; an item
 that still raises becomes a failure of that stage, so one bad image never stops a job.
@@ -14,7 +14,7 @@ An actor that dies is restarted by Ray and its batch redone.
 
 Each stage call is timed here, not in the stages (they stay plain Python): every item of
 the batch gets an equal share of the call's wall seconds under ``item["stage_seconds"]``
-(stage name -> seconds), which the driver sums per shard into the commit file
+(stage name -> seconds), which the shard writer sums per shard into the commit file
 (pipeline/commit.py). The record writers never read that key.
 """
 
@@ -85,19 +85,44 @@ def timed_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: lis
 
 class StageGroup:
     """A Ray Data callable class: builds group ``index`` of the topology once per actor
-    (models loaded on the actor's device), runs its stages in order."""
+    (models loaded on the actor's device), runs its stages in order. The last group hands
+    its finished items to the shard writers named ``writers`` (pipeline/writers.py) and
+    returns no rows."""
 
-    def __init__(self, spec: JobSpec, index: int, image_root: str, checkpoints: dict[str, str]):
+    def __init__(self, spec: JobSpec, index: int, image_root: str, checkpoints: dict[str, str],
+                 writers: tuple[str, ...] = ()):
         quiet_model_libraries()
         groups = topology(spec)
         self.stages = build_group(spec, groups[index], image_root, checkpoints)
         self.columns = columns_after(groups, index)
+        self.shard_size = spec.shards.size
+        self.writers = []
+        if index == len(groups) - 1 and writers:
+            import ray
+
+            self.writers = [ray.get_actor(name) for name in writers]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = from_columns(batch)
         for name, stage in self.stages:
             items = timed_stage(name, stage, items)
+        if self.writers:
+            return deliver(items, self.writers, self.shard_size)
         return to_columns(items, self.columns)
+
+
+def deliver(items: list[Item], writers: list[Any], shard_size: int) -> dict[str, np.ndarray]:
+    """Hand each item to its shard's writer and wait until every writer holds them. The
+    batch returned to Ray Data is empty: the writers tell the driver what they hold."""
+    import ray
+
+    from .writers import writer_of
+
+    by_writer: dict[int, list[Item]] = {}
+    for item in items:
+        by_writer.setdefault(writer_of(item["index"] // shard_size, len(writers)), []).append(item)
+    ray.get([writers[w].hold.remote(batch) for w, batch in by_writer.items()])
+    return {"index": np.zeros(0, dtype=np.int64)}
 
 
 def columns_after(groups: list[Group], index: int) -> tuple[str, ...]:
@@ -107,8 +132,10 @@ def columns_after(groups: list[Group], index: int) -> tuple[str, ...]:
     return tuple(name for name in ARRAY_COLUMNS if ARRAY_COLUMNS[name].last_reader in later)
 
 
-def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints: dict[str, str]):
-    """The lazy Ray Dataset that turns planned items into finished ones."""
+def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints: dict[str, str],
+                  writers: tuple[str, ...] = ()):
+    """The lazy Ray Dataset that turns planned items into finished ones: handed to the
+    shard writers named ``writers`` (it then has no rows), or its rows."""
     import ray.data
 
     # One image per block. Ray Data merges a task's output into blocks of up to
@@ -117,13 +144,16 @@ def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints
     ray.data.DataContext.get_current().target_max_block_size = 1
     ds = ray.data.from_items([{"item": blob} for blob in to_columns(items, ())["item"]],
                              override_num_blocks=max(1, min(len(items), 256)))
-    for i, group in enumerate(topology(spec)):
+    groups = topology(spec)
+    for i, group in enumerate(groups):
         res = group.resources
         ds = ds.map_batches(
-            StageGroup, fn_constructor_args=(spec, i, image_root, checkpoints), batch_size=res.batch_size,
+            StageGroup, fn_constructor_args=(spec, i, image_root, checkpoints, tuple(writers)),
+            batch_size=res.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.cpus, num_gpus=res.gpus,
             **({"memory": int(res.memory_gb * 1e9)} if res.memory_gb else {}),
-            udf_modifying_row_count=False,  # actors restart and retry their batch: Ray Data's default
+            # the last group hands its items to the writers and returns no rows
+            udf_modifying_row_count=bool(writers) and i == len(groups) - 1,
         )
     return ds

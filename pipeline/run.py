@@ -1,17 +1,18 @@
 """`masktok run`: process every uncommitted shard of a planned job on Ray.
 
-The driver reads the plan, takes the job lock, streams the pending images through the Ray
-Data graph (pipeline/graph.py) and, as the last image of a shard arrives, writes the shard
-to both sinks and commits it (pipeline/commit.py). Kill it at any moment: the next run
-redoes exactly the shards without a commit.
+The driver reads the plan, takes the job lock, starts the shard writers (writers.py) and
+streams the pending images through the Ray Data graph (graph.py); the finished images go
+from the last stage to their shard's writer, the driver gets a receipt for each. Once a
+shard's images are all held, the driver asks its writer to write both sinks and commit it
+(commit.py). Kill it at any moment: the next run redoes exactly the shards without a commit.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,7 @@ from ..schemas.versions import RECORD_SCHEMA_VERSION
 from ..schemas.commits import read_commits, stage_seconds_per_image, valid_commits
 from ..schemas.errors import ModelLoadError, RunError
 from ..schemas.jobdir import JobDir
-from .commit import write_shard
-from .durable import write_atomic
+from .durable import sweep_temp_files, write_atomic
 from .lock import RunLock
 from .status import format_rate, format_seconds, slowest_stage, stage_breakdown
 
@@ -107,22 +107,56 @@ def _start_ray(address: str | None, spec: JobSpec) -> bool:
     # stay in Ray's log folder (/tmp/ray/session_latest/logs)
     ctx.issue_detectors_config.detectors = []
     # Ray's own notices in the driver: Ray Data's execution lines and its note that progress
-    # bars are off, the token-auth notice of a new local cluster. (One line is left: Ray's C++
-    # core worker notes once that Ray Data's actors take their constructor arguments from
-    # the object store; RAY_BACKEND_LOG_LEVEL would silence it but announces itself instead.)
+    # bars are off, the token-auth notice of a new local cluster.
     for name in ("ray.data", "ray._private.authentication"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        _absorb_restart_notice()
         return False
-    # Logical CPUs: enough for every actor of the spec plus the read tasks, so Ray Data
-    # never waits forever on a reservation the node cannot grant (see README).
+    # Logical CPUs: enough for every actor of the spec (the stage groups and the shard
+    # writers) plus the read tasks, so Ray Data never waits forever on a reservation the
+    # node cannot grant (see README).
     from .topology import topology
 
-    wanted = sum(g.resources.actors * g.resources.cpus for g in topology(spec)) + 1
+    wanted = sum(g.resources.actors * g.resources.cpus for g in topology(spec))
+    wanted += spec.write.resources.actors * spec.write.resources.cpus + 1
     ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
              logging_level="WARNING", log_to_driver=False)
+    _absorb_restart_notice()
     return True
+
+
+def _absorb_restart_notice() -> None:
+    """Keep Ray's one C++ notice about actor restarts off the user's terminal.
+
+    Ray's core worker logs, once per process, when it creates an actor that may restart
+    and whose constructor arguments are in the object store. Ray Data creates every actor
+    of a map_batches pool that way: it passes the actors its own context and transformer
+    by reference, whatever the user's arguments (ray/data/.../actor_pool_map_operator.py).
+    Those objects are put by this driver, on its node, and held for the whole run, so a
+    restart cannot lose them (a lost driver node ends the run anyway); the notice tells
+    the user nothing to act on. The shard writers take small arguments, inlined. So the
+    notice is spent here, on a probe actor created while stderr points at /dev/null.
+    """
+    import ray
+
+    # a resource no node has: the probe is never placed, so no worker process starts for it
+    @ray.remote(num_cpus=0, resources={"masktok-notice-probe": 1}, max_restarts=1)
+    class _Probe:
+        def __init__(self, _: object) -> None:
+            pass
+
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        probe = _Probe.remote(ray.put(None))
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+    ray.kill(probe)
 
 
 def check_gpus_fit(spec: JobSpec, cluster_gpus: float) -> None:
@@ -143,6 +177,7 @@ def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str,
     with RunLock(jd.run_lock) as lock:
         if lock.took_over:
             echo(f"took over the lock of a dead run (pid {lock.took_over.get('pid')})")
+        sweep_temp_files(jd.wds, jd.commits)  # left by a writer killed mid-write
         return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, echo)
 
 
@@ -162,6 +197,12 @@ def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int, retry_failed:
             jd.commit_path(shard).unlink()  # uncommitted first: a kill now loses nothing
             del commits[shard]
     return [s for s in range(shards) if s not in commits], len(commits)
+
+
+def _drain(ds: Any) -> None:
+    """Run a Ray Dataset to its end (its rows, if any, are not wanted)."""
+    for _ in ds.iter_batches(batch_size=None):
+        pass
 
 
 def _model_load_error(exc: BaseException) -> str | None:
@@ -192,43 +233,32 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
         return RunSummary(shards, already, 0, 0, 0, 0.0)
 
     from ..stages.write import open_store
-    from .graph import build_dataset
-    from .transport import item_of
     from .checkpoints import resolve_checkpoints, token_dims
+    from .graph import build_dataset
+    from .writers import Books, WriterPool, coordinate
 
     checkpoints = resolve_checkpoints(spec, jd)
     dims = token_dims(spec)
-    group = open_store(jd.tokens, rows=rows, shard_size=size, dims=dims, filter_settings=spec.filter.model_dump())
+    open_store(jd.tokens, rows=rows, shard_size=size, dims=dims, filter_settings=spec.filter.model_dump())
     wanted = set(todo)
     items = [{"index": i, "image_id": manifest["image_id"][i], "path": manifest["path"][i]}
              for i in range(rows) if manifest["shard"][i] in wanted]
-    expected = {s: min(size, rows - s * size) for s in todo}
     echo(f"running {len(todo)} of {shards} shards ({len(items)} images); {already} already committed")
 
     import ray
 
     started = _start_ray(address, spec)
-    buffers: dict[int, dict[int, dict[str, Any]]] = defaultdict(dict)  # shard -> index -> item
-    failed = done = 0
-    committed: list[dict[str, Any]] = []  # this run's commits, for its stage seconds
     t0 = time.perf_counter()
     try:
         check_gpus_fit(spec, ray.cluster_resources().get("GPU", 0.0))
-        ds = build_dataset(spec, items, spec.corpus.image_root, checkpoints)
+        pool = WriterPool(jd, spec, meta, rows, dims)
+        ds = build_dataset(spec, items, spec.corpus.image_root, checkpoints, writers=tuple(pool.names))
         with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
-            for row in ds.iter_rows():
-                item = item_of(row)
-                shard = item["index"] // size
-                buffers[shard][item["index"]] = item  # keyed: a redelivered item counts once
-                bar.update(1)
-                if len(buffers[shard]) == expected[shard]:
-                    commit = write_shard(jd, group, shard, shard * size, shard * size + expected[shard],
-                                         list(buffers.pop(shard).values()), dims, meta["fingerprint"],
-                                         spec.write.webdataset, spec.write.rle_masks, meta["manifest_digest"])
-                    failed += commit["images_failed"]
-                    done += 1
-                    committed.append(commit)
-                    bar.set_postfix(shards=f"{already + done}/{shards}", failed=failed)
+            def show(books: Books) -> None:
+                bar.update(books.images - bar.n)
+                bar.set_postfix(shards=f"{already + len(books.committed)}/{shards}", failed=books.failed)
+
+            books = coordinate(lambda: _drain(ds), pool, todo, show)
     except Exception as exc:
         cause = _model_load_error(exc)
         if cause is None:
@@ -237,8 +267,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     finally:
         if started:
             ray.shutdown()
-    if buffers:
-        raise RunError(f"the pipeline lost images of shards {sorted(buffers)[:5]}: they stay uncommitted")
     write_failures(jd, valid_commits(jd))
-    return RunSummary(shards, already, done, len(items), failed, time.perf_counter() - t0,
-                      stage_seconds_per_image(committed)[0])
+    books.raise_problems()
+    return RunSummary(shards, already, len(books.committed), len(items), books.failed, time.perf_counter() - t0,
+                      stage_seconds_per_image(books.committed)[0])

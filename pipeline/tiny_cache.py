@@ -25,8 +25,10 @@ from .commit import write_shard
 CAPTIONS = ("a red square on grass", "a blue circle in the sky", "two green boats on a lake")
 
 
-def tiny_items(n: int, dims: TokenDims, failed: tuple[int, ...] = (), seed: int = 0) -> list[dict[str, Any]]:
-    """Finished-item dicts as the invert stage hands them to the writer."""
+def tiny_items(n: int, dims: TokenDims, failed: tuple[int, ...] = (), seed: int = 0,
+               objects: int | None = None) -> list[dict[str, Any]]:
+    """Finished-item dicts as the invert stage hands them to the writer: ``objects`` rows
+    each (background included), or a random number from 2 to K."""
     rng = np.random.default_rng(seed)
     items = []
     for i in range(n):
@@ -35,7 +37,7 @@ def tiny_items(n: int, dims: TokenDims, failed: tuple[int, ...] = (), seed: int 
             item["error"] = {"stage": "decode", "reason": "truncated file"}
             items.append(item)
             continue
-        k = int(rng.integers(2, dims.K + 1))  # objects incl. background
+        k = int(rng.integers(2, dims.K + 1)) if objects is None else objects  # objects incl. background
         w, h = int(rng.integers(200, 640)), int(rng.integers(200, 480))
         x0, y0 = rng.uniform(0, w / 2, k), rng.uniform(0, h / 2, k)
         boxes = np.stack([x0, y0, x0 + rng.uniform(5, w / 2, k), y0 + rng.uniform(5, h / 2, k)], 1)

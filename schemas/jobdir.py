@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import click
 
 
 def shard_name(shard: int) -> str:
@@ -73,3 +76,18 @@ class JobDir:
     def results(self) -> list[Path]:
         """Everything a run writes; a re-plan with --force removes these."""
         return [self.tokens, self.wds, self.commits, self.failures]
+
+
+class JobDirPath(click.Path):
+    """The JOBDIR of a command: a local folder (or one on a mounted file system). A URL is
+    refused in one line, not taken for a folder named ``s3:``: the job directory cannot be
+    on object storage yet (issue 20, part 3)."""
+
+    def __init__(self, exists: bool = False):
+        super().__init__(exists=exists, file_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "://" in value:
+            self.fail(f"{value!r} is a URL: a job directory on object storage (s3://, gs://) is not supported yet; "
+                      "give a local folder, or one on a mounted file system", param, ctx)
+        return super().convert(value, param, ctx)

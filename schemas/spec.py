@@ -130,9 +130,17 @@ class InvertSpec(_Section):
     resources: Resources = Resources(gpus=1.0, batch_size=4)
 
 
+class WriterResources(Resources):
+    """The shard writers' resources (pipeline/writers.py): CPU actors; ``batch_size`` is
+    not used (a writer takes what the last stage hands it)."""
+
+    gpus: float = Field(0.0, ge=0, le=0, description="shard writers use no GPU")
+
+
 class WriteSpec(_Section):
     webdataset: bool = True
     rle_masks: bool = False
+    resources: WriterResources = WriterResources(cpus=1.0)
 
 
 class JobSpec(_Section):

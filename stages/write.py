@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from ..schemas import record
 from ..schemas.record import (OBJECT_ARRAYS, SCALARS, Status, arrays_of, leading_triangle, sample_key,
                               upper_triangle)
 from ..schemas.versions import ZARR_LAYOUT
+from . import tarbytes
 from .batch import rle_to_json
 
 
@@ -45,6 +47,12 @@ class TokenDims:
         return {"K": self.K, "D": self.D, "C": self.C}
 
 
+#: Arrays whose one-row chunks are zstd-compressed: the big float16 tensors. The rows of
+#: ``object_tokens`` and ``mask_iou`` past ``num_objects`` are zero padding (about 45% of the
+#: bytes of a 60-object image at K = 101). 1-D arrays (one chunk per shard) keep zarr's default.
+COMPRESSED = ("object_tokens", "patch_tokens", "mask_iou")
+
+
 def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims, version: int = record.VERSION,
                filter_settings: dict[str, Any] | None = None) -> zarr.Group:
     """Open ``tokens.zarr``, creating every array of the record schema on first use.
@@ -56,6 +64,10 @@ def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims, version:
     ~1,500 random records/s against ~9 with whole-shard chunks). 1-D arrays (a few bytes per
     row) keep one chunk per shard: one-row chunks there would make reading a whole column, as
     readers do when they open the store, decode N chunks (37 s per 100k rows).
+
+    Only the large tensors (``COMPRESSED``) are compressed (zstd, zarr's default): the
+    small per-row arrays would save a few hundred bytes a row and cost as much CPU as the
+    big ones (zarr's per-chunk overhead; benchmarks/bench_sink.py).
 
     An existing store keeps the layout and record version it was created with (resuming an
     older job is fine). ``version`` creates a store of an older record version (tests).
@@ -77,7 +89,8 @@ def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims, version:
         rest = shape[1:]
         group.create_array(spec.name, shape=shape, shards=(shard_size, *rest),
                            chunks=(1 if rest else shard_size, *rest),
-                           dtype=str if spec.dtype == "str" else spec.dtype, fill_value=spec.fill)
+                           dtype=str if spec.dtype == "str" else spec.dtype, fill_value=spec.fill,
+                           **({} if spec.name in COMPRESSED or not rest else {"compressors": None}))
     return group
 
 
@@ -133,6 +146,16 @@ def checksum(array: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: How the writer opens each array: every inner chunk is encoded and stored, fill values or
+#: not. Zarr's default compares each one-row chunk with a chunk of fill values first, to
+#: leave it out (about a third of the write time at ViT-L dims); a row of fill values costs a
+#: few bytes compressed, and reads back the same either way.
+WRITE_CONFIG = {"write_empty_chunks": True}
+#: Zarr's codec pipeline takes the one-row chunks of a shard 128 at a time, not one by one
+#: (its per-chunk overhead is most of the write time of the small arrays).
+WRITE_PIPELINE = {"codec_pipeline.batch_size": 128}
+
+
 def write_zarr_rows(group: zarr.Group, start: int, rows: dict[str, np.ndarray],
                     flush: Callable[[list[str]], None] = lambda names: None) -> dict[str, str]:
     """Write the rows and return the checksum of each array's slice.
@@ -142,22 +165,29 @@ def write_zarr_rows(group: zarr.Group, start: int, rows: dict[str, np.ndarray],
     on a row whose tokens are not all there.
     """
     end = start + len(rows["status"])
-    group["status"][start:end] = Status.PENDING
-    others = [name for name in rows if name != "status"]
-    for name in others:
-        group[name][start:end] = rows[name]
-    flush(others)
-    group["status"][start:end] = rows["status"]
-    flush(["status"])
+    with zarr.config.set(WRITE_PIPELINE):
+        arrays = {name: group[name].with_config(WRITE_CONFIG) for name in rows}
+        arrays["status"][start:end] = Status.PENDING
+        others = [name for name in rows if name != "status"]
+        for name in others:
+            arrays[name][start:end] = rows[name]
+        flush(others)
+        arrays["status"][start:end] = rows["status"]
+        flush(["status"])
     return {name: checksum(values) for name, values in rows.items()}
 
 
-def _sample(index: int, rows: dict[str, np.ndarray], i: int, item: dict[str, Any], rle_masks: bool) -> dict[str, Any]:
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _sample(index: int, rows: dict[str, np.ndarray], i: int, item: dict[str, Any], rle_masks: bool) -> dict[str, bytes]:
+    """The members of manifest row ``index``'s sample, by extension, encoded (npy, json)."""
     meta: dict[str, Any] = {"index": index}
     for name in SCALARS:
         value = rows[name][i]
         meta[name] = value if isinstance(value, str) else value.item()
-    sample: dict[str, Any] = {"__key__": sample_key(index)}
+    sample: dict[str, bytes] = {}
     if "error" in item:
         meta["error"] = item["error"]
     else:
@@ -170,24 +200,28 @@ def _sample(index: int, rows: dict[str, np.ndarray], i: int, item: dict[str, Any
                 value = value[:k]
             elif name == "mask_iou":  # the triangle of the real rows only
                 value = leading_triangle(value, len(rows["keep_rank"][i]), k)
-            sample[f"{name}.npy"] = value
+            sample[f"{name}.npy"] = tarbytes.npy(value)
         if rle_masks:
-            sample["masks.json"] = [rle_to_json(m) for m in item["masks"][:k]]
-    sample["json"] = meta
+            sample["masks.json"] = _json([rle_to_json(m) for m in item["masks"][:k]])
+    sample["json"] = _json(meta)
     return sample
 
 
 def encode_wds_shard(items: list[dict[str, Any]], start: int, rows: dict[str, np.ndarray],
                      rle_masks: bool = False) -> bytes:
-    """The shard's WebDataset tar, in memory (the caller writes it atomically)."""
-    import webdataset as wds  # here: webdataset imports torch, which readers of the cache need not pay for
+    """The shard's WebDataset tar, in memory (the caller writes it atomically).
 
+    A plain POSIX (ustar) tar, members of a sample in name order as webdataset's TarWriter
+    writes them, but bytes that depend on the job only (stages/tarbytes.py: fixed mtime and
+    owner, no pax headers): the same job gives the same tar whichever writer writes it.
+    """
     by_index = {item["index"]: item for item in items}
-    buffer = io.BytesIO()
-    with wds.TarWriter(buffer) as sink:
-        for i in range(len(rows["status"])):
-            sink.write(_sample(start + i, rows, i, by_index[start + i], rle_masks))
-    return buffer.getvalue()
+    members = []
+    for i in range(len(rows["status"])):
+        key = sample_key(start + i)
+        sample = _sample(start + i, rows, i, by_index[start + i], rle_masks)
+        members.extend(tarbytes.member(f"{key}.{ext}", data) for ext, data in sorted(sample.items()))
+    return tarbytes.archive(members)
 
 
 def failures_of(items: list[dict[str, Any]]) -> list[dict[str, Any]]:

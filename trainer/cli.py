@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..schemas.errors import Command
+from ..schemas.jobdir import JobDirPath
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -20,7 +21,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.command("train", cls=Command)
 @click.option("--stage", type=click.IntRange(1, 2), required=True,
               help="1: projector only, plain template (captions). 2: projector + LM, v1 conversations.")
-@click.option("--cache", type=_DIR, required=True, help="A finished masktok job directory (JOBDIR).")
+@click.option("--cache", type=JobDirPath(), required=True, help="A finished masktok job directory (JOBDIR).")
 @click.option("--data", type=_FILE, required=True, help="LLaVA JSON (list of {image?, conversations}).")
 @click.option("--llm", type=_DIR, required=True, help="Local Hugging Face causal-LM folder (model + tokenizer).")
 @click.option("--out", type=_DIR, required=True, help="Run folder: metrics.jsonl, run.json, checkpoint-*/.")
@@ -79,7 +80,7 @@ def train(quiet: bool, **opts: Any) -> None:
 
 @click.command("generate", cls=Command)
 @click.option("--checkpoint", type=_DIR, required=True, help="A checkpoint-*/ folder, or a run folder (its latest).")
-@click.option("--cache", type=_DIR, required=True, help="The job directory holding the image's tokens.")
+@click.option("--cache", type=JobDirPath(), required=True, help="The job directory holding the image's tokens.")
 @click.option("--image-id", required=True, help="The image's id, as the corpus names it.")
 @click.option("--prompt", default="Describe the image.", show_default=True, help="The user's question (stage 2).")
 @click.option("--tokens", default=None, help="Token spec at test time (default: the checkpoint's).")

@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from ...schemas.errors import Command
+from ...schemas.jobdir import JobDirPath
 
 
 def inspect_image(jobdir: Path, image: str | None = None, index: int | None = None, maps: bool = False,
@@ -84,7 +85,7 @@ def inspect_image(jobdir: Path, image: str | None = None, index: int | None = No
 
 
 @click.command("inspect", cls=Command)
-@click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("jobdir", type=JobDirPath(exists=True))
 @click.argument("image", required=False, metavar="IMAGE_ID")
 @click.option("--index", type=int, help="Manifest index instead of IMAGE_ID (an all-digit IMAGE_ID is one too).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,

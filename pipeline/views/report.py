@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ...schemas.errors import Command
+from ...schemas.jobdir import JobDirPath
 
 if TYPE_CHECKING:
     from .report_html import Page
@@ -126,7 +127,7 @@ def build_report(jobdir: Path, images: int = 3) -> str:
 
 
 @click.command("report", cls=Command)
-@click.argument("jobdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("jobdir", type=JobDirPath(exists=True))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="HTML file to write (default: JOBDIR/report.html).")
 @click.option("--images", type=click.IntRange(min=0), default=3, show_default=True,

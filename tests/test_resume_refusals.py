@@ -1,0 +1,82 @@
+"""The refusals that protect resume: `masktok run` stops, in one line and before starting
+Ray, on a job.toml edited by hand, on shards committed for another plan, on an unreadable
+commit file, and while another run holds the job (docs/architecture.md, "The commit rule
+and resume")."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from masktok.pipeline.cli import main
+from masktok.pipeline.lock import RunLock
+from masktok.schemas.jobdir import JobDir
+
+
+@pytest.fixture
+def planned(tmp_path):
+    images = tmp_path / "photos"
+    images.mkdir()
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        (images / name).write_bytes(b"not decoded before run")
+    result = CliRunner().invoke(main, ["plan", str(tmp_path / "job"), "--spec", "demo", "--corpus", "folder",
+                                       "--source", str(images), "--shard-size", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    return JobDir(tmp_path / "job")
+
+
+def run(jd: JobDir):
+    return CliRunner().invoke(main, ["run", str(jd.root), "-q"])
+
+
+def commit_file(jd: JobDir, shard: int, **changes) -> None:
+    """A commit file as a run of this plan writes it, with ``changes``."""
+    meta = {k: v for k, v in (line.split(" = ", 1) for line in jd.job_toml.read_text().splitlines()
+                              if line.startswith(("fingerprint", "manifest_digest")))}
+    commit = {"version": 1, "shard": shard, "rows": [2 * shard, 2 * shard + 2], "fingerprint": json.loads(meta["fingerprint"]),
+              "manifest_digest": json.loads(meta["manifest_digest"]), "images_ok": 2, "images_failed": 0,
+              "failures": [], "zarr": {}, "wds": None, **changes}
+    jd.commits.mkdir(exist_ok=True)
+    jd.commit_path(shard).write_text(json.dumps(commit))
+
+
+def assert_refused(result, *words: str) -> None:
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("Error: ") and "Traceback" not in result.output, result.output
+    for word in words:
+        assert word in line, line
+
+
+def test_a_job_toml_edited_by_hand_is_refused(planned):
+    text = planned.job_toml.read_text()
+    assert "top_k = 20" in text
+    planned.job_toml.write_text(text.replace("top_k = 20", "top_k = 30"))
+    assert_refused(run(planned), "edited after planning", "plan again")
+
+
+def test_shards_committed_for_another_plan_are_refused(planned):
+    commit_file(planned, 0, fingerprint="sha256:another-spec")
+    assert_refused(run(planned), "shards [0]", "different plan", "--force")
+    commit_file(planned, 0, manifest_digest="sha256:another-manifest")
+    assert_refused(run(planned), "shards [0]", "different plan")
+
+
+def test_an_unreadable_commit_file_is_refused_with_the_repair(planned):
+    commit_file(planned, 1)
+    planned.commit_path(1).write_text('{"shard": 1, "rows": [2, 4], "fingerpri')  # a torn copy
+    assert_refused(run(planned), "shards [1]", "unreadable", "masktok verify --repair")
+
+
+def test_a_second_driver_on_a_running_job_is_refused(planned):
+    with RunLock(planned.run_lock):  # as a live run in another process holds it
+        assert_refused(run(planned), "already being run", "pid")
+
+
+@pytest.mark.parametrize("args", [["plan", "s3://bucket/job", "--spec", "demo"], ["run", "s3://bucket/job"],
+                                  ["status", "gs://bucket/job"], ["verify", "s3://bucket/job"]])
+def test_a_job_directory_url_is_refused_not_taken_for_a_local_folder(tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "is a URL" in result.output and "not supported yet" in result.output
+    assert list(tmp_path.iterdir()) == [], "no local folder named 's3:' or 'gs:'"
