@@ -17,8 +17,10 @@ and commit them (docs/architecture.md, "Who writes").
 A writer killed mid-run (SIGKILL, the OOM killer) is restarted by Ray with nothing held:
 the images it held are gone, its incomplete shards can no longer complete and stay
 uncommitted; the driver names them and the next run does exactly the uncommitted shards.
-A write that fails (a full disk) is reported, not raised, so the driver stops with one
-line (:func:`describe_write_error`) after the writes under way end.
+A write that fails (a full disk) is reported, not raised. The driver then stops the run
+from inside: the writers take no more images (:class:`WriterStopped`), which ends the Ray
+Data stream; the writes under way end, and the run stops with one line
+(:func:`describe_write_error`).
 
 :class:`ShardWriter` is plain Python (tests call it directly); :class:`WriterPool` makes it
 Ray actors.
@@ -27,6 +29,7 @@ Ray actors.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 import time
@@ -70,6 +73,11 @@ def describe_write_error(shard: int, exc: OSError) -> str:
             f"the next run does exactly the shards left")
 
 
+class WriterStopped(RuntimeError):
+    """Raised to a stage handing images to a writer of a run that is stopping; it ends the
+    Ray Data stream (the driver expects it, the user never sees it)."""
+
+
 class ShardWriter:
     """Holds the finished images of the shards it owns; writes and commits each shard as
     soon as it holds all of it."""
@@ -89,6 +97,7 @@ class ShardWriter:
         self.writing: list[Future] = []  # queued and running commits, oldest first
         self.new_images = 0  # images received since the last report
         self.results: list[dict[str, Any]] = []  # commit results since the last report
+        self.stopped = False
 
     def expected(self, shard: int) -> int:
         return min(self.shard_size, self.rows - shard * self.shard_size)
@@ -96,9 +105,11 @@ class ShardWriter:
     def hold(self, items: list[Item]) -> int:
         """Keep ``items`` (keyed: a redelivered one counts once); queue the write of every
         shard they complete. Waits while over ``MAX_PENDING_COMMITS`` writes are queued.
-        Returns how many were new."""
+        Returns how many were new. Raises :class:`WriterStopped` once the run is stopping."""
         new = 0
         with self.lock:
+            if self.stopped:
+                raise WriterStopped("the run is stopping (a shard write failed): no more images are taken")
             for item in items:
                 shard = item["index"] // self.shard_size
                 new += item["index"] not in self.held[shard]
@@ -146,6 +157,11 @@ class ShardWriter:
         with self.lock:
             out["incomplete"] = {shard: len(items) for shard, items in self.held.items() if items}
         return out
+
+    def stop(self) -> None:
+        """Take no more images (the driver stops the run): the stream then ends with an error."""
+        with self.lock:
+            self.stopped = True
 
     def pid(self) -> int:
         return os.getpid()
@@ -208,6 +224,12 @@ class WriterPool:
         self.asked.clear()
         return out + ray.get([actor.finish.remote() for actor in self.actors])
 
+    def stop(self) -> None:
+        """Every writer takes no more images."""
+        import ray
+
+        ray.get([actor.stop.remote() for actor in self.actors])
+
     def pids(self) -> list[int]:
         import ray
 
@@ -255,6 +277,8 @@ class Books:
 
 #: Seconds between two rounds of reports (progress).
 REPORT_EVERY = 0.5
+#: Seconds a stopping run waits for the stream to end before it shuts Ray down anyway.
+STOP_TIMEOUT = 120
 
 
 def coordinate(drive: Callable[[], None], pool: WriterPool, todo: Iterable[int],
@@ -280,7 +304,11 @@ def coordinate(drive: Callable[[], None], pool: WriterPool, todo: Iterable[int],
             books.take(report)
         show(books)
         thread.join(max(0.0, next_round - time.monotonic()))
-    if failure:
+    if books.error:  # stop the stream from inside: the writers refuse images, the stages fail
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its failure is expected now
+        pool.stop()
+        thread.join(STOP_TIMEOUT)
+    elif failure:
         raise failure[0]
     for report in pool.finish():
         books.take(report)

@@ -16,7 +16,7 @@ import zarr
 from masktok.pipeline.commit import verify_shard
 from masktok.pipeline.durable import sweep_temp_files, write_atomic
 from masktok.pipeline.tiny_cache import tiny_items
-from masktok.pipeline.writers import Books, ShardWriter, WriterPool, coordinate, writer_of
+from masktok.pipeline.writers import Books, ShardWriter, WriterPool, WriterStopped, coordinate, writer_of
 from masktok.schemas.commits import read_commits
 from masktok.schemas.errors import RunError
 from masktok.schemas.jobdir import JobDir
@@ -102,6 +102,16 @@ def test_a_full_disk_is_one_line_naming_shard_and_path_and_leaves_no_temp_file(t
     books.take(done)
     with pytest.raises(RunError, match="^shard 1: could not write"):
         books.raise_problems()
+
+
+def test_a_stopping_run_takes_no_more_images_but_keeps_what_it_committed(tmp_path):
+    jd = new_job(tmp_path / "job")
+    writer = plain_writer(jd)
+    writer.hold(ITEMS[0:4])
+    writer.stop()  # after a failed write: the stages get an error, the stream ends
+    with pytest.raises(WriterStopped):
+        writer.hold(ITEMS[4:8])
+    assert [r["shard"] for r in writer.finish()["results"]] == [0] and sorted(read_commits(jd)) == [0]
 
 
 def test_a_failed_atomic_write_keeps_the_old_file_and_removes_its_temp_file(tmp_path):
