@@ -98,6 +98,7 @@ class ShardWriter:
         self.new_images = 0  # images received since the last report
         self.results: list[dict[str, Any]] = []  # commit results since the last report
         self.stopped = False
+        self.queued: set[int] = set()  # shards whose write was queued: written once
 
     def expected(self, shard: int) -> int:
         return min(self.shard_size, self.rows - shard * self.shard_size)
@@ -112,9 +113,12 @@ class ShardWriter:
                 raise WriterStopped("the run is stopping (a shard write failed): no more images are taken")
             for item in items:
                 shard = item["index"] // self.shard_size
+                if shard in self.queued:  # a batch redone after its shard was complete
+                    continue
                 new += item["index"] not in self.held[shard]
                 self.held[shard][item["index"]] = item
                 if len(self.held[shard]) == self.expected(shard):
+                    self.queued.add(shard)
                     self.writing.append(self.pool.submit(self._write, shard, self.held.pop(shard)))
             self.new_images += new
             self.writing = [f for f in self.writing if not f.done()]

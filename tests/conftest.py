@@ -15,6 +15,21 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse to run when `--dist loadgroup` would not keep the Ray tests together.
+
+    pytest-xdist groups tests by a suffix it appends to each node id; pytest 9.2 made the
+    node id a property it does not read, so the group is silently dropped and two local
+    Rays run at once (and the dead-worker test's `ray stop` stops the other one).
+    """
+    if getattr(config.option, "loadgroup", False):
+        lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if lost:
+            raise pytest.UsageError(f"pytest-xdist's xdist_group is not applied under this pytest "
+                                    f"({pytest.__version__}): e.g. {lost[0]}; install a pytest it supports")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module: on a shared 2-core machine, OpenMP threads spinning

@@ -73,6 +73,7 @@ def test_a_writer_commits_a_shard_once_it_holds_all_of_it_and_reports_what_it_la
     assert writer.hold(ITEMS[0:3] + ITEMS[0:2]) == 3  # a redelivered item counts once
     assert writer.report() == {"new_images": 6, "results": []}
     assert writer.hold(ITEMS[3:4]) == 1  # completes shard 0
+    assert writer.hold(ITEMS[0:4]) == 0, "a batch redone after its shard was written is not written again"
     done = writer.finish()
     assert done["incomplete"] == {1: 3} and done["new_images"] == 1
     (result,) = done["results"]
