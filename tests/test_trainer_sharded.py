@@ -135,6 +135,16 @@ def test_the_last_checkpoint_is_consolidated_and_export_rebuilds_it_from_the_sha
     assert generate(out, **ask) == generate(last, **ask)
     res = CliRunner().invoke(export, ["--checkpoint", str(last), "--out", str(out)])
     assert res.exit_code == 1 and "not empty" in res.output
+    half = runs["root"] / "exported-bf16"  # --dtype: the LM's weights cast, the projector as trained
+    res = CliRunner().invoke(export, ["--checkpoint", str(last), "--out", str(half), "--dtype", "bfloat16"])
+    assert res.exit_code == 0, res.output
+    c = load_file(str(half / "llm/model.safetensors"))
+    floats = [k for k in a if a[k].is_floating_point()]
+    assert c.keys() == a.keys() and floats
+    assert all(c[k].dtype == torch.bfloat16 and torch.equal(c[k], a[k].to(torch.bfloat16)) for k in floats)
+    assert json.loads((half / "state.json").read_text())["llm_dtype"] == "bfloat16"
+    p = torch.load(half / "projector.pt")
+    assert all(p[k].dtype == torch.float32 for k in p)
 
 
 def test_stage1_under_fsdp_trains_the_projector_against_the_frozen_lm(runs) -> None:
