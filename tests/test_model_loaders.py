@@ -205,6 +205,26 @@ def test_clip_round_trip_through_state_dict_is_bit_identical(tmp_path: Path) -> 
     assert torch.equal(expected, _encode(loaded))
 
 
+@pytest.mark.parametrize("form", ["safetensors", "training checkpoint"])
+def test_clip_accepts_safetensors_and_open_clip_training_checkpoints(tmp_path: Path, form: str) -> None:
+    """The other files open_clip reads: a .safetensors state dict, and a training checkpoint
+    ({"state_dict": ...} with the "module." prefixes of a DistributedDataParallel model)."""
+    model = build_tiny_clip(seed=0)
+    state = model.state_dict()
+    if form == "safetensors":
+        from safetensors.torch import save_file
+
+        path = tmp_path / "open_clip_model.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        path = tmp_path / "epoch_32.pt"
+        torch.save({"epoch": 32, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    loaded = load_clip(TINY_CLIP_NAME, path)
+    assert torch.equal(_encode(model), _encode(loaded))
+    other = build_tiny_clip(seed=1)
+    assert not torch.equal(_encode(other), _encode(loaded)), "the weights came from the file"
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
 def test_clip_accepts_openai_torchscript_archive(tmp_path: Path) -> None:
     model = build_tiny_clip(seed=0)

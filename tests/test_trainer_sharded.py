@@ -157,14 +157,34 @@ def test_stage1_under_fsdp_trains_the_projector_against_the_frozen_lm(runs) -> N
     assert sorted(losses(runs["stage1"])) == [1, 2]
 
 
-def test_gradient_checkpointing_changes_memory_not_the_numbers(tiny_trainer) -> None:
-    """One process, fp32: recomputing a layer's forward repeats the same ops in the same
-    order, so losses agree to rounding (1e-6 relative)."""
-    out = {}
+def test_gradient_checkpointing_changes_memory_not_the_numbers(tiny_trainer, monkeypatch) -> None:
+    """One process, fp32: with checkpointing on, each decoder layer runs its forward again in
+    the backward (counted on the first layer's MLP: twice per micro-batch, against once); the recomputation
+    repeats the same ops in the same order, so losses agree to rounding (1e-6 relative)."""
+    import masktok.trainer.train as trainer
+
+    out, calls = {}, {}
+    build_model = trainer.build_model
+
+    def counting_build(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        mlp = model.llm.model.layers[0].mlp
+        forward = mlp.forward
+
+        def counted(*a, **k):  # not a forward hook: the recomputation runs without module hooks
+            calls[ac] = calls.get(ac, 0) + 1
+            return forward(*a, **k)
+
+        mlp.forward = counted
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", counting_build)
     for ac in (False, True):
         c = base(tiny_trainer, out=tiny_trainer["root"] / f"ac-{ac}", max_steps=3, gradient_checkpointing=ac)
         run_train(TrainConfig(**{k: Path(v) if k in ("cache", "data", "llm", "out") else v for k, v in c.items()}))
         out[ac] = losses(tiny_trainer["root"] / f"ac-{ac}")
+    micro_batches = 3 * c.get("grad_accum", 1)
+    assert calls == {False: micro_batches, True: 2 * micro_batches}
     for s in out[False]:
         assert abs(out[False][s] - out[True][s]) <= 1e-6 * out[False][s]
 
