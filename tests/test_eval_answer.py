@@ -131,3 +131,20 @@ def test_the_cli_answers_at_the_checkpoints_budget_and_reports_bad_input(trained
         other = trained["root"] / "labels.txt"
         other.write_text("image\tquestion\tanswer\n")
         read_question_file(other)
+
+
+def test_questions_on_images_still_pending_are_skipped_and_named(trained, tmp_path) -> None:
+    """A job still running: image 2's row is pending (status 0, its shard not yet rewritten)."""
+    import shutil
+
+    import zarr
+
+    cache = tmp_path / "job"
+    shutil.copytree(trained["job"], cache)
+    zarr.open_group(cache / "tokens.zarr", mode="r+")["status"][2] = 0
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps({"question_id": i, "image": f"img/{i:03d}.jpg", "text": "What?"})
+                                   for i in (1, 2, 3)) + "\n")
+    summary = answer(trained["run"], cache, questions, SPECS[:1], tmp_path / "out", batch_size=2, max_new_tokens=2)
+    assert summary.skipped == {"image not processed yet": [2]}
+    assert [a["question_id"] for a in _lines(tmp_path / "out" / f"{SPECS[0]}.jsonl")] == [1, 3]

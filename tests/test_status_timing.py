@@ -141,3 +141,27 @@ def test_the_run_summary_gives_a_slow_rate_and_the_stages():
     assert stages == "stages: decode 0.0100, detect 1.50, invert 180 s/image per actor; slowest: invert (180 s/image)"
     assert RunSummary(3, 0, 3, 32, 0, 10.0).line().endswith("3.20 images/s; 3/3 shards done")
     assert RunSummary(3, 3, 0, 0, 0, 0.0).line() == "nothing to do: all 3 shards are committed"
+
+
+def test_status_rate_is_the_pace_of_the_last_commits_and_the_eta_follows(tmp_path):
+    """30 shards of 2 images; 25 committed: five an hour apart (a job paused and resumed),
+    then twenty a minute apart. The rate is over the last 20 commits (RATE_WINDOW): 19 shards
+    of 2 images in 19 minutes, 1/30 image/s, so the 10 pending images need 300 s. Over
+    every commit it would be 48 images in 5 h 19 min."""
+    from masktok.pipeline.status import RATE_WINDOW
+
+    jd = JobDir(tmp_path / "job")
+    jd.root.mkdir(parents=True)
+    jd.manifest.write_bytes(encode_manifest(build_table([f"{i}.jpg" for i in range(60)],
+                                                        [f"/d/{i}.jpg" for i in range(60)], [[i] for i in range(60)], 2)))
+    jd.commits.mkdir()
+    times = [f"2025-01-01T0{h}:00:00+00:00" for h in range(5)] + [f"2025-01-01T05:{m:02d}:00+00:00" for m in range(20)]
+    for shard, at in enumerate(times):
+        jd.commit_path(shard).write_text(json.dumps({
+            "version": 1, "shard": shard, "rows": [2 * shard, 2 * shard + 2], "images_ok": 2, "images_failed": 0,
+            "failures": [], "committed_at": at}))
+    assert RATE_WINDOW == 20
+    s = job_status(jd)
+    assert s["images_pending"] == 10 and s["images_per_s"] == pytest.approx(1 / 30, rel=1e-3)
+    assert s["eta_s"] == 300
+    assert "speed   30.0 s/image (from commit times), ETA 0.1 h" in status_lines(s)
