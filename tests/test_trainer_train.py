@@ -196,3 +196,63 @@ def test_the_cli_under_torchrun_shards_the_lm_on_two_cpu_processes(setup) -> Non
     assert (run["world_size"], run["strategy"], run["config"]["gradient_checkpointing"]) == (2, "fsdp", True)
     assert len(list((out / "checkpoint-0000002/dcp").glob("*.distcp"))) == 2
     assert res.stderr.count("Loading weights") == 0, "transformers' progress bars are off"
+
+
+def _cli_train(setup, out: str, *extra: str):
+    args = ["--stage", "2", "--cache", str(setup["job"]), "--data", str(setup["data"]), "--llm", str(setup["llm"]),
+            "--out", str(setup["root"] / out), "--tokens", "cls,patch:9,obj:5", "--lr", "3e-3", "--warmup-ratio", "0",
+            "--schedule", "constant", "-q", *extra]
+    result = CliRunner().invoke(train, args)
+    assert result.exit_code == 0, result.output
+    return setup["root"] / out
+
+
+def test_epochs_keep_checkpoints_max_length_and_clipping_off_reach_the_loop(setup, monkeypatch) -> None:
+    """--epochs 2 over 12 examples in batches of 4: 6 steps across two epochs; --keep-checkpoints
+    2 of a checkpoint per step leaves the last two; --max-length 24 cuts every sequence (its
+    visual tokens included) to 24; --max-grad-norm 0 never clips."""
+    import torch
+
+    import masktok.trainer.train as trainer
+
+    lengths, clipped = [], []
+
+    class RecordingBuilder(trainer.ItemBuilder):
+        def __call__(self, example, record):
+            item = super().__call__(example, record)
+            lengths.append(len(item["input_ids"]) + (len(item["visual"]) - 1 if item["visual"] is not None else 0))
+            return item
+
+    monkeypatch.setattr(trainer, "ItemBuilder", RecordingBuilder)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: clipped.append(a) or torch.tensor(0.0))
+    out = _cli_train(setup, "options", "--epochs", "2", "--batch-size", "4", "--save-every", "1",
+                     "--keep-checkpoints", "2", "--max-length", "24", "--max-grad-norm", "0")
+    m = metrics(out)
+    assert [r["step"] for r in m] == list(range(1, 7)) and {r["epoch"] for r in m} == {0, 1}
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-0000005", "checkpoint-0000006"]
+    assert lengths and max(lengths) == 24, "sequences are cut at --max-length, visual tokens included"
+    assert clipped == []
+
+
+def test_clipping_precision_workers_and_grouping_reach_the_loop(setup, monkeypatch) -> None:
+    """Defaults clip (max norm 1.0) every step; --precision bf16 turns autocast on (CPU);
+    --workers 1 and --group-by-modality-length reach the DataLoader and its sampler (the
+    grouped order itself is tests/test_trainer_order.py's)."""
+    import torch
+
+    import masktok.trainer.train as trainer
+
+    norms, autocasts, loaders = [], [], []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, n, **k: norms.append(n) or clip(p, n, **k))
+    autocast = trainer.autocast
+    monkeypatch.setattr(trainer, "autocast", lambda env, s, precision: autocasts.append(precision) or autocast(env, s, precision))
+    make_loader = trainer.make_loader
+    monkeypatch.setattr(trainer, "make_loader", lambda *a: loaders.append(make_loader(*a)) or loaders[-1])
+    _cli_train(setup, "grouped", "--max-steps", "2", "--batch-size", "4", "--precision", "bf16", "--workers", "1",
+               "--group-by-modality-length")
+    assert norms == [1.0, 1.0] and set(autocasts) == {"bf16"}
+    (loader, sampler), = loaders
+    assert loader.num_workers == 1
+    lengths, has_image, batch = sampler.grouped  # the grouping of tests/test_trainer_order.py, per batch of 4
+    assert batch == 4 and list(has_image).count(False) == 1 and len(lengths) == len(loader.dataset)
