@@ -144,6 +144,21 @@ def test_recomputed_masks_equal_the_stored_ones(job: JobDir) -> None:
     assert np.array_equal(masks, decode_masks(stored_masks(job, record)))
 
 
+def test_recomputed_maps_give_back_the_stored_dice_losses(job: JobDir) -> None:
+    """inspect --maps: the map of each stored token against its stored mask gives the loss the
+    invert stage recorded, to the float16 rounding of the stored token (tiny CLIP: measured
+    2.6e-6; the bound leaves 40x that)."""
+    from masktok.pipeline.views.explain import explain_tokens
+
+    spec, _ = load_job(job)
+    record = load_record(job, manifest_index(job, "scenes/003.jpg"), tokens=True)
+    masks = decode_masks(stored_masks(job, record))
+    tokens, stored = record.rows("object_tokens"), record.rows("inversion_loss")
+    found = explain_tokens(job, spec, read_image(spec, record), tokens, masks)
+    assert found.dice_loss.shape == stored.shape and len(stored) >= 2
+    np.testing.assert_allclose(found.dice_loss, stored, rtol=0, atol=1e-4)
+
+
 def test_report_is_one_self_contained_page(job: JobDir, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     result = invoke(report, job.root, "-o", out, "--images", 2)
