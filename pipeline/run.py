@@ -107,11 +107,15 @@ def _start_ray(address: str | None, spec: JobSpec) -> bool:
     # stay in Ray's log folder (/tmp/ray/session_latest/logs)
     ctx.issue_detectors_config.detectors = []
     # Ray's own notices in the driver: Ray Data's execution lines and its note that progress
-    # bars are off, the token-auth notice of a new local cluster.
-    for name in ("ray.data", "ray._private.authentication"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # bars are off, the token-auth notice of a new local cluster; and Ray Data's error logs
+    # (a failed execution's whole stack): the exception itself reaches the run, which turns
+    # what concerns the user into one line (a model that cannot load) and keeps the
+    # traceback of anything else.
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        _quiet_published_errors()
         _absorb_restart_notice()
         return False
     # Logical CPUs: enough for every actor of the spec (the stage groups and the shard
@@ -123,8 +127,35 @@ def _start_ray(address: str | None, spec: JobSpec) -> bool:
     wanted += spec.write.resources.actors * spec.write.resources.cpus + 1
     ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
              logging_level="WARNING", log_to_driver=False)
+    _quiet_published_errors()
     _absorb_restart_notice()
     return True
+
+
+def _quiet_published_errors() -> None:
+    """Keep the errors the cluster publishes for the job off the terminal.
+
+    Ray's driver prints each one as it comes, ``log_to_driver`` or not: "(raylet) Task
+    MapWorker.get_location failed. There are infinite retries remaining ..." with the whole
+    remote traceback of an actor whose model could not load, a worker's death. The run
+    reports what concerns the user itself (that model, in one line; lost shards), so these
+    go to the ``masktok.ray`` logger at DEBUG instead. Ray prints them through
+    ``ray._private.worker.print_to_stdstream`` with the pid "raylet"; other output is untouched.
+    """
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "masktok_quiet", False):
+        return
+
+    def quiet(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            logging.getLogger("masktok.ray").debug("\n".join(data.get("lines", [])))
+        else:
+            printer(data, ignore_prefix)
+
+    quiet.masktok_quiet = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = quiet
 
 
 def _absorb_restart_notice() -> None:

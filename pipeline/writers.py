@@ -29,7 +29,6 @@ Ray actors.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import threading
 import time
@@ -309,7 +308,6 @@ def coordinate(drive: Callable[[], None], pool: WriterPool, todo: Iterable[int],
         show(books)
         thread.join(max(0.0, next_round - time.monotonic()))
     if books.error:  # stop the stream from inside: the writers refuse images, the stages fail
-        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # its failure is expected now
         pool.stop()
         thread.join(STOP_TIMEOUT)
     elif failure:

@@ -263,6 +263,19 @@ def test_retry_failed_redoes_the_failed_images(resumed):
     assert pq.read_table(jd.failures).num_rows == 0
 
 
+def test_a_checkpoint_that_cannot_load_stops_the_run_with_one_line(tmp_path, corpus):
+    """The SAM actor's load fails: `masktok run` prints that reason as its one line, exit 1;
+    none of Ray's traceback ("(raylet) Task ... failed", Ray Data's "Full stack trace")."""
+    bad = tmp_path / "sam_vit_b.pth"
+    bad.write_bytes(b"not a torch file")
+    jd = plan(tmp_path / "bad", corpus, "--set", f"segment.checkpoint={bad}", "--set", "segment.model_type=vit_b")
+    result = masktok("run", jd.root, "-q", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"Error: a stage could not load its model: cannot read SAM checkpoint {bad}")
+    assert "Traceback" not in result.stdout + result.stderr and not list(jd.commits.glob("shard-*.json"))
+
+
 def test_a_model_that_cannot_load_in_an_actor_is_one_clear_line():
     from masktok.pipeline.run import _model_load_error
     from masktok.schemas.errors import ModelLoadError
