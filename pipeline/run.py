@@ -2,9 +2,10 @@
 
 The driver reads the plan, takes the job lock, starts the shard writers (writers.py) and
 streams the pending images through the Ray Data graph (graph.py); the finished images go
-from the last stage to their shard's writer, the driver gets a receipt for each. Once a
-shard's images are all held, the driver asks its writer to write both sinks and commit it
-(commit.py). Kill it at any moment: the next run redoes exactly the shards without a commit.
+from the last stage to their shard's writer, which writes both sinks and commits the shard
+once it holds all of it (commit.py); the driver follows the writers' reports
+(writers.coordinate). Kill it at any moment: the next run redoes exactly the shards without
+a commit.
 """
 
 from __future__ import annotations
@@ -230,12 +231,6 @@ def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int, retry_failed:
     return [s for s in range(shards) if s not in commits], len(commits)
 
 
-def _drain(ds: Any) -> None:
-    """Run a Ray Dataset to its end (its rows, if any, are not wanted)."""
-    for _ in ds.iter_batches(batch_size=None):
-        pass
-
-
 def _model_load_error(exc: BaseException) -> str | None:
     """The message of a ModelLoadError raised in a Ray actor, however Ray wrapped it (an
     actor whose constructor raised arrives as ActorDiedError carrying the remote traceback
@@ -289,7 +284,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
                 bar.update(books.images - bar.n)
                 bar.set_postfix(shards=f"{already + len(books.committed)}/{shards}", failed=books.failed)
 
-            books = coordinate(lambda: _drain(ds), pool, todo, show)
+            books = coordinate(ds, pool, todo, show)
     except Exception as exc:
         cause = _model_load_error(exc)
         if cause is None:

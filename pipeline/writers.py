@@ -284,18 +284,20 @@ REPORT_EVERY = 0.5
 STOP_TIMEOUT = 120
 
 
-def coordinate(drive: Callable[[], None], pool: WriterPool, todo: Iterable[int],
+def coordinate(ds: Any, pool: WriterPool, todo: Iterable[int],
                show: Callable[[Books], None] = lambda books: None) -> Books:
-    """The driver's loop: ``drive()`` (the Ray Data stream, in a thread) feeds the writers;
-    meanwhile the writers' reports are booked and shown (``show``) twice a second. After
-    a failed write it stops waiting for the stream. Returns the books once the writers
-    have finished (``Books.raise_problems`` says what went wrong)."""
+    """The driver's loop: the Ray Dataset ``ds`` runs to its end in a thread (it feeds the
+    writers; its rows, if any, are not wanted); meanwhile the writers' reports are booked and
+    shown (``show``) twice a second. After a failed write it stops waiting for the stream.
+    Returns the books once the writers have finished (``Books.raise_problems`` says what
+    went wrong)."""
     books = Books(set(todo))
     failure: list[BaseException] = []
 
     def stream() -> None:
         try:
-            drive()
+            for _ in ds.iter_batches(batch_size=None):
+                pass
         except BaseException as exc:  # noqa: BLE001 - raised in the driver below
             failure.append(exc)
 

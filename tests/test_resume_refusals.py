@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from masktok.pipeline.cli import main
 from masktok.pipeline.lock import RunLock
 from masktok.schemas.jobdir import JobDir
+from masktok.schemas.spec import read_toml
 
 
 @pytest.fixture
@@ -31,10 +32,9 @@ def run(jd: JobDir):
 
 def commit_file(jd: JobDir, shard: int, **changes) -> None:
     """A commit file as a run of this plan writes it, with ``changes``."""
-    meta = {k: v for k, v in (line.split(" = ", 1) for line in jd.job_toml.read_text().splitlines()
-                              if line.startswith(("fingerprint", "manifest_digest")))}
-    commit = {"version": 1, "shard": shard, "rows": [2 * shard, 2 * shard + 2], "fingerprint": json.loads(meta["fingerprint"]),
-              "manifest_digest": json.loads(meta["manifest_digest"]), "images_ok": 2, "images_failed": 0,
+    meta = read_toml(jd.job_toml)["meta"]
+    commit = {"version": 1, "shard": shard, "rows": [2 * shard, 2 * shard + 2], "fingerprint": meta["fingerprint"],
+              "manifest_digest": meta["manifest_digest"], "images_ok": 2, "images_failed": 0,
               "failures": [], "zarr": {}, "wds": None, **changes}
     jd.commits.mkdir(exist_ok=True)
     jd.commit_path(shard).write_text(json.dumps(commit))

@@ -172,7 +172,6 @@ def write_through_ray(jd: JobDir, writers: int, shards: list[int]) -> Books:
     the driver's loop (``coordinate``) as ``masktok run`` has it."""
     import ray.data
 
-    from masktok.pipeline.run import _drain
     from masktok.pipeline.transport import to_columns
 
     pool = WriterPool(jd, spec_with(writers), META, ROWS, DIMS)
@@ -180,7 +179,7 @@ def write_through_ray(jd: JobDir, writers: int, shards: list[int]) -> Books:
     ds = ray.data.from_items([{"item": blob} for blob in to_columns(items, ())["item"]], override_num_blocks=8)
     ds = ds.map_batches(Deliver, fn_constructor_args=(tuple(pool.names),), batch_size=3, num_cpus=0.5,
                         compute=ray.data.ActorPoolStrategy(size=1))
-    return coordinate(lambda: _drain(ds), pool, shards)
+    return coordinate(ds, pool, shards)
 
 
 @pytest.fixture(scope="module")
