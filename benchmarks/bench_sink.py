@@ -13,11 +13,16 @@ D = 768, C = 1024, 60 objects per image, record v2, both sinks), and what the dr
   writers ratio is the figure there, 4 writers only shows that more do not help.
 - ``reader``: bench_reader's random rows (trainer.readers.ZarrImages) on the store the
   most writers wrote.
+- ``s3_*``: ``write_shard`` and 1 and 2 writers again with the job directory on the local
+  S3 server of the tests (moto in server mode, tests/s3_server.py; ``--s3-shards`` shards):
+  our object-storage path plus a Python mock server sharing the same two cores, not a
+  figure of real S3.
 
 The items are seeded random tokens (pipeline.tiny_cache.tiny_items), 32 distinct ones
 reused under new indices (generating 4,000 would take longer than writing them).
 
-    .venv/bin/python benchmarks/bench_sink.py [--shard-size 1000] [--shards 4] [--writers 1 2 4] [--out PATH]
+    .venv/bin/python benchmarks/bench_sink.py [--shard-size 1000] [--shards 4] [--writers 1 2 4]
+        [--s3-shards 2] [--out PATH]
 """
 
 from __future__ import annotations
@@ -61,8 +66,8 @@ class Source:
         return deliver(items_for(batch["id"], self.pool), self.writers, self.shard_size)
 
 
-def direct(root: Path, shard_size: int, shards: int, webdataset: bool) -> float:
-    """images/s of write_shard in this process."""
+def direct(root: Path | str, shard_size: int, shards: int, webdataset: bool) -> float:
+    """images/s of write_shard in this process (``root``: a folder or an s3:// URL)."""
     from masktok.pipeline.commit import write_shard
     from masktok.pipeline.tiny_cache import tiny_items
     from masktok.schemas.jobdir import JobDir
@@ -71,7 +76,8 @@ def direct(root: Path, shard_size: int, shards: int, webdataset: bool) -> float:
     dims = TokenDims(**DIMS)
     pool = tiny_items(POOL, dims, objects=OBJECTS)
     jd = JobDir(root)
-    root.mkdir(parents=True)
+    if not jd.remote:
+        jd.root.mkdir(parents=True)
     group = open_store(jd.tokens, shard_size * shards, shard_size, dims)
     seconds = 0.0
     for shard in range(shards):
@@ -83,7 +89,7 @@ def direct(root: Path, shard_size: int, shards: int, webdataset: bool) -> float:
     return shard_size * shards / seconds
 
 
-def through_writers(ray, root: Path, writers: int, shard_size: int, shards: int, block: int = 8) -> dict:
+def through_writers(ray, root: Path | str, writers: int, shard_size: int, shards: int, block: int = 8) -> dict:
     """The run's sink path with ``writers`` writer actors."""
     import ray.data
 
@@ -94,7 +100,8 @@ def through_writers(ray, root: Path, writers: int, shard_size: int, shards: int,
 
     rows = shard_size * shards
     jd = JobDir(root)
-    root.mkdir(parents=True)
+    if not jd.remote:
+        jd.root.mkdir(parents=True)
     open_store(jd.tokens, rows, shard_size, TokenDims(**DIMS))
     spec = JobSpec.model_validate({"shards": {"size": shard_size},
                                    "write": {"resources": {"actors": writers, "cpus": 0.25}}})
@@ -126,6 +133,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--seconds", type=float, default=3.0, help="of random reads")
+    ap.add_argument("--s3-shards", type=int, default=2, help="shards of the S3 rows (0: none)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -133,8 +141,10 @@ def main() -> None:
 
     from masktok.trainer.readers import ZarrImages
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent / "tests")]
     from bench_reader import read_rate
+    from s3_server import new_bucket, s3_server
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_sink_"))
     result: dict = {"dims": DIMS, "objects": OBJECTS - 1, "shard_size": args.shard_size, "shards": args.shards}
@@ -142,13 +152,22 @@ def main() -> None:
         result["write_shard_images_per_s"] = {
             "both_sinks": round(direct(tmp / "direct", args.shard_size, args.shards, True), 1),
             "zarr_only": round(direct(tmp / "direct_zarr", args.shard_size, args.shards, False), 1)}
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        try:
-            for n in args.writers:
-                result[f"writers_{n}"] = through_writers(ray, tmp / f"w{n}", n, args.shard_size, args.shards)
-                print(n, result[f"writers_{n}"], flush=True)
-        finally:
-            ray.shutdown()
+        with s3_server(tmp / "moto.log"):  # before Ray: its workers take the server's variables
+            bucket = new_bucket("bench-sink")
+            if args.s3_shards:
+                result["s3_write_shard_images_per_s"] = round(
+                    direct(f"{bucket}/direct", args.shard_size, args.s3_shards, True), 1)
+            ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            try:
+                for n in args.writers:
+                    result[f"writers_{n}"] = through_writers(ray, tmp / f"w{n}", n, args.shard_size, args.shards)
+                    print(n, result[f"writers_{n}"], flush=True)
+                for n in (1, 2) if args.s3_shards else ():
+                    result[f"s3_writers_{n}"] = through_writers(ray, f"{bucket}/w{n}", n, args.shard_size,
+                                                                args.s3_shards)
+                    print("s3", n, result[f"s3_writers_{n}"], flush=True)
+            finally:
+                ray.shutdown()
         most = max(args.writers)
         rows = np.random.default_rng(0).permutation(args.shard_size * args.shards)
         result["reader_random_rows_per_s"] = round(read_rate(ZarrImages(tmp / f"w{most}"), rows, args.seconds), 1)

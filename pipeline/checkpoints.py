@@ -2,11 +2,15 @@
 
 A checkpoint of ``"tiny"`` in the spec means the project's tiny preset: it is built once
 into ``JOBDIR/models/`` in the real checkpoint format and then loaded through the real
-loader, exactly like a user's checkpoint (``models.materialize_tiny``).
+loader, exactly like a user's checkpoint (``models.materialize_tiny``). A job directory on
+object storage has no folder the loaders can open: its tiny presets are built into the
+driver's cache, ``$XDG_CACHE_HOME/masktok/tiny-models`` (default ``~/.cache``), which the
+stages of a one-machine run read; real checkpoints are paths every node can open anyway.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..models import TINY, materialize_tiny, quiet_model_libraries
@@ -25,12 +29,18 @@ def resolve_checkpoints(spec: JobSpec, jd: JobDir) -> dict[str, str]:
     tiny_models = tuple(m for m, path in wanted.items() if path == TINY)
     if tiny_models:  # building them: no progress bars or "no pretrained weights" notices
         quiet_model_libraries()
-    tiny = materialize_tiny(jd.models, tiny_models) if tiny_models else {}  # real weights: no models/ folder
+    home = local_tiny_models() if jd.remote else jd.models
+    tiny = materialize_tiny(home, tiny_models) if tiny_models else {}  # real weights: no models/ folder
     wanted = {m: str(tiny.get(m, path)) for m, path in wanted.items()}
     for model, path in wanted.items():
         if not Path(path).exists():
             raise CheckpointError(f"{model} checkpoint not found: {path} (see README: real checkpoints)")
     return wanted
+
+
+def local_tiny_models() -> Path:
+    """Where the tiny presets of a job on object storage are built (see the module docstring)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "masktok" / "tiny-models"
 
 
 def token_dims(spec: JobSpec) -> TokenDims:

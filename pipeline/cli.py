@@ -68,6 +68,7 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
          shard_size: int | None, sample: int | None, overrides: tuple[str, ...], force: bool, quiet: bool) -> None:
     """Plan a job: read the corpus, check and deduplicate its images, write JOBDIR/job.toml
     and JOBDIR/manifest.parquet (one row per unique image, in a seeded pseudo-random order, in shards).
+    JOBDIR is a folder or an object-storage URL (s3://bucket/job; docs/jobdir.md).
 
     \b
     Examples:

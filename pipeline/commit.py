@@ -74,11 +74,14 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
                 manifest_digest: str | None = None) -> Commit:
     """Write one finished shard to both sinks, then commit it. Returns the commit record."""
     rows = shard_rows(items, start, end, dims, store_version(group))
-    sums = write_zarr_rows(group, start, rows, flush=lambda names: _fsync_chunks(jd.tokens, shard, names))
+    # a zarr write to object storage is durable once its PUT returns: nothing to flush
+    flush = (lambda names: None) if jd.remote else (lambda names: _fsync_chunks(jd.tokens, shard, names))
+    sums = write_zarr_rows(group, start, rows, flush=flush)
     tar = None
     if webdataset:
         data = encode_wds_shard(items, start, rows, rle_masks)
-        jd.wds.mkdir(exist_ok=True)
+        if not jd.remote:  # object storage has no folders to make
+            jd.wds.mkdir(exist_ok=True)
         write_atomic(jd.wds_path(shard), data)
         fsync_dir(jd.wds)
         tar = {"file": jd.wds_path(shard).name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -90,7 +93,8 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
         "failures": failures, "zarr": sums, "wds": tar, **shard_timing(items),
         "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    jd.commits.mkdir(exist_ok=True)
+    if not jd.remote:
+        jd.commits.mkdir(exist_ok=True)
     write_atomic(jd.commit_path(shard), json.dumps(commit, indent=1).encode())
     fsync_dir(jd.commits)
     return commit

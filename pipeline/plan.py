@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ from ..schemas import manifest as manifest_schema
 from ..schemas.errors import PlanError, SpecError
 from ..schemas.jobdir import JobDir
 from ..schemas.spec import JobSpec, expand_env, fingerprint, fingerprint_diff, read_toml, spec_to_toml
+from ..schemas.storage import check_bucket, remove_tree
 from ..schemas.versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION
 from .corpus import EXAMPLES_KEPT, CorpusScan, scan_folder, scan_llava, scan_llava_eval
 from .durable import write_atomic
@@ -95,7 +95,10 @@ def resolve_corpus(spec: JobSpec, jobdir: Path) -> JobSpec:
     if not source.exists():
         raise PlanError(f"corpus source not found: {source}")
     if c.kind == "llava-eval" and carries_pictures(source) and not source.is_dir():
-        images = JobDir(Path(jobdir)).eval_images.expanduser().absolute()
+        if JobDir(jobdir).remote:
+            raise PlanError(f"{source.name} carries its pictures, which plan decodes into the job directory for the "
+                            "stages to read: plan it into a local JOBDIR (or a mounted file system)")
+        images = JobDir(jobdir).eval_images.expanduser().absolute()
         if c.image_root and Path(c.image_root).expanduser().absolute() != images:
             raise PlanError(f"{source.name} carries its pictures: leave out --image-root "
                             f"(plan decodes them into {images})")
@@ -235,7 +238,10 @@ def plan_job(jobdir: Path, spec: JobSpec, *, force: bool = False, progress: bool
 
 
 def _write_job(jd: JobDir, spec: JobSpec, table, digest: str, summary: PlanSummary, force: bool) -> None:
-    jd.root.mkdir(parents=True, exist_ok=True)
+    if jd.remote:
+        check_bucket(jd.root)  # object storage: no folder to make, but the bucket must be there
+    else:
+        jd.root.mkdir(parents=True, exist_ok=True)
     with RunLock(jd.run_lock):  # never re-plan under a running job
         _replace_job(jd, spec, table, digest, summary, force)
 
@@ -261,10 +267,7 @@ def _replace_job(jd: JobDir, spec: JobSpec, table, digest: str, summary: PlanSum
             )
         jd.job_toml.unlink()  # first: a re-plan killed halfway leaves no job to run
         for path in jd.results():
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+            remove_tree(path)
         summary.outcome = "replanned"
     meta = {
         "fingerprint": fp,

@@ -126,7 +126,9 @@ def _start_ray(address: str | None, spec: JobSpec) -> bool:
 
     wanted = sum(g.resources.actors * g.resources.cpus for g in topology(spec))
     wanted += spec.write.resources.actors * spec.write.resources.cpus + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
+    # address "local": a new Ray of our own even when `ray start` runs on this machine (with
+    # no address Ray joins that cluster, and refuses the num_cpus we pass)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
              logging_level="WARNING", log_to_driver=False)
     _quiet_published_errors()
     _absorb_restart_notice()

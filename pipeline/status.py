@@ -9,12 +9,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import zarr
 
 from ..schemas.commits import STAGE_SECONDS, read_commits, stage_seconds_per_image, valid_commits
 from ..schemas.jobdir import JobDir
 from ..schemas.manifest import read_manifest
 from ..schemas.record import Status
+from ..schemas.storage import open_zarr
 from .commit import verify_shard
 from .lock import lock_holder
 
@@ -112,7 +112,7 @@ def verify_job(jd: JobDir, repair: bool = False) -> dict[int, list[str]]:
             for shard in bad:
                 jd.commit_path(shard).unlink()
         return bad
-    group = zarr.open_group(jd.tokens, mode="r+" if repair else "r")
+    group = open_zarr(jd.tokens, mode="r+" if repair else "r")
     bad = {}
     for shard, commit in sorted(commits.items()):
         problems = verify_shard(jd, group, commit)

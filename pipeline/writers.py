@@ -37,13 +37,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..schemas.commits import Commit
 from ..schemas.errors import RunError
 from ..schemas.jobdir import JobDir
 from ..schemas.spec import JobSpec
+from ..schemas.storage import open_zarr
 from ..stages.write import TokenDims
 
 Item = dict[str, Any]
@@ -83,10 +83,9 @@ class ShardWriter:
 
     def __init__(self, root: str, rows: int, shard_size: int, dims: dict[str, int], fingerprint: str,
                  manifest_digest: str | None, webdataset: bool, rle_masks: bool):
-        import zarr
 
-        self.jd = JobDir(Path(root))
-        self.group = zarr.open_group(self.jd.tokens, mode="r+")
+        self.jd = JobDir(root)
+        self.group = open_zarr(self.jd.tokens, mode="r+")
         self.rows, self.shard_size, self.dims = rows, shard_size, TokenDims(**dims)
         self.fingerprint, self.manifest_digest = fingerprint, manifest_digest
         self.webdataset, self.rle_masks = webdataset, rle_masks
@@ -183,16 +182,19 @@ class WriterPool:
 
         res = spec.write.resources
         here = ray.get_runtime_context().get_node_id()
-        cpus = next((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["NodeID"] == here), 0.0)
+        # a job directory on a local disk is the driver's: its writers run beside it; one on
+        # object storage is everyone's: they run wherever Ray places them
+        place = "the cluster" if jd.remote else "the driver's node"
+        cpus = sum(n["Resources"].get("CPU", 0.0) for n in ray.nodes()
+                   if n.get("Alive", True) and (jd.remote or n["NodeID"] == here))
         if res.actors * res.cpus > cpus:  # Ray would wait for them forever
-            raise RunError(f"the shard writers ask for {res.actors * res.cpus:g} CPUs on the driver's node, which "
+            raise RunError(f"the shard writers ask for {res.actors * res.cpus:g} CPUs on {place}, which "
                            f"has {cpus:g}: lower write.resources.actors or write.resources.cpus for this run "
                            "(--set write.resources.cpus=0.5)")
         actor = ray.remote(ShardWriter)
+        pinned = {} if jd.remote else {"scheduling_strategy": NodeAffinitySchedulingStrategy(here, soft=False)}
         options = dict(
-            num_cpus=res.cpus, max_concurrency=WRITER_THREADS, max_restarts=-1, max_task_retries=-1,
-            # a job directory on a local disk is the driver's: its writers run beside it
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False),
+            num_cpus=res.cpus, max_concurrency=WRITER_THREADS, max_restarts=-1, max_task_retries=-1, **pinned,
             **({"memory": int(res.memory_gb * 1e9)} if res.memory_gb else {}))
         run = uuid.uuid4().hex[:8]
         self.names = [f"masktok-writer-{run}-{i}" for i in range(res.actors)]

@@ -40,6 +40,11 @@ class RunError(MasktokError):
     """A job that cannot run as asked (not planned, edited, results-changing override...)."""
 
 
+class StorageError(MasktokError):
+    """A job directory URL this machine cannot use (unknown protocol, missing library or
+    bucket), or an object store that refused a read or a write (schemas/storage.py)."""
+
+
 class LockedError(MasktokError):
     """The job directory is locked by another live run."""
 

@@ -12,6 +12,9 @@ from typing import Any
 
 import click
 
+from .errors import StorageError
+from .storage import is_remote, job_root
+
 
 def shard_name(shard: int) -> str:
     """``shard-000012``: the stem of a shard's commit file and of its WebDataset tar."""
@@ -20,7 +23,18 @@ def shard_name(shard: int) -> str:
 
 @dataclass(frozen=True)
 class JobDir:
-    root: Path
+    """The files of the job at ``root``: a local folder or an object-storage URL (text, a
+    Path or a UPath; schemas/storage.py). Every name below is a path of the same kind."""
+
+    root: Path  # or a upath.UPath: same API
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", job_root(self.root))
+
+    @property
+    def remote(self) -> bool:
+        """On object storage (no rename, no flock, no fsync: see pipeline/durable.py)."""
+        return is_remote(self.root)
 
     @property
     def job_toml(self) -> Path:
@@ -79,15 +93,22 @@ class JobDir:
 
 
 class JobDirPath(click.Path):
-    """The JOBDIR of a command: a local folder (or one on a mounted file system). A URL is
-    refused in one line, not taken for a folder named ``s3:``: the job directory cannot be
-    on object storage yet (issue 20, part 3)."""
+    """The JOBDIR of a command: a local folder, or an fsspec URL (``s3://bucket/job``) given
+    back as a ``UPath`` (schemas/storage.py). A URL this machine cannot open is refused in
+    one line (exit status 2), never taken for a folder named ``s3:``."""
 
     def __init__(self, exists: bool = False):
         super().__init__(exists=exists, file_okay=False, path_type=Path)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and "://" in value:
-            self.fail(f"{value!r} is a URL: a job directory on object storage (s3://, gs://) is not supported yet; "
-                      "give a local folder, or one on a mounted file system", param, ctx)
+        if is_remote(value) or (isinstance(value, str) and "://" in value):
+            try:
+                root = job_root(value)
+            except StorageError as exc:
+                self.fail(str(exc), param, ctx)
+            if is_remote(root):
+                if self.exists and not root.exists():
+                    self.fail(f"{root} does not exist", param, ctx)
+                return root
+            value = str(root)
         return super().convert(value, param, ctx)

@@ -54,8 +54,10 @@ def encode_manifest(table: pa.Table) -> bytes:
 def read_manifest(path: Path, columns: list[str] | None = None) -> pa.Table:
     if not path.exists():
         raise ManifestError(f"no manifest at {path}: plan the job first (masktok plan)")
-    table = pq.read_table(path, columns=columns)
-    version = (pq.read_schema(path).metadata or {}).get(b"masktok.manifest_version", b"?").decode()
+    with path.open("rb") as fh:  # a Path or a UPath (a job directory on object storage)
+        parquet = pq.ParquetFile(fh)
+        version = (parquet.schema_arrow.metadata or {}).get(b"masktok.manifest_version", b"?").decode()
+        table = parquet.read(columns=columns)
     if version != str(VERSION):
         raise ManifestError(f"{path}: manifest version {version}, this masktok reads version {VERSION}")
     return table

@@ -12,7 +12,6 @@ file (pipeline/commit.py), so a shard interrupted halfway is simply redone.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from ..schemas import record
 from ..schemas.record import (OBJECT_ARRAYS, SCALARS, Status, arrays_of, leading_triangle, sample_key,
                               upper_triangle)
 from ..schemas.versions import ZARR_LAYOUT
+from ..schemas.storage import open_zarr
 from . import tarbytes
 from .batch import rle_to_json
 
@@ -75,13 +75,13 @@ def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims, version:
     group attr ``filter``: a reader re-filtering objects needs to know whether rows were cut.
     """
     if (path / "zarr.json").exists():
-        group = zarr.open_group(path, mode="r+")
+        group = open_zarr(path, mode="r+")
         stored = group.attrs.get("dims")
         if stored != dims.as_dict() or group["status"].shape[0] != rows:
             raise WriteError(f"{path} was created for {stored} x {group['status'].shape[0]} rows, "
                              f"not {dims.as_dict()} x {rows}")
         return group
-    group = zarr.open_group(path, mode="w")
+    group = open_zarr(path, mode="w")
     group.attrs.update({"record_schema_version": version, "dims": dims.as_dict(), "shard_size": shard_size,
                         "layout": ZARR_LAYOUT, "filter": dict(filter_settings or {})})
     for spec in arrays_of(version):

@@ -99,3 +99,24 @@ def tiny_trainer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         {"id": "t", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]}])
     llm = build_tiny_llm(root / "llm", list(CAPTIONS) + ["Describe the image.", "Say hi.", "hi"], hidden=64)
     return {"root": root, "job": job, "data": data, "llm": llm}
+
+
+# --- an S3 server for job directories on object storage -------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
+    """The local S3 server of tests/s3_server.py for the session (AWS variables set); yields
+    its endpoint URL. Each test makes its own bucket."""
+    from s3_server import s3_server
+
+    with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint, request) -> str:
+    """A new, empty bucket for this test."""
+    from s3_server import new_bucket
+
+    return new_bucket(request.node.name)

@@ -26,9 +26,10 @@ RUN_TIMEOUT = 300
 MASKTOK = str(Path(sys.executable).parent / "masktok")
 
 
-def run_masktok(*args: object, timeout: int = RUN_TIMEOUT, check: bool = True) -> subprocess.CompletedProcess:
+def run_masktok(*args: object, timeout: int = RUN_TIMEOUT, check: bool = True,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The installed ``masktok`` command; AssertionError with its output when it fails and ``check``."""
-    result = subprocess.run([MASKTOK, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run([MASKTOK, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"masktok {args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-3000:]}")
     return result
@@ -42,7 +43,7 @@ def write_job_corpus(root: Path) -> tuple[Path, Path]:
     return source, root / "images"
 
 
-def plan_job(job: Path, corpus: tuple[Path, Path], *extra: object, image_root: Path | None = None) -> JobDir:
+def plan_job(job: Path | str, corpus: tuple[Path, Path], *extra: object, image_root: Path | None = None) -> JobDir:
     """``masktok plan`` of the small corpus into ``job`` (another image root if given)."""
     source, images = corpus
     run_masktok("plan", job, "--corpus", "llava-instruct", "--source", source, "--image-root", image_root or images,

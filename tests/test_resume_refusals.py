@@ -26,8 +26,12 @@ def planned(tmp_path):
     return JobDir(tmp_path / "job")
 
 
+def invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
 def run(jd: JobDir):
-    return CliRunner().invoke(main, ["run", str(jd.root), "-q"])
+    return invoke("run", jd.root, "-q")
 
 
 def commit_file(jd: JobDir, shard: int, **changes) -> None:
@@ -68,15 +72,28 @@ def test_an_unreadable_commit_file_is_refused_with_the_repair(planned):
     assert_refused(run(planned), "shards [1]", "unreadable", "masktok verify --repair")
 
 
-def test_a_second_driver_on_a_running_job_is_refused(planned):
+def test_a_second_driver_on_a_running_job_is_refused_and_status_names_the_first(planned):
+    import os
+
     with RunLock(planned.run_lock):  # as a live run in another process holds it
         assert_refused(run(planned), "already being run", "pid")
+        assert json.loads(invoke("status", planned.root, "--json").output)["running"]["pid"] == os.getpid()
+        replan = invoke("plan", planned.root, "--spec", "demo", "--corpus", "folder",
+                        "--source", planned.root.parent / "photos", "--force")
+        assert replan.exit_code == 1 and "already being run" in replan.output
+    assert json.loads(invoke("status", planned.root, "--json").output)["running"] is None
 
 
-@pytest.mark.parametrize("args", [["plan", "s3://bucket/job", "--spec", "demo"], ["run", "s3://bucket/job"],
-                                  ["status", "gs://bucket/job"], ["verify", "s3://bucket/job"]])
-def test_a_job_directory_url_is_refused_not_taken_for_a_local_folder(tmp_path, monkeypatch, args):
-    monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 2 and "is a URL" in result.output and "not supported yet" in result.output
-    assert list(tmp_path.iterdir()) == [], "no local folder named 's3:' or 'gs:'"
+def test_retry_failed_uncommits_exactly_the_shards_with_failed_images_before_the_run(planned):
+    """What `run --retry-failed` changes: the shards whose commits list failed images are
+    uncommitted (their commit files removed first) and so redone, like any pending shard."""
+    from masktok.pipeline.run import _pending_shards
+
+    meta = read_toml(planned.job_toml)["meta"]
+    commit_file(planned, 0, images_ok=1, images_failed=1,
+                failures=[{"index": 1, "image_id": "b.jpg", "stage": "decode", "reason": "truncated"}])
+    commit_file(planned, 1, rows=[2, 3], images_ok=1)
+    assert _pending_shards(planned, meta, shards=2, retry_failed=False) == ([], 2)
+    assert planned.commit_path(0).exists(), "without --retry-failed nothing is uncommitted"
+    assert _pending_shards(planned, meta, shards=2, retry_failed=True) == ([0], 1)
+    assert not planned.commit_path(0).exists() and planned.commit_path(1).exists()

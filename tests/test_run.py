@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-import zarr
 
 from masktok.schemas.jobdir import JobDir
 from masktok.pipeline.checkpoints import resolve_checkpoints
@@ -28,6 +28,7 @@ from masktok.pipeline.topology import build_group, topology
 from masktok.pipeline.run import load_job
 from masktok.schemas.commits import valid_commits
 from masktok.schemas.manifest import read_manifest
+from masktok.schemas.storage import open_zarr
 from small_job import JOB_IMAGES as IMAGES, MASKTOK, RUN_TIMEOUT, plan_job as plan, run_masktok as masktok
 
 # Every test that starts Ray runs in one pytest-xdist worker, one after the other (`make test`
@@ -47,7 +48,7 @@ def corpus(job_corpus):
 
 
 def arrays(jd):
-    z = zarr.open_group(jd.tokens, mode="r")
+    z = open_zarr(jd.tokens, mode="r")
     return {name: z[name][:] for name in z.array_keys()}
 
 
@@ -117,25 +118,98 @@ def test_a_committed_job_reruns_as_a_no_op(finished):
 
 
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory, job_corpus):
+def resumed(tmp_path_factory, job_corpus, s3_endpoint, ray_cluster):
     """A job (over its own copy of the images) killed with SIGKILL between its first and its
-    last commit, then run again. Yields its JobDir, its image root, the commits the kill left,
-    the second run's output and the arrays and verify result right after it; the retry test
-    goes on from there (it mends the broken image), so this costs one run less."""
+    last commit, then resumed on a `ray start` cluster, where one of its stage workers is
+    killed too (as the OOM killer would). Yields its JobDir, its image root, the commits the
+    kill left, the resume's output and the worker it killed, and the arrays and verify
+    result right after it. One job for both: each Ray run costs half a minute of the suite
+    (so `--retry-failed`, which only uncommits shards before a run like this one, is tested
+    without Ray: test_resume_refusals.py).
+
+    Its job directory is on S3 (the local test server): the arrays are compared with the
+    local ``finished`` job, so this is also the check that a job on object storage gives the
+    same tokens. What a local resume does differently, the flock (released by the kernel)
+    and the sweep of a killed writer's temp files, is tested without Ray (test_writers.py,
+    test_resume_refusals.py)."""
+    from s3_server import new_bucket
+
     root = tmp_path_factory.mktemp("resumed")
     images = root / "images"
     shutil.copytree(job_corpus[1], images)
-    jd = plan(root / "b", job_corpus, image_root=images)
-    proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jd = plan(f"{new_bucket('resumed')}/b", job_corpus, image_root=images)
+    assert jd.remote
+    env = {**os.environ, **RAY_CLIENT_ENVIRONMENT,
+           "XDG_CACHE_HOME": str(root / "cache")}  # where a URL job's tiny presets are built
+    # killed on a local Ray of its own (beside the session's cluster): its processes die with it
+    proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
     deadline = time.time() + RUN_TIMEOUT
     while not list(jd.commits.glob("shard-*.json")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.5)
+    ray_processes = [p for p in psutil.Process(proc.pid).children(recursive=True)  # workers, writers, raylet
+                     if not p.name().endswith("Agent")]  # the dashboard's agents linger, writing nothing
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    # Ray's processes die with their driver (a writer may finish the commit it was writing
+    # first): count the commits once they are gone
+    _, alive = psutil.wait_procs(ray_processes, timeout=60)
+    assert not alive, f"Ray processes outlived their killed driver: {alive}"
     committed = len(list(jd.commits.glob("shard-*.json")))
-    out = masktok("run", jd.root, "-q").stdout
-    return {"jd": jd, "images": images, "committed": committed, "out": out, "arrays": arrays(jd),
+    out, killed, done_at_kill = run_killing_a_stage_worker(jd, ray_cluster, env)
+    return {"jd": jd, "images": images, "committed": committed, "out": out, "killed": killed,
+            "done_at_kill": done_at_kill, "arrays": arrays(jd), "env": env,
             "verify": masktok("verify", jd.root, check=False).returncode}
+
+
+def run_killing_a_stage_worker(jd, address: str, env: dict) -> tuple[str, int | None, int]:
+    """`masktok run` on the cluster, SIGKILL of the first stage worker seen; returns the
+    run's output (it must succeed), the pid killed and the commits there were then."""
+    proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "--ray-address", address, "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    killed, done_at_kill = None, -1
+    deadline = time.time() + RUN_TIMEOUT
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        # a Ray worker takes its actor's name ("ray::MapWorker(MapBatches(StageGroup))...")
+        # when the actor is created; kill the first one seen, while its stage has work
+        for worker in psutil.process_iter(["name"]):
+            if "StageGroup" in (worker.info["name"] or ""):
+                killed, done_at_kill = worker.pid, len(list(jd.commits.glob("shard-*.json")))
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, out[-3000:]
+    return out, killed, done_at_kill
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+#: What a driver of the test cluster needs in its environment: Ray turns token
+#: authentication on once ~/.ray/auth_token exists (a local run writes it); off, so that any
+#: machine is alike.
+RAY_CLIENT_ENVIRONMENT = {"RAY_AUTH_MODE": "disabled"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_endpoint) -> str:
+    """A one-node Ray cluster started as a user starts one (``ray start --head``), for the
+    runs of this module that join one (``--ray-address``); no dashboard (its processes cost
+    CPU the other tests need). The S3 server's variables are set first: the cluster's
+    workers take the raylet's environment. Yields the address."""
+    ray = str(Path(sys.executable).parent / "ray")
+    gcs = _free_port()
+    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
+                    "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True, timeout=120, env={**os.environ, **RAY_CLIENT_ENVIRONMENT})
+    try:
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
 
 
 def test_killed_run_resumes_to_the_same_arrays(resumed, finished):
@@ -152,25 +226,28 @@ def test_killed_run_resumes_to_the_same_arrays(resumed, finished):
     assert resumed["verify"] == 0
 
 
+def test_a_tiny_llama_trains_from_the_resumed_job_on_s3(resumed, tmp_path):
+    from masktok.trainer.runtime import TrainConfig
+    from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.trainer.train import train
+
+    jd = resumed["jd"]
+    caption = "a picture of shapes"
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"id": im, "image": im, "conversations": [
+        {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": caption}]} for im in IMAGES]))
+    llm = build_tiny_llm(tmp_path / "llm", ["Describe it.", caption], hidden=32)
+    summary = train(TrainConfig(stage=2, cache=jd.root, data=data, llm=llm, out=tmp_path / "out", batch_size=2,
+                                max_steps=2, tokens="cls,patch:4,obj:2"))
+    assert summary["step"] == 2 and np.isfinite(summary["loss"])
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["cache"] == str(jd.root)
+
+
 def test_changed_spec_is_refused(finished):
     refused = masktok("run", finished.root, "--set", "detect.top_k=7", check=False)
     assert refused.returncode == 1 and "detect.top_k: 4 -> 7" in refused.stderr
     allowed = masktok("run", finished.root, "--set", "invert.resources.batch_size=2", "-q")
     assert "nothing to do" in allowed.stdout
-
-
-def test_a_running_job_cannot_be_run_twice(tmp_path, corpus):
-    from masktok.pipeline.lock import RunLock
-
-    jd = plan(tmp_path / "c", corpus)
-    with RunLock(jd.root / "run.lock"):  # as a run in another process holds it
-        refused = masktok("run", jd.root, check=False)
-        assert refused.returncode == 1 and "already being run" in refused.stderr
-        assert json.loads(masktok("status", jd.root, "--json").stdout)["running"]["pid"] == os.getpid()
-        replan = masktok("plan", jd.root, "--spec", "demo", "--corpus", "folder", "--source", corpus[1], "--force",
-                         check=False)
-        assert replan.returncode == 1 and "already being run" in replan.stderr
-    assert json.loads(masktok("status", jd.root, "--json").stdout)["running"] is None
 
 
 def test_verify_names_a_flipped_byte_and_repair_uncommits_it(tmp_path, finished):
@@ -189,87 +266,29 @@ def test_verify_names_a_flipped_byte_and_repair_uncommits_it(tmp_path, finished)
     assert status["shards_committed"] == 2 and status["images_pending"] == 3
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def ray_cluster():
-    """A one-node Ray cluster started as a user starts one (``ray start --head``), with the
-    dashboard, whose state API (``ray.util.state``) lists the actors and their pids.
-    Yields (the address for ``--ray-address``, the state API's address)."""
-    ray = str(Path(sys.executable).parent / "ray")
-    gcs, dashboard = _free_port(), _free_port()
-    # Ray turns token authentication on once ~/.ray/auth_token exists (a local run writes it)
-    # while its state-API client does not send the token: off, so that any machine is alike
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
-                    "--include-dashboard=true", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
-                   check=True, capture_output=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    try:
-        yield f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}"
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
-
-
-def test_a_dead_worker_is_replaced_and_the_job_finishes(tmp_path, corpus, finished, ray_cluster):
+def test_a_dead_worker_is_replaced_and_the_job_finishes(resumed):
     """On a `ray start` cluster: a stage worker killed mid-run (as the OOM killer would) is
-    restarted by Ray Data and the job completes with the same tokens."""
-    from ray.util.state import list_actors
-
-    address, state_api = ray_cluster
-    jd = plan(tmp_path / "d", corpus)
-    proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "--ray-address", address, "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    killed = None
-    deadline = time.time() + RUN_TIMEOUT
-    while killed is None and time.time() < deadline and proc.poll() is None:
-        # an actor is ALIVE once built (models loaded): kill the first one seen, while its
-        # stage has work; waiting for a commit first raced the end of this 3-shard job
-        try:
-            alive = list_actors(address=state_api, filters=[("state", "=", "ALIVE")], detail=True)
-        except Exception:  # noqa: BLE001 - the state API refuses calls for a while after `ray start`
-            alive = []
-        workers = [a for a in alive if "StageGroup" in a.class_name and a.pid]
-        if workers:
-            killed, done_at_kill = workers[-1].pid, len(list(jd.commits.glob("shard-*.json")))
-            os.kill(killed, signal.SIGKILL)
-        time.sleep(0.2)
-    out, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    assert killed is not None, "no stage worker was found to kill"
-    assert done_at_kill < 3, "the worker should die while work remains"
-    assert proc.returncode == 0, out[-3000:]
+    restarted by Ray Data and the job completes with the same tokens (the arrays: the test
+    above), and nothing of Ray's reaches the terminal."""
+    out = resumed["out"]
+    assert resumed["killed"] is not None, "no stage worker was found to kill"
+    assert resumed["done_at_kill"] < 3, "the worker should die while work remains"
     # quiet: the workers' own logs ("(MapWorker(...) pid=...) ...") stay in Ray's log folder,
     # and so do Ray's Python notices in the driver ("2026-... INFO/WARNING ...") and its C++
     # core worker's ("[2026-... E ...] core_worker.cc: ... constructor arguments ...")
     assert not [line for line in out.splitlines() if line.startswith("(") and "pid=" in line], out[-3000:]
     assert not [line for line in out.splitlines() if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line)], out[-3000:]
     assert not [line for line in out.splitlines() if re.match(r"\[\d{4}-\d\d-\d\d ", line)], out[-3000:]
-    status = json.loads(masktok("status", jd.root, "--json").stdout)
-    assert status["shards_committed"] == 3 and status["images_done"] == len(IMAGES) - 1
-    np.testing.assert_allclose(arrays(jd)["global_token"], arrays(finished)["global_token"], rtol=2e-3, atol=2e-3)
 
 
-def test_retry_failed_redoes_the_failed_images(resumed):
-    jd, local = resumed["jd"], resumed["images"]
-    assert json.loads(masktok("status", jd.root, "--json").stdout)["images_failed"] == 1
-    shutil.copy(local / "scenes/001.jpg", local / "quirks/broken.jpg")  # the file is mended
-    out = masktok("run", jd.root, "--retry-failed", "-q").stdout
-    assert "running 1 of 3 shards" in out
-    status = json.loads(masktok("status", jd.root, "--json").stdout)
-    assert status["images_failed"] == 0 and status["images_done"] == len(IMAGES)
-    assert pq.read_table(jd.failures).num_rows == 0
-
-
-def test_a_checkpoint_that_cannot_load_stops_the_run_with_one_line(tmp_path, corpus):
+def test_a_checkpoint_that_cannot_load_stops_the_run_with_one_line(tmp_path, corpus, ray_cluster):
     """The SAM actor's load fails: `masktok run` prints that reason as its one line, exit 1;
     none of Ray's traceback ("(raylet) Task ... failed", Ray Data's "Full stack trace")."""
     bad = tmp_path / "sam_vit_b.pth"
     bad.write_bytes(b"not a torch file")
     jd = plan(tmp_path / "bad", corpus, "--set", f"segment.checkpoint={bad}", "--set", "segment.model_type=vit_b")
-    result = masktok("run", jd.root, "-q", check=False)
+    result = masktok("run", jd.root, "--ray-address", ray_cluster, "-q", check=False,
+                     env={**os.environ, **RAY_CLIENT_ENVIRONMENT})
     assert result.returncode == 1, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"Error: a stage could not load its model: cannot read SAM checkpoint {bad}")

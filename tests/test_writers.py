@@ -3,11 +3,9 @@ it, and report to the driver; any number of writers gives the same bytes, a dead
 only its own uncommitted shards, a failed write is one line and leaves nothing half-written."""
 
 import hashlib
-import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from masktok.schemas.commits import read_commits
 from masktok.schemas.errors import RunError
 from masktok.schemas.jobdir import JobDir
 from masktok.schemas.spec import JobSpec
+from masktok.schemas.storage import open_zarr
 from masktok.stages.write import TokenDims, open_store
 
 DIMS = TokenDims(K=6, D=16, C=24)
@@ -30,9 +29,10 @@ ITEMS = tiny_items(ROWS, DIMS, failed=(5,))
 TIMING = ("committed_at", "stage_seconds", "images")  # commit keys that are no result
 
 
-def new_job(root: Path) -> JobDir:
+def new_job(root) -> JobDir:
     jd = JobDir(root)
-    jd.root.mkdir(parents=True)
+    if not jd.remote:
+        jd.root.mkdir(parents=True)
     open_store(jd.tokens, ROWS, SIZE, DIMS)
     return jd
 
@@ -48,7 +48,7 @@ def plain_writer(jd: JobDir) -> ShardWriter:
 
 def outputs(jd: JobDir) -> dict:
     """Everything a run leaves that is a result: array values, tar bytes, commits less timing."""
-    z = zarr.open_group(jd.tokens, mode="r")
+    z = open_zarr(jd.tokens, mode="r")
     return {"arrays": {name: z[name][:] for name in z.array_keys()},
             "tars": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(jd.wds.glob("*.tar"))},
             "commits": {s: {k: v for k, v in c.items() if k not in TIMING} for s, c in read_commits(jd).items()}}
@@ -138,14 +138,15 @@ def test_the_next_run_sweeps_temp_files_a_killed_writer_left(tmp_path):
 # --- the writer actors on a local Ray ---------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(s3_endpoint):  # the S3 server's variables set before Ray's workers start
     import sys
 
     import ray
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Deliver, for workers that cannot import tests/
-    ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    # a Ray of its own, beside the session's cluster (conftest.ray_cluster)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         yield ray
     finally:
@@ -203,9 +204,12 @@ def test_one_writer_and_three_writers_write_the_same_bytes(one_writer, tmp_path)
 
 
 @pytest.mark.xdist_group("ray")
-def test_a_killed_writer_loses_only_its_shards_and_the_next_run_does_exactly_them(ray_local, one_writer, tmp_path):
+@pytest.mark.parametrize("storage", ["local", "s3"])
+def test_a_killed_writer_loses_only_its_shards_and_the_next_run_does_exactly_them(ray_local, one_writer, tmp_path,
+                                                                                 storage, request):
     ray = ray_local
-    jd = new_job(tmp_path / "killed")
+    jd = new_job(tmp_path / "killed" if storage == "local" else f"{request.getfixturevalue('bucket')}/killed")
+    assert jd.remote == (storage == "s3")
     pool = WriterPool(jd, spec_with(2), META, ROWS, DIMS)
     by_shard = {s: [it for it in ITEMS if it["index"] // SIZE == s] for s in range(6)}
     # shards 0..3 held but 1 and 3 not complete (their last image is still to come)

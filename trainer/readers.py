@@ -35,11 +35,12 @@ from ..schemas.errors import CacheError
 from ..schemas.jobdir import JobDir
 from ..schemas.record import OBJECT_ARRAYS, SCALARS, SINCE_VERSION, TENSORS, Status, leading_triangle, tensors_of
 from ..schemas.versions import RECORD_SCHEMA_VERSIONS, ZARR_LAYOUTS
+from ..schemas.storage import is_remote, open_zarr
 
 
 def zarr_path(job_dir: Path) -> Path:
     """The job's ``tokens.zarr``; CacheError when the job was never run."""
-    path = JobDir(Path(job_dir)).tokens
+    path = JobDir(job_dir).tokens
     if not (path / "zarr.json").exists():
         raise CacheError(f"no token cache at {path}: run `masktok run {job_dir}` first")
     return path
@@ -47,7 +48,7 @@ def zarr_path(job_dir: Path) -> Path:
 
 def wds_shards(job_dir: Path) -> list[Path]:
     """The tars of committed shards only: a tar without a commit may be half-redone."""
-    jd = JobDir(Path(job_dir))
+    jd = JobDir(job_dir)
     shards = sorted(jd.wds / c["wds"]["file"] for c in valid_commits(jd).values() if c.get("wds"))
     if not shards:
         raise CacheError(f"no committed WebDataset shards under {jd.wds} (write.webdataset off, or not run)")
@@ -101,7 +102,7 @@ class ZarrImages(Dataset):
         sharded = self.layout == "sharded-rows"
         self.chunk_rows: int = 1 if sharded else int(group["status"].chunks[0])
         self._direct: dict[str, tuple[Any, ...]] = {}
-        if sharded:
+        if sharded and not is_remote(self.path):  # on object storage, zarr's own (concurrent) reads
             formats = {name: self._shard_format(group[name]) for name in self.tensors}
             self._direct = {name: f for name, f in formats.items() if f is not None}
         self._arrays: dict[str, Any] = {}  # zarr handles, opened on first use (per process)
@@ -112,9 +113,8 @@ class ZarrImages(Dataset):
         return self._rows.get(image_id)
 
     def _open(self) -> Any:
-        import zarr
 
-        return zarr.open_group(self.path, mode="r")
+        return open_zarr(self.path, mode="r")
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -210,6 +210,15 @@ def _sample_record(members: dict[str, bytes]) -> dict[str, Any]:
     return rec
 
 
+def _open_tars(shards: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Each shard's tar as a stream (what webdataset's url_opener gives, read with fsspec)."""
+    import fsspec
+
+    for shard in shards:
+        with fsspec.open(shard["url"], "rb") as stream:
+            yield {**shard, "stream": stream}
+
+
 def consumer(rank: int = 0, world: int = 1) -> tuple[int, int]:
     """(id, count) of this reader among all of a run's readers: one per (rank, DataLoader
     worker), so that every consumer of a multi-process, multi-worker run reads its own share."""
@@ -255,14 +264,15 @@ class WdsImages(IterableDataset):
         if self.shuffle:
             urls = [urls[i] for i in epoch_rng(self.seed, self.epoch).permutation(len(urls))]
         rank, world = self.rank, self.world
-        stream = wds.WebDataset(urls, shardshuffle=False, empty_check=False,
-                                nodesplitter=lambda src: itertools.islice(src, rank, None, world),
-                                workersplitter=wds.split_by_worker)
+        # WebDataset's own pipeline, with the tars opened through fsspec: a local path or a
+        # job directory's URL (s3://...), which webdataset's gopen does not know
+        stages = [wds.SimpleShardList(urls), lambda src: itertools.islice(src, rank, None, world),
+                  wds.split_by_worker, _open_tars, wds.tariterators.tar_file_expander, wds.tariterators.group_by_keys]
         if self.shuffle and self.shuffle_buffer > 1:
             me, _ = consumer(rank, world)
-            stream = stream.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
-                                    rng=random.Random(f"{self.seed}/{self.epoch}/{me}"))
-        for sample in stream:  # members as raw bytes, keyed by extension ("json", "boxes.npy", ...)
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
+                                      rng=random.Random(f"{self.seed}/{self.epoch}/{me}")))
+        for sample in wds.DataPipeline(*stages):  # members as raw bytes, keyed by extension ("json", "boxes.npy", ...)
             yield _sample_record(sample)
 
 

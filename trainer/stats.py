@@ -15,6 +15,7 @@ import numpy as np
 
 from ..schemas.errors import CacheError
 from ..schemas.record import Status
+from ..schemas.storage import open_zarr
 from .readers import zarr_path
 from .scaling import CacheStats
 
@@ -26,9 +27,8 @@ def _mean_std(total: float, total_sq: float, count: int) -> tuple[float, float]:
 
 def cache_stats(job_dir: Path, max_images: int | None = 50_000) -> CacheStats:
     """Norm statistics over the ok images of ``job_dir``'s cache (see the module docstring)."""
-    import zarr
 
-    g = zarr.open_group(zarr_path(job_dir), mode="r")
+    g = open_zarr(zarr_path(job_dir), mode="r")
     n = g["status"].shape[0]
     rows = int(g["status"].chunks[0])
     chunks = list(range((n + rows - 1) // rows))

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from ..schemas.errors import DataError, TrainError
+from ..schemas.storage import is_remote
 from . import checkpoint as ckpt
 from .data import ItemBuilder
 from .consolidate import llm_for, load_checkpoint_model, write_consolidated, write_llm_files
@@ -130,13 +131,13 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
 
     meta = {"stage": cfg.stage, "tokens": str(spec), "scaling": scaling, "stats": stats.to_dict() if stats else None,
             "dims": images.dims, "llm": str(Path(llm_src).resolve()),
-            "cache": str(Path(cfg.cache).resolve()), "data": str(Path(cfg.data).resolve()),
+            "cache": str(cfg.cache if is_remote(cfg.cache) else Path(cfg.cache).resolve()), "data": str(Path(cfg.data).resolve()),
             "counts": counts.to_dict(), "world_size": env.world, "grad_accum": cfg.grad_accum,
             "batch_size": cfg.batch_size, "strategy": strategy}
     if env.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out) / "run.json").write_text(json.dumps(
-            {**meta, "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}}, indent=1))
+            {**meta, "config": {k: str(v) if isinstance(v, Path) or is_remote(v) else v for k, v in asdict(cfg).items()}}, indent=1))
         echo(f"data: {counts.used} examples of {counts.records} records "
              f"({counts.text_only} text-only; skipped: {counts.skipped_missing} missing, {counts.skipped_failed} failed, "
              f"{counts.skipped_pending} pending, {counts.skipped_invalid} invalid, {counts.skipped_text_only} text-only)")

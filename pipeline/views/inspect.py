@@ -42,7 +42,7 @@ def inspect_image(jobdir: Path, image: str | None = None, index: int | None = No
     from .figure import Scene, render
     from .jobview import load_record, read_image, recompute_masks, resolve_index, stored_masks
 
-    jd = JobDir(Path(jobdir))
+    jd = JobDir(jobdir)
     spec, _ = load_job(jd)
     record = load_record(jd, resolve_index(jd, image, index), tokens=maps)
     size = f"{record.width}x{record.height}" if record.width else "size unknown"

@@ -26,6 +26,7 @@ import numpy as np
 
 from ...schemas.errors import InspectError
 from ...schemas.jobdir import JobDir
+from ...schemas.storage import open_zarr
 from ...stages.batch import decode_masks
 
 #: Arrays of one Zarr row the pictures need (object_tokens only for --maps).
@@ -91,7 +92,6 @@ def committed_rows(jd: JobDir) -> dict[int, dict[str, Any]]:
 
 def load_record(jd: JobDir, index: int, tokens: bool = False) -> ImageRecord:
     """The stored record of manifest row ``index``; a pending image is an error."""
-    import zarr
 
     from ...schemas.manifest import read_manifest
     from ...schemas.record import Status
@@ -101,7 +101,7 @@ def load_record(jd: JobDir, index: int, tokens: bool = False) -> ImageRecord:
     if row["shard"] not in commits:
         raise InspectError(f"image {row['image_id']!r} (index {index}) is pending: its shard {row['shard']} "
                            f"has no commit yet (run `masktok run {jd.root}`)")
-    group = zarr.open_group(jd.tokens, mode="r")
+    group = open_zarr(jd.tokens, mode="r")
     names = RECORD_ARRAYS + (("object_tokens",) if tokens else ())
     arrays = {name: np.asarray(group[name][index]) for name in names}
     failure = next((f for f in commits[row["shard"]]["failures"] if f["index"] == index), None)
@@ -118,7 +118,7 @@ def stored_masks(jd: JobDir, record: ImageRecord) -> list[dict] | None:
     if not path.exists():
         return None
     name = f"{sample_key(record.index)}.masks.json"
-    with tarfile.open(path) as tar:
+    with path.open("rb") as fh, tarfile.open(fileobj=fh) as tar:  # local or on object storage
         try:
             member = tar.getmember(name)
         except KeyError:

@@ -77,7 +77,7 @@ def build_report(jobdir: Path, images: int = 3) -> str:
     from .report_html import Page
     from .report_stats import gather, spec_highlights
 
-    jd = JobDir(Path(jobdir))
+    jd = JobDir(jobdir)
     stats = gather(jd)
     s = stats.status
     page = Page(f"masktok report: {stats.spec.job.name}",

@@ -24,6 +24,7 @@ import numpy as np
 
 from ...schemas.jobdir import JobDir
 from ...schemas.record import Status
+from ...schemas.storage import open_zarr
 from .jobview import committed_rows
 
 BINS = np.linspace(0.0, 1.0, 41)
@@ -50,7 +51,6 @@ class JobStats:
 
 def gather(jd: JobDir) -> JobStats:
     """Every number the report shows, for the job in ``jd``."""
-    import zarr
 
     from ..run import load_job
     from ..status import job_status
@@ -61,7 +61,7 @@ def gather(jd: JobDir) -> JobStats:
     times = sorted((datetime.fromisoformat(c["committed_at"]), c["rows"][1] - c["rows"][0]) for c in commits.values())
     failures = [{**f, "shard": s} for s, c in sorted(commits.items()) for f in c["failures"]]
     stats = JobStats(spec=spec, meta=meta, status=job_status(jd), plan=plan, commit_times=times, failures=failures)
-    group = zarr.open_group(jd.tokens, mode="r")
+    group = open_zarr(jd.tokens, mode="r")
     use_rle = spec.write.rle_masks and spec.write.webdataset
     shards = sorted(commits)
     area_shards = set(shards[:: max(1, -(-len(shards) // MAX_AREA_SHARDS))]) if use_rle else set()
@@ -108,7 +108,7 @@ def _shard_masks(jd: JobDir, shard: int) -> dict[int, list[dict]]:
     path, out = jd.wds_path(shard), {}
     if not path.exists():
         return out
-    with tarfile.open(path) as tar:
+    with path.open("rb") as fh, tarfile.open(fileobj=fh) as tar:  # local or on object storage
         for member in tar:
             if member.name.endswith(".masks.json"):
                 out[int(member.name.split(".", 1)[0])] = json.loads(tar.extractfile(member).read())
