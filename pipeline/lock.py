@@ -144,7 +144,7 @@ def _gone(owner: dict[str, Any], age: float) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
-        return False
+        pass
     return False
 
 
