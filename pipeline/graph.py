@@ -20,7 +20,6 @@ the batch gets an equal share of the call's wall seconds under ``item["stage_sec
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,33 +29,30 @@ import numpy as np
 from ..models import quiet_model_libraries
 from ..schemas.commits import STAGE_SECONDS
 from ..schemas.spec import JobSpec
-from ..stages.batch import exception_reason, fail, failed
+from ..stages.batch import exception_reason, fail, failed, out_of_memory
 from .topology import Group, build_group, topology
 from .transport import ARRAY_COLUMNS, from_columns, to_columns
 
 Item = dict[str, Any]
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    """Running out of (GPU) memory: not a property of an image. torch is looked up only if
-    the actor's stages imported it (a decode actor never loads torch)."""
-    torch = sys.modules.get("torch")
-    return isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError))
-
-
 def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list[Item]) -> list[Item]:
     """Run a stage on a batch; on an exception, item by item, recording what still fails.
 
-    Stages update items in place (background appends a row), so the retry starts from
-    copies taken before the batched call. Running out of GPU memory is not a property of
-    an image: it is raised, not recorded as a failure.
+    Stages update items in place (background appends a row), so a retry starts from copies
+    taken before the call. Running out of (GPU) memory is not a property of an image: the
+    batch is retried in halves, down to one image, and an image that alone runs out of
+    memory raises (the run stops); it is never recorded as a failure.
     """
     before = [dict(item) for item in items]
     try:
         return stage(items)
     except Exception as exc:  # noqa: BLE001 - isolate the bad image below
-        if _out_of_memory(exc):
-            raise
+        if out_of_memory(exc):
+            if len(before) == 1:
+                raise
+            half = len(before) // 2
+            return call_stage(name, stage, before[:half]) + call_stage(name, stage, before[half:])
     out = []
     for item in before:
         if failed(item):
@@ -65,7 +61,7 @@ def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list
         try:
             out.extend(stage([item]))
         except Exception as exc:  # noqa: BLE001 - a per-image failure, recorded
-            if _out_of_memory(exc):
+            if out_of_memory(exc):
                 raise
             out.append(fail(item, name, exception_reason(exc)))
     return out

@@ -5,6 +5,8 @@ The batch contract itself is documented in the package docstring (``masktok.stag
 
 from __future__ import annotations
 
+import sys
+
 import warnings
 from typing import Any
 
@@ -28,6 +30,15 @@ def fail(item: Item, stage: str, reason: str) -> Item:
     """Mark ``item`` failed in place (first failure wins) and return it."""
     item.setdefault("error", {"stage": stage, "reason": reason})
     return item
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Running out of (GPU) memory: a property of how many images a call holds, never of an
+    image, so never a recorded failure (pipeline/graph.call_stage retries smaller batches,
+    then raises). torch is looked up only if the process imported it (a decode actor never
+    loads torch)."""
+    torch = sys.modules.get("torch")
+    return isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError))
 
 
 def exception_reason(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers import DeformableDetrForObjectDetection, DeformableDetrImageProcessor
 
-from .batch import Batch, Item, exception_reason, fail, failed
+from .batch import Batch, Item, exception_reason, fail, failed, out_of_memory
 from .model_inputs import detector_pixels
 from .precision import at_precision
 
@@ -75,6 +75,8 @@ class DetectStage:
         try:
             return detector_pixels(item["image"], self.processor)
         except Exception as exc:  # noqa: BLE001 - e.g. an image too thin to resize
+            if out_of_memory(exc):
+                raise
             fail(item, "detect", f"preprocessing failed: {exception_reason(exc)}")
             return None
 

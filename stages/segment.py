@@ -32,7 +32,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .batch import Batch, Item, encode_masks, exception_reason, fail, failed
+from .batch import Batch, Item, encode_masks, exception_reason, fail, failed, out_of_memory
 from .model_inputs import sam_pixels
 from .precision import at_precision
 
@@ -79,7 +79,9 @@ class SegmentStage:
                     item["masks"], item["mask_iou"] = self.segment(
                         embedding, input_size, (item["height"], item["width"]), item["boxes"]
                     )
-                except Exception as exc:  # noqa: BLE001 - e.g. out of memory on one huge image
+                except Exception as exc:  # noqa: BLE001 - e.g. boxes the decoder cannot take
+                    if out_of_memory(exc):
+                        raise  # not the image's fault: the caller retries smaller batches
                     fail(item, "segment", exception_reason(exc))
         return batch
 
@@ -106,6 +108,8 @@ class SegmentStage:
             try:
                 inputs.append((item, *self.preprocess(self._pixels(item))))
             except Exception as exc:  # noqa: BLE001 - e.g. an image that cannot be resized
+                if out_of_memory(exc):
+                    raise
                 fail(item, "segment", exception_reason(exc))
         return self._encode(inputs) if inputs else []
 
@@ -114,7 +118,9 @@ class SegmentStage:
         try:
             with at_precision(self.device, self.precision):
                 features = self.sam.image_encoder(torch.cat([x for _, x, _ in inputs])).float()
-        except Exception as exc:  # noqa: BLE001 - e.g. out of memory for the whole group
+        except Exception as exc:  # noqa: BLE001 - one image the encoder cannot take
+            if out_of_memory(exc):
+                raise  # the caller (pipeline/graph.call_stage) retries in smaller batches
             if len(inputs) == 1:
                 fail(inputs[0][0], "segment", exception_reason(exc))
                 return []

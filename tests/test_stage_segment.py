@@ -147,21 +147,23 @@ def test_no_boxes_and_failed_items(stage) -> None:
 
 
 def test_failing_shared_forward_falls_back_to_one_image_at_a_time(stage) -> None:
+    """An error of one image's encoder input (not running out of memory, which is raised:
+    tests/test_out_of_memory.py) fails that image only."""
     flaky = SegmentStage(build_tiny_sam(seed=0), upsample_chunk=2, image_batch=4)
     items = _batch_items()
     items[1]["image"] = np.zeros_like(items[1]["image"])  # the culprit: a constant image
     calls: list[int] = []
 
-    def out_of_memory(module: torch.nn.Module, args: tuple[torch.Tensor]) -> None:
+    def bad_input(module: torch.nn.Module, args: tuple[torch.Tensor]) -> None:
         (x,) = args
         calls.append(len(x))
         if len(x) > 1 or bool((x[0, 0, :4, :4] == x[0, 0, 0, 0]).all()):
-            raise RuntimeError("CUDA out of memory")
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_BAD_PARAM")
 
-    flaky.sam.image_encoder.register_forward_pre_hook(out_of_memory)
+    flaky.sam.image_encoder.register_forward_pre_hook(bad_input)
     out = flaky(items)
     assert calls == [3, 1, 1, 1]
-    assert out[1]["error"] == {"stage": "segment", "reason": "RuntimeError: CUDA out of memory"}
+    assert out[1]["error"] == {"stage": "segment", "reason": "RuntimeError: cuDNN error: CUDNN_STATUS_BAD_PARAM"}
     for i in (0, 2):
         (alone,) = stage([_batch_items()[i]])
         assert out[i]["masks"] == alone["masks"] and np.array_equal(out[i]["mask_iou"], alone["mask_iou"])
