@@ -23,13 +23,14 @@ from ..stages.write import TokenDims
 from .topology import model_checkpoint, models_needed
 
 
-def resolve_checkpoints(spec: JobSpec, jd: JobDir) -> dict[str, str]:
-    """The checkpoint path of every model the job runs; "tiny" ones are materialised."""
+def resolve_checkpoints(spec: JobSpec, jd: JobDir | Path) -> dict[str, str]:
+    """The checkpoint path of every model the job runs; "tiny" ones are materialised (in
+    the job's models folder, or in the folder ``jd`` when it is a path: `masktok ask`)."""
     wanted = {m: model_checkpoint(spec, m) for m in models_needed(spec)}
     tiny_models = tuple(m for m, path in wanted.items() if path == TINY)
     if tiny_models:  # building them: no progress bars or "no pretrained weights" notices
         quiet_model_libraries()
-    home = local_tiny_models() if jd.remote else jd.models
+    home = Path(jd) if not isinstance(jd, JobDir) else local_tiny_models() if jd.remote else jd.models
     tiny = materialize_tiny(home, tiny_models) if tiny_models else {}  # real weights: no models/ folder
     wanted = {m: str(tiny.get(m, path)) for m, path in wanted.items()}
     for model, path in wanted.items():

@@ -19,7 +19,7 @@ from ..schemas.jobdir import JobDir, JobDirPath
 from ..schemas.spec import CORPUS_KINDS, apply_overrides, read_toml, set_value, spec_from_dict
 from ..evaluate.cli import answer
 from ..evaluate.score_cli import score, submission
-from ..trainer.cli import export, generate, train
+from ..trainer.cli import ask, export, generate, train
 from .plan import plan_job
 from .views.inspect import inspect
 from .views.report import report
@@ -168,6 +168,7 @@ main.add_command(inspect)
 main.add_command(report)
 main.add_command(train)
 main.add_command(generate)
+main.add_command(ask)
 main.add_command(export)
 main.add_command(answer)
 main.add_command(score)

@@ -1,5 +1,5 @@
-"""``masktok train`` and ``masktok generate`` as click commands (registered in pipeline/cli.py
-with ``main.add_command``). Imports stay light here; torch and transformers load inside the
+"""``masktok train``, ``generate``, ``export`` and ``ask`` as click commands (registered in
+pipeline/cli.py with ``main.add_command``). Imports stay light here; torch and transformers load inside the
 commands. Expected problems (bad spec, missing cache or LM folder, unknown image id, a
 refused resume) are ``MasktokError``s: one line on stderr and exit status 1 (schemas/errors.py).
 """
@@ -111,3 +111,79 @@ def export(checkpoint: Path, out: Path, dtype: str) -> None:
 
     disable_progress_bar()
     click.echo(run(checkpoint, out, dtype))
+
+
+@click.command("ask", cls=Command)
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=_DIR, required=True, help="A checkpoint-*/ folder, or a run folder (its latest).")
+@click.option("--spec", "spec_name", required=True,
+              help="The job spec of the cache the checkpoint learnt from: a TOML file (a job's job.toml will do) "
+                   "or a bundled name (demo, llava_pretrain, llava_instruct).")
+@click.option("--question", default=None,
+              help="Asked of every image. Without it: one image, and a chat on stdin (an empty line or Ctrl-D ends).")
+@click.option("--tokens", default=None, help="Token spec at test time (default: the checkpoint's).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image: image, question, answer.")
+@click.option("--verbose", is_flag=True, help="Each stage's seconds per image, on stderr.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--device", default=None, help="Default: cuda when there is one, else cpu (the stages and the LM).")
+def ask(images: tuple[Path, ...], checkpoint: Path, spec_name: str, question: str | None, tokens: str | None,
+        as_json: bool, verbose: bool, max_new_tokens: int, device: str | None) -> None:
+    """Answer questions about pictures no job has planned: the spec's stages run here (no
+    Ray, no job directory, models loaded once), and the checkpoint answers from the
+    tokens, composed as in training. IMAGES: files, or folders of them.
+
+    \b
+    Examples:
+      masktok ask --checkpoint runs/finetune --spec llava_instruct photo.jpg
+      masktok ask --checkpoint runs/finetune --spec llava_instruct photos/ --question "What is on the table?" --json
+    """
+    import json
+    import sys
+
+    import torch
+    from transformers.utils.logging import disable_progress_bar
+
+    from ..models import quiet_model_libraries
+    from ..pipeline.checkpoints import local_tiny_models, token_dims
+    from ..pipeline.cli import spec_document
+    from ..schemas.errors import DataError, TrainError
+    from ..schemas.spec import expand_env, spec_from_dict
+    from .ask import Asker, PictureTokens, chat, image_paths
+
+    disable_progress_bar()
+    quiet_model_libraries()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    paths = image_paths(images)
+    job_spec = expand_env(spec_from_dict(*spec_document(spec_name)))
+    asker = Asker(checkpoint, job_spec, token_dims(job_spec).as_dict(), tokens, device)
+    if asker.stage == 1 and question is not None:
+        raise TrainError(f"{checkpoint} is a stage-1 checkpoint: it captions (plain template), it does not take a "
+                         "question; leave out --question")
+    chatting = question is None and asker.stage == 2
+    if chatting and len(paths) > 1:
+        raise DataError(f"{len(paths)} images: a chat is about one image; give --question to ask it of each")
+    click.echo(f"computing the tokens of {len(paths)} image{'s' if len(paths) > 1 else ''} on {device} "
+               "(loading the spec's models first)", err=True)
+    pictures = PictureTokens(job_spec, device, local_tiny_models())
+    records = pictures.records(paths)
+    if verbose:
+        click.echo("stages: " + ", ".join(f"{name} {s / len(paths):.3g}" for name, s in pictures.seconds.items())
+                   + " s/image", err=True)
+    bad = [(path, rec["error"]) for path, rec in zip(paths, records) if "error" in rec]
+    if chatting and not bad:
+        def read() -> str | None:
+            if sys.stdin.isatty():
+                click.echo("USER: ", nl=False, err=True)
+            line = sys.stdin.readline()
+            return line if line else None
+
+        chat(asker, records[0], read, click.echo, max_new_tokens)
+        return
+    for path, rec in zip(paths, records):
+        if "error" not in rec:
+            text = asker.answer(rec, question or "", max_new_tokens)
+            click.echo(json.dumps({"image": str(path), "question": question, "answer": text}) if as_json
+                       else text if len(paths) == 1 else f"{path}: {text}")
+    if bad:
+        raise DataError(f"no tokens for {len(bad)} of {len(paths)} images: "
+                        + "; ".join(f"{path} ({e['stage']}: {e['reason']})" for path, e in bad[:3]))

@@ -60,7 +60,14 @@ def generate(checkpoint: Path, cache: Path, image_id: str, prompt: str, tokens: 
     images = open_cache(cache, state["dims"], [spec])
     if (why := image_status(images, image_id)) is not None:
         raise CacheError(f"image id {image_id!r} {why} in the cache {cache}")
+    return answer(model, tokenizer, state, images[images.row_of(image_id)], prompt, spec, max_new_tokens)
+
+
+def answer(model: Any, tokenizer: Any, state: dict[str, Any], record: dict[str, Any], prompt: str,
+           spec: TokenSpec, max_new_tokens: int = 64) -> str:
+    """The greedy answer about one image's record, its visual tokens composed as training
+    composed them (the checkpoint's scaling and cache statistics)."""
     stats = CacheStats.from_dict(state["stats"]) if state.get("stats") else None
-    visual = compose(images[images.row_of(image_id)], spec, state["scaling"], stats)
+    visual = compose(record, spec, state["scaling"], stats)
     out = model.generate(prompt_ids(state["stage"], tokenizer, prompt), visual, max_new_tokens, tokenizer.eos_token_id)
     return tokenizer.decode(out, skip_special_tokens=True).strip()

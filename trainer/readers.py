@@ -24,7 +24,7 @@ import json
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -180,20 +180,28 @@ class ZarrImages(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
-        rec: dict[str, Any] = {"index": i}
-        for name in SCALARS:
-            rec[name] = _scalar(name, self._scalars[name][i])
-        if rec["status"] != Status.OK:
-            return rec
-        k = rec["num_objects"]
-        for name in self.tensors:
-            value = self._row(name, i)
-            if name in OBJECT_ARRAYS:
-                value = value[:k]
-            elif name == "mask_iou":
-                value = leading_triangle(value, self.dims["K"], k)
-            rec[name] = value.copy()
+        return row_record(i, lambda name: self._scalars[name][i], lambda name: self._row(name, i), self.tensors,
+                          self.dims["K"])
+
+
+def row_record(index: int, scalar: Callable[[str], Any], tensor: Callable[[str], np.ndarray],
+               tensors: tuple[str, ...], K: int) -> dict[str, Any]:
+    """The record of one Zarr row (see the module docstring) from its values: ``scalar(name)``
+    and ``tensor(name)``, padded to ``K`` objects as stored; the padding is dropped here."""
+    rec: dict[str, Any] = {"index": index}
+    for name in SCALARS:
+        rec[name] = _scalar(name, scalar(name))
+    if rec["status"] != Status.OK:
         return rec
+    k = rec["num_objects"]
+    for name in tensors:
+        value = tensor(name)
+        if name in OBJECT_ARRAYS:
+            value = value[:k]
+        elif name == "mask_iou":
+            value = leading_triangle(value, K, k)
+        rec[name] = value.copy()
+    return rec
 
 
 def _sample_record(members: dict[str, bytes]) -> dict[str, Any]:

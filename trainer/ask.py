@@ -1,0 +1,114 @@
+"""`masktok ask`: a trained checkpoint's answers about pictures no job has planned.
+
+The job spec's stages run in this process, as ``masktok run`` runs them in its actors (the
+same builders, ``pipeline/topology.build_group``, and the same per-batch error handling,
+``pipeline/graph.call_stage``), with no Ray and no job directory; each finished image
+becomes the record a cache row would hold (``stages/write.shard_rows``, then
+``trainer/readers.row_record``: float16 tokens, as stored), so its visual tokens, composed
+as training composed them, are those ``generate`` reads from a cache built with that spec.
+The models load once; the tokens of an image are computed once, however many questions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..schemas.errors import CacheError, DataError
+from ..schemas.record import VERSION, tensors_of
+from ..schemas.spec import JobSpec
+
+#: The files a folder given to `ask` contributes (by suffix, any case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def image_paths(given: tuple[Path, ...]) -> list[Path]:
+    """The pictures named: files as given, a folder's image files in name order."""
+    out: list[Path] = []
+    for path in given:
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            out.append(path)
+        else:
+            raise DataError(f"no such image: {path}")
+    if not out:
+        raise DataError(f"no image files in {', '.join(map(str, given))}")
+    return out
+
+
+class PictureTokens:
+    """The stages of ``spec`` in this process: records of pictures, models loaded once."""
+
+    def __init__(self, spec: JobSpec, device: str | None, tiny_home: Path) -> None:
+        from ..pipeline.checkpoints import resolve_checkpoints, token_dims
+        from ..pipeline.topology import build_group, topology
+
+        self.spec, self.dims = spec, token_dims(spec)
+        checkpoints = resolve_checkpoints(spec, tiny_home)
+        # absolute paths under the file system's root: the decode stage's containment check holds
+        self.stages = [pair for group in topology(spec) for pair in build_group(spec, group, "/", checkpoints, device)]
+        self.seconds: dict[str, float] = {}
+
+    def records(self, paths: list[Path]) -> list[dict[str, Any]]:
+        """One record per path, in order: the cache row's record, or ``{"error": ...}``."""
+        from ..pipeline.graph import call_stage
+        from ..stages.write import shard_rows
+        from .readers import row_record
+
+        items = [{"index": i, "image_id": str(p), "path": str(p.resolve())} for i, p in enumerate(paths)]
+        for name, stage in self.stages:
+            t0 = time.perf_counter()
+            items = call_stage(name, stage, items)
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        items.sort(key=lambda item: item["index"])
+        out = []
+        for item in items:
+            if "error" in item:
+                out.append({"error": item["error"]})
+                continue
+            rows = shard_rows([{**item, "index": 0}], 0, 1, self.dims, VERSION)
+            out.append(row_record(item["index"], lambda n: rows[n][0], lambda n: rows[n][0], tensors_of(VERSION),
+                                  self.dims.K))
+        return out
+
+
+class Asker:
+    """A checkpoint ready to answer: its model, template and token spec, checked against
+    the widths of the spec's models."""
+
+    def __init__(self, checkpoint: Path, spec: JobSpec, dims: dict[str, int], tokens: str | None, device: str) -> None:
+        from .consolidate import load_checkpoint_model
+        from .token_spec import parse_spec
+
+        self.model, self.tokenizer, self.state, _ = load_checkpoint_model(checkpoint)
+        self.model.to(device).eval()
+        trained = self.state["dims"]
+        if {k: trained[k] for k in ("C", "D")} != {k: dims[k] for k in ("C", "D")}:
+            raise CacheError(f"the checkpoint {checkpoint} was trained on tokens of widths C={trained['C']}, "
+                             f"D={trained['D']}; the spec's models give C={dims['C']}, D={dims['D']}: ask with the "
+                             "spec of the job it was trained from")
+        self.spec = parse_spec(tokens or self.state["tokens"])
+        if self.spec.iou is not None:
+            from .refilter import require_refilterable
+
+            require_refilterable(VERSION, spec.filter.model_dump(), "the spec's tokens")
+        self.stage = int(self.state["stage"])
+
+    def answer(self, record: dict[str, Any], question: str, max_new_tokens: int) -> str:
+        from .generate import answer
+
+        return answer(self.model, self.tokenizer, self.state, record, question, self.spec, max_new_tokens)
+
+
+def chat(asker: Asker, record: dict[str, Any], read: Callable[[], str | None], write: Callable[[str], None],
+         max_new_tokens: int) -> int:
+    """Question after question about one image until an empty line or the end of input;
+    returns how many were answered."""
+    answered = 0
+    while (question := read()) is not None and question.strip():
+        write(asker.answer(record, question.strip(), max_new_tokens))
+        answered += 1
+    return answered
