@@ -5,7 +5,10 @@ group (starting Python, torch and transformers once per rank instead of once per
 
 RUNS.json is a list of steps: {"train": {TrainConfig fields}} runs one training;
 {"copy": [SRC_CHECKPOINT, DST_RUN]} puts a copy of a checkpoint in a new run folder
-(rank 0) for a later step to resume.
+(rank 0) for a later step to resume. A training step with "frozen_report": PATH also
+writes, per rank, whether the LM's weights after it equal those it was built with, bit for
+bit, whether the projector's changed, and how many LM parameters the optimizer holds
+(PATH.<rank>.json), for the stage-1 freeze under fsdp.
 """
 
 from __future__ import annotations
@@ -15,10 +18,48 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from masktok.trainer.runtime import TrainConfig
 from masktok.trainer.train import train
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A tensor whole, gathered if it is a shard (DTensor): a collective, every rank calls it."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def frozen_report(cfg: TrainConfig, path: Path) -> None:
+    import masktok.trainer.train as trainer
+
+    seen: dict = {}
+    build_model, adamw = trainer.build_model, torch.optim.AdamW
+
+    def recording_build(*args, **kwargs):
+        seen["model"] = model = build_model(*args, **kwargs)
+        seen["built"] = {name: t.detach().clone() for name, t in model.state_dict().items()}
+        return model
+
+    class RecordingAdamW(adamw):
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+            seen["optimizer"] = self
+
+    trainer.build_model, torch.optim.AdamW = recording_build, RecordingAdamW
+    try:
+        train(cfg)
+    finally:
+        trainer.build_model, torch.optim.AdamW = build_model, adamw
+    model, built = seen["model"], seen["built"]
+    after = {name: full(t).detach() for name, t in sorted(model.state_dict().items())}
+    lm = [name for name in after if name.startswith("llm.")]
+    in_optimizer = {id(p) for group in seen["optimizer"].param_groups for p in group["params"]}
+    report = {"lm_tensors": len(lm), "lm_equal": all(torch.equal(built[n], after[n]) for n in lm),
+              "projector_changed": any(not torch.equal(built[n], after[n]) for n in after if n not in lm),
+              "optimizer_params": len(in_optimizer),
+              "lm_in_optimizer": len(in_optimizer & {id(p) for p in model.llm.parameters()})}
+    path.with_name(f"{path.name}.{dist.get_rank()}.json").write_text(json.dumps(report))
 
 
 def main() -> None:
@@ -32,7 +73,10 @@ def main() -> None:
             dist.barrier()
         else:
             cfg = {k: Path(v) if k in ("cache", "data", "llm", "out") else v for k, v in step["train"].items()}
-            train(TrainConfig(**cfg))
+            if "frozen_report" in step:
+                frozen_report(TrainConfig(**cfg), Path(step["frozen_report"]))
+            else:
+                train(TrainConfig(**cfg))
     dist.destroy_process_group()
 
 

@@ -52,7 +52,8 @@ def runs(tiny_trainer: dict[str, Path]) -> dict[str, Path]:
         {"copy": [str(out["fsdp"] / "checkpoint-0000005"), str(out["resumed"])]},
         {"train": base(tiny_trainer, out=str(out["resumed"]), strategy="fsdp", max_steps=STEPS, resume=True,
                        gradient_checkpointing=True)},
-        {"train": base(tiny_trainer, out=str(out["stage1"]), stage=1, strategy="fsdp", max_steps=2)},
+        {"train": base(tiny_trainer, out=str(out["stage1"]), stage=1, strategy="fsdp", max_steps=2),
+         "frozen_report": str(root / "frozen")},
     ]
     (root / "runs.json").write_text(json.dumps(steps))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -150,6 +151,10 @@ def test_the_last_checkpoint_is_consolidated_and_export_rebuilds_it_from_the_sha
 def test_stage1_under_fsdp_trains_the_projector_against_the_frozen_lm(runs) -> None:
     from masktok.trainer.checkpoint import saved_model_keys
 
+    for rank in (0, 1):  # the LM bit-identical after the steps, out of the optimizer (tests/sharded_runs.py)
+        report = json.loads((runs["root"] / f"frozen.{rank}.json").read_text())
+        assert report["lm_tensors"] and report["lm_equal"] and report["projector_changed"], report
+        assert report["optimizer_params"] and report["lm_in_optimizer"] == 0, report
     ck = runs["stage1"] / "checkpoint-0000002"
     keys = saved_model_keys(ck)  # the frozen LM is the source folder's, not the run's to save
     assert keys and all(k.startswith("projector.") for k in keys), sorted(keys)[:3]
