@@ -1,4 +1,5 @@
-"""Benchmark: the pipeline's model stages per GPU (or CPU), fp32 against bf16 / tf32.
+"""Benchmark: the pipeline's model stages per GPU (or CPU), fp32 against bf16 / tf32 (and
+``tf32-emulated``: TF32's rounded inputs on any device, stages/tf32.py).
 
 The stages run in one process on one device, back to back, on generated 640x480 scenes
 (the packing: every stage in one process holding all three models; `masktok run` spreads
@@ -149,12 +150,15 @@ def run(models: str, device: torch.device, images: int, iterations: int, batch: 
                               "agreement_with_fp32": {}}
     reference: dict[str, list[dict]] = {}
     for mode in precisions:
+        own = "fp32" if mode == EMULATED_TF32 else mode
         stages = {
-            "detect": DetectStage(*detector, top_k=100, precision=mode),
-            "segment": SegmentStage(sam, precision=mode),
+            "detect": DetectStage(*detector, top_k=100, precision=own),
+            "segment": SegmentStage(sam, precision=own),
             "background+filter": lambda b: PrepareMaskStage(clip_inputs)(FilterStage(FilterSpec())(BackgroundStage()(b))),
-            "invert": InvertStage(clip, InvertSpec(iterations=iterations, precision=mode)),
+            "invert": InvertStage(clip, InvertSpec(iterations=iterations, precision=own)),
         }
+        if mode == EMULATED_TF32:
+            stages = {name: _under_emulated_tf32(s) if name in MODEL_STAGES else s for name, s in stages.items()}
         seconds = {name: 0.0 for name in ["decode", *stages]}
         outputs: dict[str, list[dict]] = {name: [] for name in stages}
         for start in range(0, images, batch):
@@ -171,12 +175,27 @@ def run(models: str, device: torch.device, images: int, iterations: int, batch: 
         # what the GPU actors of a run spend: the CPU groups (decode + prepare, background +
         # filter + prepare_masks) run in parallel on other cores
         result["images_per_s_model_stages"][mode] = round(
-            images / sum(seconds[k] for k in ("detect", "segment", "invert")), 4)
+            images / sum(seconds[k] for k in MODEL_STAGES), 4)
         if mode == "fp32":
             reference = outputs
         elif reference:
             result["agreement_with_fp32"][mode] = _agreement(reference, outputs)
     return result
+
+
+#: A precision of this benchmark only: the fp32 stages with the inputs of their matmuls and
+#: convolutions rounded to TF32 (stages/tf32.py), TF32's numerical effect measured on a CPU.
+EMULATED_TF32 = "tf32-emulated"
+MODEL_STAGES = ("detect", "segment", "invert")
+
+
+def _under_emulated_tf32(stage: Any) -> Any:
+    from masktok.stages.tf32 import EmulatedTF32
+
+    def call(batch: list[dict]) -> list[dict]:
+        with EmulatedTF32():
+            return stage(batch)
+    return call
 
 
 def _inputs_like(reference: dict[str, list[dict]], name: str, start: int, batch: int, todo: list[dict]) -> list[dict]:
@@ -212,7 +231,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=4, help="images per stage call")
     ap.add_argument("--iterations", type=int, default=10 if torch.cuda.is_available() else 3,
                     help="MaskInversion iterations (the paper: 10)")
-    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated; fp32 first is the reference")
+    ap.add_argument("--precisions", default="fp32,bf16",
+                    help=f"comma-separated; fp32 first is the reference; {EMULATED_TF32}: TF32 emulated on any device")
     ap.add_argument("--model-dir", type=Path, default=None, help="where full-size checkpoints are kept")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     ap.add_argument("--out", type=Path)

@@ -17,9 +17,10 @@ def test_the_gpu_benchmark_measures_every_stage_at_both_precisions_on_a_cpu(tmp_
     import bench_gpu
 
     out = bench_gpu.main(["--models", "tiny", "--device", "cpu", "--images", "2", "--batch", "2",
-                          "--iterations", "2", "--out", str(tmp_path / "gpu.json")])
+                          "--iterations", "2", "--precisions", "fp32,bf16,tf32-emulated",
+                          "--out", str(tmp_path / "gpu.json")])
     assert (tmp_path / "gpu.json").is_file() and out["packing"]
-    for mode in ("fp32", "bf16"):
+    for mode in ("fp32", "bf16", "tf32-emulated"):
         seconds = out["seconds_per_image"][mode]
         assert set(seconds) == {"decode", "detect", "segment", "background+filter", "invert"}
         assert all(v > 0 for v in seconds.values())
@@ -32,3 +33,7 @@ def test_the_gpu_benchmark_measures_every_stage_at_both_precisions_on_a_cpu(tmp_
     # the bounds sit far from a broken path (another image's tokens have cosine ~0).
     assert 0.9 < agree["detect_box_iou_median"] <= 1 and 0.9 < agree["segment_mask_iou_median"] <= 1
     assert 0.95 < agree["invert_token_cosine_median"] <= 1 and 0 <= agree["invert_dice_loss_max_change"] < 0.1
+    # TF32 emulated (stages/tf32.py): 10 mantissa bits against bf16's 7; the same sanity bounds
+    tf32 = out["agreement_with_fp32"]["tf32-emulated"]
+    assert 0.9 < tf32["detect_box_iou_median"] <= 1 and 0.9 < tf32["segment_mask_iou_median"] <= 1
+    assert 0.95 < tf32["invert_token_cosine_median"] <= 1 and 0 <= tf32["invert_dice_loss_max_change"] < 0.1
