@@ -42,7 +42,7 @@ def in_process(jd, batch_size: int) -> float:
     spec, meta = load_job(jd)
     rows = read_manifest(jd.manifest).to_pylist()
     start = time.perf_counter()
-    checkpoints = resolve_checkpoints(spec, jd)
+    checkpoints = resolve_checkpoints(spec, jd.models)
     stages = [named for group in topology(spec)
               for named in build_group(spec, group, spec.corpus.image_root, checkpoints)]
     dims, size = token_dims(spec), spec.shards.size

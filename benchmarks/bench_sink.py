@@ -76,8 +76,6 @@ def direct(root: Path | str, shard_size: int, shards: int, webdataset: bool) -> 
     dims = TokenDims(**DIMS)
     pool = tiny_items(POOL, dims, objects=OBJECTS)
     jd = JobDir(root)
-    if not jd.remote:
-        jd.root.mkdir(parents=True)
     group = open_store(jd.tokens, shard_size * shards, shard_size, dims)
     seconds = 0.0
     for shard in range(shards):
@@ -100,8 +98,6 @@ def through_writers(ray, root: Path | str, writers: int, shard_size: int, shards
 
     rows = shard_size * shards
     jd = JobDir(root)
-    if not jd.remote:
-        jd.root.mkdir(parents=True)
     open_store(jd.tokens, rows, shard_size, TokenDims(**DIMS))
     spec = JobSpec.model_validate({"shards": {"size": shard_size},
                                    "write": {"resources": {"actors": writers, "cpus": 0.25}}})

@@ -4,44 +4,36 @@ A checkpoint of ``"tiny"`` in the spec means the project's tiny preset: it is bu
 into ``JOBDIR/models/`` in the real checkpoint format and then loaded through the real
 loader, exactly like a user's checkpoint (``models.materialize_tiny``). A job directory on
 object storage has no folder the loaders can open: its tiny presets are built into the
-driver's cache, ``$XDG_CACHE_HOME/masktok/tiny-models`` (default ``~/.cache``), which the
+driver's cache, ``$XDG_CACHE_HOME/masktok/tiny-models`` (``JobDir.models``), which the
 stages of a one-machine run read; real checkpoints are paths every node can open anyway.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..models import TINY, materialize_tiny, quiet_model_libraries
 from ..models.clip_config import clip_config
 from ..schemas.errors import CheckpointError
-from ..schemas.jobdir import JobDir
 from ..schemas.spec import JobSpec
 from ..stages.masks import TILE_GRIDS
 from ..stages.write import TokenDims
 from .topology import model_checkpoint, models_needed
 
 
-def resolve_checkpoints(spec: JobSpec, jd: JobDir | Path) -> dict[str, str]:
-    """The checkpoint path of every model the job runs; "tiny" ones are materialised (in
-    the job's models folder, or in the folder ``jd`` when it is a path: `masktok ask`)."""
+def resolve_checkpoints(spec: JobSpec, tiny_home: Path) -> dict[str, str]:
+    """The checkpoint path of every model the job runs; "tiny" ones are materialised in
+    ``tiny_home`` (a job's ``JobDir.models``)."""
     wanted = {m: model_checkpoint(spec, m) for m in models_needed(spec)}
     tiny_models = tuple(m for m, path in wanted.items() if path == TINY)
     if tiny_models:  # building them: no progress bars or "no pretrained weights" notices
         quiet_model_libraries()
-    home = Path(jd) if not isinstance(jd, JobDir) else local_tiny_models() if jd.remote else jd.models
-    tiny = materialize_tiny(home, tiny_models) if tiny_models else {}  # real weights: no models/ folder
+    tiny = materialize_tiny(tiny_home, tiny_models) if tiny_models else {}  # real weights: no models/ folder
     wanted = {m: str(tiny.get(m, path)) for m, path in wanted.items()}
     for model, path in wanted.items():
         if not Path(path).exists():
             raise CheckpointError(f"{model} checkpoint not found: {path} (see README: real checkpoints)")
     return wanted
-
-
-def local_tiny_models() -> Path:
-    """Where the tiny presets of a job on object storage are built (see the module docstring)."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "masktok" / "tiny-models"
 
 
 def token_dims(spec: JobSpec) -> TokenDims:

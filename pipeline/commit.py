@@ -29,6 +29,7 @@ from ..schemas.commits import STAGE_SECONDS, Commit, add_stage_seconds
 from ..schemas.jobdir import JobDir
 from ..schemas.record import Status, arrays_of
 from ..schemas.versions import COMMIT_VERSION
+from ..schemas.storage import is_remote
 from ..stages.write import (TokenDims, checksum, encode_wds_shard, failures_of, shard_rows, store_version,
                             write_zarr_rows)
 from .durable import fsync_dir, write_atomic
@@ -36,7 +37,10 @@ from .durable import fsync_dir, write_atomic
 
 def _fsync_chunks(group_path: Path, shard: int, names: list[str]) -> None:
     """Flush this shard's files of ``names`` (key c/<shard>/...: the shard file of a sharded
-    array, the chunk of an older store; the index along N is the shard's in both), and their folders."""
+    array, the chunk of an older store; the index along N is the shard's in both), and their folders.
+    On object storage a write is durable once its PUT returns: nothing to do."""
+    if is_remote(group_path):
+        return
     for name in names:
         root = group_path / name / "c" / str(shard)
         if root.is_file():
@@ -74,14 +78,10 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
                 manifest_digest: str | None = None) -> Commit:
     """Write one finished shard to both sinks, then commit it. Returns the commit record."""
     rows = shard_rows(items, start, end, dims, store_version(group))
-    # a zarr write to object storage is durable once its PUT returns: nothing to flush
-    flush = (lambda names: None) if jd.remote else (lambda names: _fsync_chunks(jd.tokens, shard, names))
-    sums = write_zarr_rows(group, start, rows, flush=flush)
+    sums = write_zarr_rows(group, start, rows, flush=lambda names: _fsync_chunks(jd.tokens, shard, names))
     tar = None
     if webdataset:
         data = encode_wds_shard(items, start, rows, rle_masks)
-        if not jd.remote:  # object storage has no folders to make
-            jd.wds.mkdir(exist_ok=True)
         write_atomic(jd.wds_path(shard), data)
         fsync_dir(jd.wds)
         tar = {"file": jd.wds_path(shard).name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -93,8 +93,6 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
         "failures": failures, "zarr": sums, "wds": tar, **shard_timing(items),
         "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if not jd.remote:
-        jd.commits.mkdir(exist_ok=True)
     write_atomic(jd.commit_path(shard), json.dumps(commit, indent=1).encode())
     fsync_dir(jd.commits)
     return commit

@@ -19,7 +19,8 @@ TEMP_GLOB = ".*.tmp-*"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp name, fsync, rename: a reader sees the old file or the new one.
+    """Write to a temp name, fsync, rename: a reader sees the old file or the new one (the
+    folder is made if need be; on object storage: one PUT, :func:`put_object`).
 
     A failed write (a full disk, a quota) removes its temp file before the error goes on
     (an OSError naming ``path``), so nothing half-written stays behind; a process killed mid-write leaves one, which the
@@ -28,6 +29,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     if is_remote(path):
         put_object(path, data)
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:

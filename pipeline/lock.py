@@ -128,8 +128,8 @@ def _read_lock_object(path: Any) -> tuple[dict[str, Any], str | None, float] | N
         return None
     except (ValueError, TypeError):
         owner = {}
-    age = (datetime.now(timezone.utc) - path.fs.modified(path.path)).total_seconds()
-    return owner, info.get("ETag"), age
+    modified = info.get("LastModified") or path.fs.modified(path.path)  # S3 says it in the info
+    return owner, info.get("ETag"), (datetime.now(timezone.utc) - modified).total_seconds()
 
 
 def _gone(owner: dict[str, Any], age: float) -> bool:
@@ -169,7 +169,7 @@ class ObjectLock:
         """PUT this driver's lock object under ``condition`` (s3fs: mode="create", IfMatch)."""
         body = json.dumps({**self._owner, "renewed": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         out = self.path.fs.pipe_file(self.path.path, body.encode(), **condition)
-        self._etag = (out or {}).get("ETag") if isinstance(out, dict) else None
+        self._etag = out.get("ETag") if isinstance(out, dict) else None
 
     def acquire(self) -> "ObjectLock":
         self._owner = _me()

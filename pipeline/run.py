@@ -265,7 +265,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     from .graph import build_dataset
     from .writers import Books, WriterPool, coordinate
 
-    checkpoints = resolve_checkpoints(spec, jd)
+    checkpoints = resolve_checkpoints(spec, jd.models)
     dims = token_dims(spec)
     open_store(jd.tokens, rows=rows, shard_size=size, dims=dims, filter_settings=spec.filter.model_dump())
     wanted = set(todo)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-
 from ..schemas.commits import STAGE_SECONDS, read_commits, stage_seconds_per_image, valid_commits
 from ..schemas.jobdir import JobDir
 from ..schemas.manifest import read_manifest

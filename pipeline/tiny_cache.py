@@ -72,8 +72,6 @@ def write_tiny_cache(job_dir: Path, n: int = 12, shard_size: int = 4, dims: Toke
     """Write ``n`` images (``failed`` ones with status 2) into ``job_dir``; returns it.
     ``record_version`` 1 writes a store as masktok wrote them before ``mask_iou``."""
     jd = JobDir(job_dir)
-    if not jd.remote:
-        jd.wds.mkdir(parents=True, exist_ok=True)
     items = tiny_items(n, dims, failed, seed)
     group = open_store(jd.tokens, n, shard_size, dims, record_version or RECORD_SCHEMA_VERSION)
     for s, start in enumerate(range(0, n, shard_size)):

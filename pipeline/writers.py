@@ -83,7 +83,6 @@ class ShardWriter:
 
     def __init__(self, root: str, rows: int, shard_size: int, dims: dict[str, int], fingerprint: str,
                  manifest_digest: str | None, webdataset: bool, rle_masks: bool):
-
         self.jd = JobDir(root)
         self.group = open_zarr(self.jd.tokens, mode="r+")
         self.rows, self.shard_size, self.dims = rows, shard_size, TokenDims(**dims)

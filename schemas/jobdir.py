@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .errors import StorageError
-from .storage import is_remote, job_root
+from .storage import is_remote, is_url, job_root, tiny_models_cache
 
 
 def shard_name(shard: int) -> str:
@@ -76,8 +76,9 @@ class JobDir:
 
     @property
     def models(self) -> Path:
-        """Where the tiny presets are materialised for jobs that ask for them."""
-        return self.root / "models"
+        """Where the tiny presets are materialised for jobs that ask for them: a local folder
+        always (the loaders open local paths), the driver's cache for a URL job."""
+        return tiny_models_cache() if self.remote else self.root / "models"
 
     def commit_path(self, shard: int) -> Path:
         """The commit file of ``shard``: the shard is done only when it exists."""
@@ -101,7 +102,7 @@ class JobDirPath(click.Path):
         super().__init__(exists=exists, file_okay=False, path_type=Path)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if is_remote(value) or (isinstance(value, str) and "://" in value):
+        if is_remote(value) or is_url(value):
             try:
                 root = job_root(value)
             except StorageError as exc:

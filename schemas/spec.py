@@ -192,7 +192,7 @@ def spec_from_dict(data: dict[str, Any], origin: str = "job spec") -> JobSpec:
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") if hasattr(path, "open") else open(path, "rb") as fh:  # a Path or a UPath
+        with path.open("rb") as fh:  # a Path or a UPath
             return tomllib.load(fh)
     except FileNotFoundError:
         raise SpecError(f"spec file not found: {path}") from None

@@ -14,10 +14,16 @@ process of a run, Ray's workers included, opens the URL with no options of its o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from .errors import StorageError
+
+
+#: No cached listings: other processes (the writers, another command) add and remove a
+#: job's objects, and a listing cached by s3fs/gcsfs/adlfs would not show it.
+LISTING_OPTIONS = {p: {"use_listings_cache": False} for p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")}
 
 
 def is_url(value: object) -> bool:
@@ -33,9 +39,9 @@ def job_root(value: str | Path | Any) -> Path | Any:
     text = str(value)
     if not is_url(text):
         return Path(text)
-    protocol = text.split("://", 1)[0]
+    protocol, rest = text.split("://", 1)
     if protocol in ("file", "local"):
-        return Path(text.split("://", 1)[1])
+        return Path(rest)
     import fsspec
     from upath import UPath
 
@@ -52,11 +58,6 @@ def job_root(value: str | Path | Any) -> Path | Any:
     return UPath(text, **LISTING_OPTIONS.get(protocol, {}))
 
 
-#: No cached listings: other processes (the writers, another command) add and remove a
-#: job's objects, and a listing cached by s3fs/gcsfs/adlfs would not show it.
-LISTING_OPTIONS = {p: {"use_listings_cache": False} for p in ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")}
-
-
 def is_remote(path: object) -> bool:
     """True for a JOBDIR (or a path inside one) on object storage."""
     return not isinstance(path, (str, Path)) and hasattr(path, "fs") and hasattr(path, "protocol")
@@ -68,7 +69,7 @@ def check_bucket(root: Any) -> None:
     bucket = str(root.path).split("/", 1)[0]
     try:
         ok = root.fs.exists(bucket)
-    except (OSError, PermissionError) as exc:
+    except OSError as exc:
         raise StorageError(f"{root}: cannot reach bucket {bucket!r} ({exc})") from None
     if not ok:
         raise StorageError(f"{root}: bucket {bucket!r} does not exist (or these credentials cannot see it); "
@@ -85,6 +86,12 @@ def open_zarr(path: Path | Any, mode: str) -> Any:
 
     store = FsspecStore.from_url(str(path), storage_options=dict(path.storage_options), read_only=mode == "r")
     return zarr.open_group(store, mode=mode)
+
+
+def tiny_models_cache() -> Path:
+    """Where the tiny presets are built for a job with no local folder (a URL JOBDIR,
+    `masktok ask`): ``$XDG_CACHE_HOME/masktok/tiny-models`` (default ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "masktok" / "tiny-models"
 
 
 def remove_tree(path: Path | Any) -> None:

@@ -6,7 +6,6 @@ The batch contract itself is documented in the package docstring (``masktok.stag
 from __future__ import annotations
 
 import sys
-
 import warnings
 from typing import Any
 

@@ -18,48 +18,18 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 import torch.distributed as dist
 
 from masktok.trainer.runtime import TrainConfig
 from masktok.trainer.train import train
 
 
-def full(t: torch.Tensor) -> torch.Tensor:
-    """A tensor whole, gathered if it is a shard (DTensor): a collective, every rank calls it."""
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
 def frozen_report(cfg: TrainConfig, path: Path) -> None:
-    import masktok.trainer.train as trainer
+    from frozen_lm import freeze_report, recording_training
 
-    seen: dict = {}
-    build_model, adamw = trainer.build_model, torch.optim.AdamW
-
-    def recording_build(*args, **kwargs):
-        seen["model"] = model = build_model(*args, **kwargs)
-        seen["built"] = {name: t.detach().clone() for name, t in model.state_dict().items()}
-        return model
-
-    class RecordingAdamW(adamw):
-        def __init__(self, params, **kwargs):
-            super().__init__(params, **kwargs)
-            seen["optimizer"] = self
-
-    trainer.build_model, torch.optim.AdamW = recording_build, RecordingAdamW
-    try:
+    with recording_training() as seen:
         train(cfg)
-    finally:
-        trainer.build_model, torch.optim.AdamW = build_model, adamw
-    model, built = seen["model"], seen["built"]
-    after = {name: full(t).detach() for name, t in sorted(model.state_dict().items())}
-    lm = [name for name in after if name.startswith("llm.")]
-    in_optimizer = {id(p) for group in seen["optimizer"].param_groups for p in group["params"]}
-    report = {"lm_tensors": len(lm), "lm_equal": all(torch.equal(built[n], after[n]) for n in lm),
-              "projector_changed": any(not torch.equal(built[n], after[n]) for n in after if n not in lm),
-              "optimizer_params": len(in_optimizer),
-              "lm_in_optimizer": len(in_optimizer & {id(p) for p in model.llm.parameters()})}
-    path.with_name(f"{path.name}.{dist.get_rank()}.json").write_text(json.dumps(report))
+    path.with_name(f"{path.name}.{dist.get_rank()}.json").write_text(json.dumps(freeze_report(seen)))
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ def test_zarr_equals_webdataset_equals_the_stages(finished):
 
     spec, _ = load_job(finished)
     items = [{k: row[k] for k in ("index", "image_id", "path")} for row in manifest]
-    checkpoints = resolve_checkpoints(spec, finished)
+    checkpoints = resolve_checkpoints(spec, finished.models)
     for group in topology(spec):
         for _, stage in build_group(spec, group, spec.corpus.image_root, checkpoints, device="cpu"):
             items = stage(items)

@@ -144,10 +144,11 @@ def ask(images: tuple[Path, ...], checkpoint: Path, spec_name: str, question: st
     from transformers.utils.logging import disable_progress_bar
 
     from ..models import quiet_model_libraries
-    from ..pipeline.checkpoints import local_tiny_models, token_dims
+    from ..pipeline.checkpoints import token_dims
     from ..pipeline.cli import spec_document
     from ..schemas.errors import DataError, TrainError
     from ..schemas.spec import expand_env, spec_from_dict
+    from ..schemas.storage import tiny_models_cache
     from .ask import Asker, PictureTokens, chat, image_paths
 
     disable_progress_bar()
@@ -164,7 +165,7 @@ def ask(images: tuple[Path, ...], checkpoint: Path, spec_name: str, question: st
         raise DataError(f"{len(paths)} images: a chat is about one image; give --question to ask it of each")
     click.echo(f"computing the tokens of {len(paths)} image{'s' if len(paths) > 1 else ''} on {device} "
                "(loading the spec's models first)", err=True)
-    pictures = PictureTokens(job_spec, device, local_tiny_models())
+    pictures = PictureTokens(job_spec, device, tiny_models_cache())
     records = pictures.records(paths)
     if verbose:
         click.echo("stages: " + ", ".join(f"{name} {s / len(paths):.3g}" for name, s in pictures.seconds.items())

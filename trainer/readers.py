@@ -34,8 +34,8 @@ from ..schemas.commits import valid_commits
 from ..schemas.errors import CacheError
 from ..schemas.jobdir import JobDir
 from ..schemas.record import OBJECT_ARRAYS, SCALARS, SINCE_VERSION, TENSORS, Status, leading_triangle, tensors_of
-from ..schemas.versions import RECORD_SCHEMA_VERSIONS, ZARR_LAYOUTS
 from ..schemas.storage import is_remote, open_zarr
+from ..schemas.versions import RECORD_SCHEMA_VERSIONS, ZARR_LAYOUTS
 
 
 def zarr_path(job_dir: Path) -> Path:
@@ -113,7 +113,6 @@ class ZarrImages(Dataset):
         return self._rows.get(image_id)
 
     def _open(self) -> Any:
-
         return open_zarr(self.path, mode="r")
 
     def __len__(self) -> int:

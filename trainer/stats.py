@@ -27,7 +27,6 @@ def _mean_std(total: float, total_sq: float, count: int) -> tuple[float, float]:
 
 def cache_stats(job_dir: Path, max_images: int | None = 50_000) -> CacheStats:
     """Norm statistics over the ok images of ``job_dir``'s cache (see the module docstring)."""
-
     g = open_zarr(zarr_path(job_dir), mode="r")
     n = g["status"].shape[0]
     rows = int(g["status"].chunks[0])

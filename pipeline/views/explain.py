@@ -49,7 +49,7 @@ def explain_tokens(jd: JobDir, spec: Any, image: np.ndarray, tokens: np.ndarray,
     from ...stages.vision import llava_pad_image, llava_pad_masks, pad_offsets
     from ..checkpoints import resolve_checkpoints
 
-    checkpoints = resolve_checkpoints(spec, jd)
+    checkpoints = resolve_checkpoints(spec, jd.models)
     model = load_model("clip", checkpoints["clip"], variant=spec.invert.model, device="cpu")
     cfg = preprocess_cfg(model)
     size = int(cfg["size"] if isinstance(cfg["size"], int) else cfg["size"][0])

@@ -92,7 +92,6 @@ def committed_rows(jd: JobDir) -> dict[int, dict[str, Any]]:
 
 def load_record(jd: JobDir, index: int, tokens: bool = False) -> ImageRecord:
     """The stored record of manifest row ``index``; a pending image is an error."""
-
     from ...schemas.manifest import read_manifest
     from ...schemas.record import Status
 
@@ -145,7 +144,7 @@ def recompute_masks(jd: JobDir, spec: Any, record: ImageRecord) -> tuple[np.ndar
     from ..checkpoints import resolve_checkpoints
     from ..topology import front_stages, run_stages
 
-    stages = front_stages(spec, spec.corpus.image_root, resolve_checkpoints(spec, jd), device="cpu")
+    stages = front_stages(spec, spec.corpus.image_root, resolve_checkpoints(spec, jd.models), device="cpu")
     item = run_stages(stages, [{"index": record.index, "image_id": record.image_id, "path": record.path}])[0]
     if "error" in item:
         raise InspectError(f"recomputing the masks of {record.image_id!r} failed: {item['error']['reason']}")

@@ -51,7 +51,6 @@ class JobStats:
 
 def gather(jd: JobDir) -> JobStats:
     """Every number the report shows, for the job in ``jd``."""
-
     from ..run import load_job
     from ..status import job_status
 
