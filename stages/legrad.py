@@ -36,16 +36,17 @@ autograd is used, and never through the network.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Elements of one [B, H, chunk, N, N] block of attention gradients (16 MiB in fp32).
-RELEVANCE_CHUNK_ELEMENTS = 1 << 22
-#: Largest bool sign pattern [B, K, H, N, N] kept between forward and backward (else recomputed).
-SIGN_MASK_BYTES = 1 << 30
+#: Bytes of one [B, H, chunk, N, N] block of attention gradients, the one large temporary of
+#: the relevance (reused chunk after chunk): at ViT-L/14-336 (16 heads, 577 tokens, 21 MB per
+#: mask in fp32) 12 masks share each kernel, on every device.
+RELEVANCE_CHUNK_BYTES = 256 << 20
 
 
 def legrad_start_depth(depth: int, layer_index: int) -> int:
@@ -176,10 +177,10 @@ class BlockLinearisation:
 class PositiveGradRelevance(torch.autograd.Function):
     """r[b,k,j] = mean_{h,i} relu(<dO[b,k,i,head h], V[b,h,j]>): LeGrad's clamp and means.
 
-    Works in chunks of queries, all heads in one [B*H, k*N, dh] @ [B*H, dh, N] product.
-    Nothing of size K*H*N*N is kept in floats: backward needs only where the gradient was
-    positive (the clamp's derivative, 0 at exactly 0), kept as bool when that fits in
-    :data:`SIGN_MASK_BYTES`, else recomputed chunk by chunk.
+    Works in chunks of masks, all heads in one [B*H, k*N, dh] @ [B*H, dh, N] product, into one
+    scratch buffer of :data:`RELEVANCE_CHUNK_BYTES`. Nothing of size K*H*N*N is kept: backward
+    recomputes each chunk's attention gradients (a cheap product: dh = 64 or less) and applies
+    the clamp's derivative (0 at exactly 0) with ReLU's own backward kernel, in place.
     """
 
     @staticmethod
@@ -187,53 +188,61 @@ class PositiveGradRelevance(torch.autograd.Function):
         values = values.to(cotangent.dtype)  # bf16 under autocast: one dtype in both passes
         B, K, N, _ = cotangent.shape
         H = values.shape[1]
-        keep = B * K * H * N * N <= SIGN_MASK_BYTES
-        ctx.signs = [] if keep else None
-        ctx.shape, ctx.dtype = cotangent.shape, cotangent.dtype
-        # with the signs kept, backward never reads the cotangent: let it be freed
-        ctx.save_for_backward(None if keep else cotangent, values)
+        ctx.save_for_backward(cotangent, values)
         keys = values.flatten(0, 1).transpose(1, 2)  # [B*H, dh, N]
         accumulate = torch.promote_types(cotangent.dtype, torch.float32)  # bf16 sums in fp32
-        out = cotangent.new_zeros(B, K, N, dtype=accumulate)
-        for rows, part in PositiveGradRelevance._chunks(cotangent, H, cotangent.shape):
-            scores = torch.bmm(part, keys)  # [B*H, k*N(i), N(j)]
-            if keep:
-                ctx.signs.append(scores > 0)
-            summed = scores.clamp_min_(0).view(B, H, -1, N, N).sum(dim=(1, 3), dtype=accumulate)
-            out[:, rows] = summed
-        return out / (H * N)
+        out = cotangent.new_empty(B, K, N, dtype=accumulate)
+        scratch = _Scratch(cotangent)
+        for rows, part in _chunks(cotangent, H):
+            scores = torch.bmm(part, keys, out=scratch.take(part.shape[0], part.shape[1], N))  # [B*H, k*N(i), N(j)]
+            # over queries, then heads: each mask's sums in one order whatever the chunk's size
+            # (one sum over both dims would merge them when k = 1 and round that mask apart)
+            per_head = scores.clamp_min_(0).view(B * H, -1, N, N).sum(dim=2, dtype=accumulate)
+            torch.sum(per_head.view(B, H, -1, N), dim=1, out=out[:, rows])
+        return out.div_(H * N)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         cotangent, values = ctx.saved_tensors
-        B, K, N, C = ctx.shape
+        B, K, N, C = cotangent.shape
         H, dh = values.shape[1], values.shape[3]
-        grad = (grad / (H * N)).to(ctx.dtype)
+        grad = (grad / (H * N)).to(cotangent.dtype)
         vals = values.flatten(0, 1)  # [B*H, N, dh]
-        d_cotangent = values.new_empty(ctx.shape)
-        for index, (rows, part) in enumerate(PositiveGradRelevance._chunks(cotangent, H, ctx.shape)):
-            if ctx.signs is not None:
-                weights = ctx.signs[index].to(ctx.dtype)
-            else:
-                weights = torch.bmm(part, vals.transpose(1, 2)).gt_(0)
-            weights = weights.view(B, H, -1, N, N).mul_(grad[:, None, rows, None, :])  # zero where clamped
-            d_part = torch.bmm(weights.view(B * H, -1, N), vals)  # [B*H, k*N, dh]
-            d_cotangent[:, rows] = d_part.view(B, H, -1, N, dh).permute(0, 2, 3, 1, 4).flatten(3)
+        d_cotangent = values.new_empty(cotangent.shape)
+        scratch = _Scratch(cotangent)
+        for rows, part in _chunks(cotangent, H):
+            scores = torch.bmm(part, vals.transpose(1, 2), out=scratch.take(part.shape[0], part.shape[1], N))
+            # the output's gradient where the attention gradient was positive, 0 where clamped
+            weights = scores.view(B, H, -1, N, N)
+            torch.ops.aten.threshold_backward.grad_input(
+                grad[:, None, rows, None, :], weights, 0, grad_input=weights)
+            d_part = torch.bmm(scores, vals)  # [B*H, k*N, dh]
+            heads_split = d_cotangent[:, rows].view(B, -1, N, H, dh).permute(0, 3, 1, 2, 4)
+            heads_split.copy_(d_part.view(B, H, -1, N, dh))
         return d_cotangent, None
 
-    @staticmethod
-    def _chunks(cotangent: Tensor | None, heads: int, shape: torch.Size):
-        """(query slice, [B*H, k*N, dh] copy of those queries' cotangents, heads split;
-        None when no cotangent is given)."""
-        B, K, N, C = shape
-        step = max(1, RELEVANCE_CHUNK_ELEMENTS // (B * heads * N * N))
-        for start in range(0, K, step):
-            rows = slice(start, min(K, start + step))
-            if cotangent is None:
-                yield rows, None
-                continue
-            part = cotangent[:, rows].reshape(B, -1, N, heads, C // heads).permute(0, 3, 1, 2, 4)
-            yield rows, part.reshape(B * heads, -1, C // heads)
+
+class _Scratch:
+    """One buffer for a chunk's [B*H, k*N, N] attention gradients, reused by every chunk."""
+
+    def __init__(self, like: Tensor) -> None:
+        self.like, self.buffer = like, None
+
+    def take(self, *shape: int) -> Tensor:
+        if self.buffer is None:  # the first chunk is the largest
+            self.buffer = self.like.new_empty(math.prod(shape))
+        return self.buffer[: math.prod(shape)].view(shape)
+
+
+def _chunks(cotangent: Tensor, heads: int):
+    """(mask slice, [B*H, k*N, dh] view (a copy when B > 1) of those masks' cotangents, heads
+    split), k masks per chunk as :data:`RELEVANCE_CHUNK_BYTES` allows."""
+    B, K, N, C = cotangent.shape
+    step = max(1, RELEVANCE_CHUNK_BYTES // (B * heads * N * N * cotangent.element_size()))
+    for start in range(0, K, step):
+        rows = slice(start, min(K, start + step))
+        part = cotangent[:, rows].reshape(B, -1, N, heads, C // heads).permute(0, 3, 1, 2, 4)
+        yield rows, part.reshape(B * heads, -1, C // heads)
 
 
 def relevance_to_map(relevance: Tensor, grid: tuple[int, int], patch: int) -> Tensor:

@@ -35,9 +35,10 @@ from .legrad import BlockLinearisation, PositiveGradRelevance, legrad_start_dept
 
 #: Largest precomputed LeGrad operator (all layers, all images of a group) kept in memory.
 OPERATOR_BUDGET_BYTES = 4 << 30
-#: Temporaries of one slice of masks on CPU (x16 on a GPU); see ``_masks_per_slice``.
-SLICE_BYTES = 32 << 20
-
+#: Maps, dice terms and their gradients of one slice of masks, on every device (so a CPU count
+#: of kernels is a GPU's): at CLIP's 336 x 336, 113 masks per slice. The attention gradients
+#: have their own bound, ``legrad.RELEVANCE_CHUNK_BYTES``.
+SLICE_BYTES = 512 << 20
 
 def dice_loss_per_mask(maps: Tensor, targets: Tensor) -> Tensor:
     """The reference's dice loss (smooth 1) per mask: [..., H, W] x2 -> [...]; defined for
@@ -96,18 +97,11 @@ def _explainer(model: torch.nn.Module, features: VisionFeatures, start: int, mas
     return _Explainer(layers, operators, features.grid, int(visual.patch_size[0]))
 
 
-def _masks_per_slice(explainer: _Explainer, images: int, size: tuple[int, int], device: torch.device) -> int:
-    """Masks per forward/backward slice so one slice's temporaries stay near
-    :data:`SLICE_BYTES` (more on a GPU, where wide slices keep it busy)."""
-    layer = explainer.layers[0]
-    _, heads, tokens, head_dim = layer.values.shape
-    per_mask = images * (
-        heads * tokens * tokens * len(explainer.layers)  # signs of the attention gradients
-        + 40 * size[0] * size[1]  # maps, dice terms and their grads
-    )  # the fp32 attention gradients are chunked inside PositiveGradRelevance
-    budget = SLICE_BYTES * (16 if device.type == "cuda" else 1)
-    return max(1, budget // per_mask)
-
+def _masks_per_slice(images: int, size: tuple[int, int]) -> int:
+    """Masks per forward/backward slice so one slice's maps stay within :data:`SLICE_BYTES`:
+    wide slices keep a GPU busy with few kernels."""
+    per_mask = images * 40 * size[0] * size[1]  # about ten float32 temporaries per pixel
+    return max(1, SLICE_BYTES // per_mask)
 
 def invert_batch(
     model: torch.nn.Module,
@@ -152,7 +146,7 @@ def invert_batch(
     # Masks never interact and the loss is a sum over them, so after one product for all
     # masks (cotangents = t @ P), the map, dice and their backward run on slices of masks,
     # accumulating into the cotangents' grad; then one product back to the tokens.
-    step = _masks_per_slice(explainer, B, size, targets.device)
+    step = _masks_per_slice(B, size)
     slices = [slice(rows, rows + step) for rows in range(0, k_max, step)]
     for _ in range(iterations):
         optimizer.zero_grad()
@@ -163,12 +157,13 @@ def invert_batch(
         for part in slices:
             # a leaf per slice: its grad has the slice's size (no full-size zeros per slice)
             leaves = [c.detach()[:, part].requires_grad_(True) for c in cotangent_graph]
-            dice = dice_loss_per_mask(explainer.maps_from(leaves, size), targets[:, part])
-            regulariser = 1 - (unit[:, part] * image_unit).sum(-1)
-            ((dice + alpha * regulariser) * weights[:, part]).sum().backward()
+            loss = dice_loss_per_mask(explainer.maps_from(leaves, size), targets[:, part])
+            if alpha:  # the regulariser's graph only where it counts (the default alpha is 0)
+                loss = loss + alpha * (1 - (unit[:, part] * image_unit).sum(-1))
+            (loss * weights[:, part]).sum().backward()
             for collected, leaf in zip(grads, leaves):
                 collected.append(leaf.grad)
-        torch.autograd.backward(cotangent_graph, [torch.cat(g, dim=1) for g in grads])
+        torch.autograd.backward(cotangent_graph, [g[0] if len(g) == 1 else torch.cat(g, dim=1) for g in grads])
         unit_graph.backward(unit.grad)
         optimizer.step()
     final = torch.empty_like(weights)
