@@ -90,13 +90,17 @@ class DecodeSpec(_Section):
     resources: Resources = Resources(cpus=1.0, batch_size=16)
 
 
-Precision = Literal["fp32", "tf32", "bf16"]  # of a model stage's forward (stages/precision.py)
+#: Of a model stage's forward (stages/precision.py). The default, tf32, is fp32 on a CPU; on a GPU
+#: it is within fp32's noise floor for every stage where bf16 is not (docs/scale.md "Precision").
+Precision = Literal["fp32", "tf32", "bf16"]
+#: invert also takes bf16-operator: the LeGrad operator stored in bf16, fp32 steps
+InvertPrecision = Literal["fp32", "tf32", "bf16", "bf16-operator"]
 
 
 class DetectSpec(_Section):
     checkpoint: str = "${MASKTOK_DETR_CHECKPOINT}"
     top_k: int = Field(100, ge=1)
-    precision: Precision = "fp32"
+    precision: Precision = "tf32"
     resources: Resources = Resources(gpus=1.0, batch_size=8)
 
 
@@ -107,7 +111,7 @@ class MasksSpec(_Section):
 class SegmentSpec(_Section):
     checkpoint: str = "${MASKTOK_SAM_CHECKPOINT}"
     model_type: Literal["vit_h", "vit_l", "vit_b", "tiny"] = "vit_h"
-    precision: Precision = "fp32"
+    precision: Precision = "tf32"
     resources: Resources = Resources(gpus=1.0, batch_size=4)
 
 
@@ -126,7 +130,7 @@ class InvertSpec(_Section):
     alpha: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     layer_index: int = -1
-    precision: Precision = "fp32"
+    precision: InvertPrecision = "tf32"
     resources: Resources = Resources(gpus=1.0, batch_size=4)
 
 

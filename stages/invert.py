@@ -23,7 +23,7 @@ from ..models.clip import preprocess_cfg
 from ..schemas.spec import InvertSpec
 from .batch import Batch, Item, exception_reason, fail, failed
 from .maskinversion import invert_batch, invert_masks, legrad_maps
-from .precision import at_precision
+from .precision import at_precision, operator_dtype
 from .model_inputs import ClipFrame, clip_masks, clip_pixels
 from .vision import normalise_pixels
 
@@ -38,7 +38,8 @@ class InvertStage:
     time, all their masks optimised together (default: the whole batch on a GPU, which keeps
     it busy; 1 on CPU, where grouping gains nothing and costs memory).
     ``spec.precision`` (stages/precision.py): ``bf16`` runs the network and the LeGrad
-    products under bf16 autocast, ``tf32`` lets CUDA matmuls use TF32; tokens, optimiser and
+    products under bf16 autocast, ``tf32`` lets CUDA matmuls use TF32, ``bf16-operator``
+    stores the LeGrad operator in bf16 and runs the rest in fp32; tokens, optimiser and
     losses stay fp32.
     """
 
@@ -85,6 +86,7 @@ class InvertStage:
             tokens, losses, features = invert_batch(
                 self.model, images, masks, iterations=spec.iterations, lr=spec.lr,
                 alpha=spec.alpha, weight_decay=spec.weight_decay, layer_index=spec.layer_index,
+                operator_dtype=operator_dtype(spec.precision),
             )
         for b, (item, _, _) in enumerate(group):
             item["object_tokens"] = tokens[b].float().cpu().numpy()

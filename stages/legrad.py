@@ -160,13 +160,13 @@ class BlockLinearisation:
         d_attn = d_z * _const(ls_1) if ls_1 is not None else d_z
         return d_attn @ _const(blk.attn.out_proj.weight)
 
-    def materialize(self, chunk: int = 16) -> Tensor:
+    def materialize(self, chunk: int = 16, dtype: torch.dtype = torch.float32) -> Tensor:
         """The map as a tensor P [B, D, N*C] (attention_cotangent(t) = t @ P), built from the
-        D basis tokens in chunks to bound the [chunk, N, 4C] intermediate."""
+        D basis tokens in chunks to bound the [chunk, N, 4C] intermediate, stored in ``dtype``."""
         B, D = self.unit_feature.shape
         N, C = self.ln2_hat.shape[1:]
         eye = torch.eye(D, device=self.unit_feature.device)
-        operator = self.unit_feature.new_empty(B, D, N * C)
+        operator = self.unit_feature.new_empty(B, D, N * C, dtype=dtype)
         with torch.no_grad():
             for start in range(0, D, chunk):
                 basis = eye[start : start + chunk].expand(B, -1, -1)

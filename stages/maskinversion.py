@@ -57,13 +57,18 @@ class _Explainer:
     patch: int
 
     def cotangents(self, unit_tokens: Tensor) -> list[Tensor]:
-        """Per LeGrad layer, dO [B, K, N, C] for unit tokens [B, K, D] (linear in them)."""
+        """Per LeGrad layer, dO [B, K, N, C] for unit tokens [B, K, D] (linear in them). A
+        bf16 operator is read by a bf16 product; its result is fp32 unless autocast is on."""
         B, K, _ = unit_tokens.shape
-        return [
-            layer.attention_cotangent(unit_tokens) if operator is None
-            else (unit_tokens @ operator).view(B, K, layer.values.shape[2], -1)
-            for layer, operator in zip(self.layers, self.operators)
-        ]
+        autocast = torch.is_autocast_enabled(unit_tokens.device.type)
+        out = []
+        for layer, operator in zip(self.layers, self.operators):
+            if operator is None:
+                out.append(layer.attention_cotangent(unit_tokens))
+                continue
+            product = unit_tokens.to(operator.dtype) @ operator
+            out.append((product if autocast else product.float()).view(B, K, layer.values.shape[2], -1))
+        return out
 
     def maps_from(self, cotangents: list[Tensor], size: tuple[int, int]) -> Tensor:
         """Min-max normalised maps [B, K, *size] from the layers' cotangents."""
@@ -78,7 +83,7 @@ class _Explainer:
 
 
 def _explainer(model: torch.nn.Module, features: VisionFeatures, start: int, masks_per_image: int,
-               iterations: int, operator: str) -> _Explainer:
+               iterations: int, operator: str, operator_dtype: torch.dtype = torch.float32) -> _Explainer:
     visual = model.visual
     blocks = list(visual.transformer.resblocks)
     layers = [
@@ -87,13 +92,13 @@ def _explainer(model: torch.nn.Module, features: VisionFeatures, start: int, mas
     ]
     B, D = features.global_token.shape
     N, C = layers[0].ln2_hat.shape[1:]
-    size = B * D * N * C * 4 * len(layers)
+    size = B * D * N * C * operator_dtype.itemsize * len(layers)
     # Precomputing costs about D token-applications once; applying lazily costs about
     # 2K (forward + backward) per step. Precompute when cheaper and it fits the budget.
     materialize = operator == "materialize" or (
         operator == "auto" and D <= 2 * masks_per_image * iterations and size <= OPERATOR_BUDGET_BYTES
     )
-    operators = [layer.materialize() if materialize else None for layer in layers]
+    operators = [layer.materialize(dtype=operator_dtype) if materialize else None for layer in layers]
     return _Explainer(layers, operators, features.grid, int(visual.patch_size[0]))
 
 
@@ -114,11 +119,13 @@ def invert_batch(
     weight_decay: float = 0.0,
     layer_index: int = -1,
     operator: str = "auto",
+    operator_dtype: torch.dtype = torch.float32,
     features: VisionFeatures | None = None,
 ) -> tuple[list[Tensor], list[Tensor], VisionFeatures]:
     """MaskInversion for B preprocessed images [B, 3, S, S] with masks[b] [K_b, H, W] (one
     H, W for all). Returns per-image tokens [K_b, D], dice losses [K_b] and the forward's
-    :class:`VisionFeatures`. ``operator``: "auto", "materialize" or "lazy" (same result)."""
+    :class:`VisionFeatures`. ``operator``: "auto", "materialize" or "lazy" (same result);
+    ``operator_dtype``: what a materialised operator is stored in (bf16: half the traffic)."""
     if operator not in ("auto", "materialize", "lazy"):
         raise ValueError(f"operator must be auto, materialize or lazy, not {operator!r}")
     depth = len(model.visual.transformer.resblocks)
@@ -139,7 +146,7 @@ def invert_batch(
             targets[b, : m.shape[0]] = m.to(targets)
             weights[b, : m.shape[0]] = 1.0 / m.shape[0]
 
-    explainer = _explainer(model, features, start, k_max, iterations, operator)
+    explainer = _explainer(model, features, start, k_max, iterations, operator, operator_dtype)
     image_unit = F.normalize(features.global_token, dim=-1)[:, None, :]
     tokens = features.global_token[:, None, :].expand(B, k_max, D).clone().requires_grad_(True)
     optimizer = torch.optim.AdamW([tokens], lr=lr, weight_decay=weight_decay)
