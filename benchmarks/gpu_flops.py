@@ -120,4 +120,4 @@ def invert_step_bytes(D: int, N: int, C: int, H: int, K: int, side: int, operato
     the cotangents four times, the maps and dice terms about twenty float32 passes."""
     parts = {"operator": 2 * D * N * C * operator_bytes, "attention_gradients": 8 * K * H * N * N * relevance_bytes,
              "cotangents": 4 * K * N * C * relevance_bytes, "maps": 20 * K * side * side * 4}
-    return {**{k: round(v / 1e9, 2) for k, v in parts.items()}, "total": round(sum(parts.values()) / 1e9, 2)}
+    return {k: float(f"{v / 1e9:.3g}") for k, v in {**parts, "total": sum(parts.values())}.items()}

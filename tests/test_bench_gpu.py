@@ -54,6 +54,13 @@ def test_the_gpu_benchmark_measures_every_stage_at_every_precision_on_a_cpu(tmp_
     for mode, verdict in out["passes_noise_floor"].items():
         assert verdict == passes(out["agreement_with_fp32"][mode], sensitivity["floor"])
 
+    # bytes per MaskInversion step (from the shapes): bf16 storage halves the operator's part,
+    # bf16 autocast also the attention gradients'
+    traffic = out["invert_step_gb_estimate"]
+    assert traffic["bf16-operator"]["operator"] == pytest.approx(traffic["fp32"]["operator"] / 2, rel=0.01)
+    assert traffic["bf16-operator"]["attention_gradients"] == traffic["fp32"]["attention_gradients"]
+    assert traffic["bf16"]["attention_gradients"] == pytest.approx(traffic["fp32"]["attention_gradients"] / 2, rel=0.01)
+
     # FLOPs per image, the ceilings they give and what each measured time achieved
     tflop = out["tflop_per_image"]
     assert all(tflop[stage] > 0 for stage in ("detect", "segment", "invert"))
