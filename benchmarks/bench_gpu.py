@@ -225,8 +225,6 @@ def run(models: str, device: torch.device, images: int, iterations: int, batch: 
                               "invert_iterations": iterations, "packing": "one process, all stages on one device",
                               "seconds_per_image": {}, "images_per_s_end_to_end": {}, "images_per_s_model_stages": {},
                               "peak_gpu_memory_gib": {}, "agreement_with_fp32": {}}
-    if precisions[0] != "fp32":
-        raise SystemExit("--precisions must start with fp32: it is the reference")
     for mode in precisions:
         outputs, seconds, peaks = bench.run(mode)
         result["seconds_per_image"][mode] = seconds
@@ -334,6 +332,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     images = args.images or (4 if args.quick or device.type != "cuda" else 16)
     precisions = (args.precisions or ("fp32,tf32,bf16,bf16-operator" if device.type == "cuda"
                                       else f"fp32,{EMULATED_TF32},bf16,bf16-operator")).split(",")
+    from masktok.stages.precision import INVERT_PRECISIONS
+
+    known = (*INVERT_PRECISIONS, EMULATED_TF32)
+    if precisions[0] != "fp32" or not set(precisions) <= set(known):
+        ap.error(f"--precisions: fp32 first (the reference), then any of {', '.join(known[1:])}")
     alone = args.alone_masks if args.alone_masks is not None else (2 if args.quick else 4)
     model_dir = args.model_dir or (HERE.parent / "bench-out" / "full-models" if args.models == "full" else None)
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
