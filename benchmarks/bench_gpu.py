@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from masktok.stages.precision import INVERT_ONLY, INVERT_PRECISIONS, operator_dtype
 from gpu_flops import PEAK_OF_MODE, achieved, ceilings, count_flops, device_peak, invert_step_bytes
 from gpu_yardstick import PERTURBATIONS, agreement, masks_alone, noise_floor as floor_of, passes, token_agreement
 
@@ -90,13 +91,13 @@ def _scenes(folder: Path, n: int) -> list[dict[str, Any]]:
     return items
 
 
-def _timed(stage: Any, batch: list[dict], device: torch.device) -> tuple[list[dict], float, float]:
-    """(output, seconds, peak GPU memory in GiB: 0 on a CPU)."""
+def _timed(call: Any, device: torch.device) -> tuple[list[dict], float, float]:
+    """``call()``'s (output, seconds, peak GPU memory in GiB: 0 on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    out = stage(batch)
+    out = call()
     peak = 0.0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -108,8 +109,6 @@ def _timed(stage: Any, batch: list[dict], device: torch.device) -> tuple[list[di
 #: convolutions rounded to TF32 (stages/tf32.py), TF32's numerical effect measured on a CPU.
 EMULATED_TF32 = "tf32-emulated"
 MODEL_STAGES = ("detect", "segment", "invert")
-#: Modes that only the invert stage has: the other stages are not rerun for them.
-INVERT_ONLY = ("bf16-operator",)
 #: What an item carries of its image: replaced by a perturbed image's, the rest kept.
 IMAGE_FIELDS = ("image", "detector_pixels", "sam_pixels", "clip_pixels")
 
@@ -190,7 +189,7 @@ class _Bench:
         outputs: dict[str, list[dict]] = {name: [] for name in stages}
         making_reference = not self.reference
         for start in range(0, self.images, self.batch):
-            todo, took, _ = _timed(lambda b: self.decoded(start, perturb), None, self.device)
+            todo, took, _ = _timed(lambda: self.decoded(start, perturb), self.device)
             seconds["decode"] += took
             images = {item["index"]: item for item in todo}
             for name, stage in stages.items():
@@ -198,7 +197,7 @@ class _Bench:
                     self.inputs.setdefault(name, []).extend(copy.deepcopy(todo))
                 elif name in ("segment", "invert"):
                     todo = _with_images(self.inputs[name][start:start + self.batch], images)
-                todo, took, peak = _timed(stage, todo, self.device)
+                todo, took, peak = _timed(lambda: stage(todo), self.device)
                 seconds[name] += took
                 peaks[name] = max(peaks[name], round(peak, 3))
                 outputs[name] += copy.deepcopy(todo)
@@ -270,8 +269,9 @@ def _step_bytes(clip: torch.nn.Module, mode: str, masks: int = 101) -> dict[str,
     tokens = (side // patch) ** 2 + 1
     width = visual.transformer.width
     heads = visual.transformer.resblocks[0].attn.num_heads
-    operator = 2 if mode in ("bf16", "bf16-operator") else 4
-    return invert_step_bytes(visual.output_dim, tokens, width, heads, masks, side, operator, 2 if mode == "bf16" else 4)
+    relevance = 2 if mode == "bf16" else 4  # autocast runs the relevance in bf16
+    return invert_step_bytes(visual.output_dim, tokens, width, heads, masks, side,
+                             operator_dtype(mode).itemsize, relevance)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -332,8 +332,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     images = args.images or (4 if args.quick or device.type != "cuda" else 16)
     precisions = (args.precisions or ("fp32,tf32,bf16,bf16-operator" if device.type == "cuda"
                                       else f"fp32,{EMULATED_TF32},bf16,bf16-operator")).split(",")
-    from masktok.stages.precision import INVERT_PRECISIONS
-
     known = (*INVERT_PRECISIONS, EMULATED_TF32)
     if precisions[0] != "fp32" or not set(precisions) <= set(known):
         ap.error(f"--precisions: fp32 first (the reference), then any of {', '.join(known[1:])}")

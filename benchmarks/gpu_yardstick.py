@@ -40,16 +40,13 @@ def jpeg_95(image: np.ndarray, seed: int) -> np.ndarray:
 PERTURBATIONS = {"noise_1_level": one_level_noise, "jpeg_q95": jpeg_95}
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lo, hi = np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])
-    inter = np.clip(hi - lo, 0, None).prod(1)
-    union = (a[:, 2:] - a[:, :2]).prod(1) + (b[:, 2:] - b[:, :2]).prod(1) - inter
-    return np.divide(inter, union, out=np.ones_like(inter), where=union > 0)
-
-
 def _best_box_iou(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """For each box of ``ref``, its best IoU with a box of ``other``."""
-    return np.array([_box_iou(np.repeat(r[None], len(other), 0), other).max() if len(other) else 0.0 for r in ref])
+    """For each box of ``ref`` (xyxy), its best IoU with a box of ``other``."""
+    from torchvision.ops import box_iou
+
+    if not len(other):
+        return np.zeros(len(ref))
+    return box_iou(torch.from_numpy(ref).double(), torch.from_numpy(other).double()).amax(1).numpy()
 
 
 def _mask_iou(a: list[dict], b: list[dict]) -> np.ndarray:

@@ -263,7 +263,6 @@ def scan_embedded_images(path: Path, images_dir: Path) -> CorpusScan:
     from .durable import write_atomic
 
     scan = CorpusScan()
-    images_dir.mkdir(parents=True, exist_ok=True)
     for position, (_, image_id, data) in enumerate(iter_mmbench_images(path)):
         scan.records_read += 1
         if data is not None and not (images_dir / image_id).is_file():

@@ -29,7 +29,7 @@ import numpy as np
 from ..models import quiet_model_libraries
 from ..schemas.commits import STAGE_SECONDS
 from ..schemas.spec import JobSpec
-from ..stages.batch import exception_reason, fail, failed, out_of_memory
+from ..stages.batch import fail_with, failed, out_of_memory
 from .topology import Group, build_group, topology
 from .transport import ARRAY_COLUMNS, from_columns, to_columns
 
@@ -61,9 +61,7 @@ def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list
         try:
             out.extend(stage([item]))
         except Exception as exc:  # noqa: BLE001 - a per-image failure, recorded
-            if out_of_memory(exc):
-                raise
-            out.append(fail(item, name, exception_reason(exc)))
+            out.append(fail_with(item, name, exc))
     return out
 
 

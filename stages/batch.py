@@ -40,6 +40,14 @@ def out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError))
 
 
+def fail_with(item: Item, stage: str, exc: BaseException, prefix: str = "") -> Item:
+    """Record ``exc`` as ``item``'s failure, unless it is running out of memory
+    (:func:`out_of_memory`): that is re-raised for the caller to retry smaller batches."""
+    if out_of_memory(exc):
+        raise exc
+    return fail(item, stage, prefix + exception_reason(exc))
+
+
 def exception_reason(exc: BaseException) -> str:
     """One line naming the exception, for a failure record."""
     text = " ".join(str(exc).split())

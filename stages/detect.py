@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from transformers import DeformableDetrForObjectDetection, DeformableDetrImageProcessor
 
-from .batch import Batch, Item, exception_reason, fail, failed, out_of_memory
+from .batch import Batch, Item, fail_with, failed
 from .model_inputs import detector_pixels
 from .precision import at_precision
 
@@ -75,9 +75,7 @@ class DetectStage:
         try:
             return detector_pixels(item["image"], self.processor)
         except Exception as exc:  # noqa: BLE001 - e.g. an image too thin to resize
-            if out_of_memory(exc):
-                raise
-            fail(item, "detect", f"preprocessing failed: {exception_reason(exc)}")
+            fail_with(item, "detect", exc, "preprocessing failed: ")
             return None
 
     def normalise(self, pixels: list[np.ndarray]) -> torch.Tensor:

@@ -40,6 +40,7 @@ OPERATOR_BUDGET_BYTES = 4 << 30
 #: have their own bound, ``legrad.RELEVANCE_CHUNK_BYTES``.
 SLICE_BYTES = 512 << 20
 
+
 def dice_loss_per_mask(maps: Tensor, targets: Tensor) -> Tensor:
     """The reference's dice loss (smooth 1) per mask: [..., H, W] x2 -> [...]; defined for
     empty and full masks alike."""
@@ -107,6 +108,7 @@ def _masks_per_slice(images: int, size: tuple[int, int]) -> int:
     wide slices keep a GPU busy with few kernels."""
     per_mask = images * 40 * size[0] * size[1]  # about ten float32 temporaries per pixel
     return max(1, SLICE_BYTES // per_mask)
+
 
 def invert_batch(
     model: torch.nn.Module,

@@ -19,13 +19,17 @@ reduced precision within that floor for every stage (measured on a CPU, emulated
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, get_args
 
 import torch
 
-PRECISIONS = ("fp32", "tf32", "bf16")
-#: The invert stage's precisions (schemas/spec.py ``InvertPrecision``).
-INVERT_PRECISIONS = (*PRECISIONS, "bf16-operator")
+from ..schemas.spec import InvertPrecision, Precision
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: The invert stage's precisions: the others and invert's own.
+INVERT_PRECISIONS: tuple[str, ...] = get_args(InvertPrecision)
+#: Precisions only the invert stage has.
+INVERT_ONLY = tuple(p for p in INVERT_PRECISIONS if p not in PRECISIONS)
 
 
 def operator_dtype(mode: str) -> torch.dtype:

@@ -32,7 +32,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .batch import Batch, Item, encode_masks, exception_reason, fail, failed, out_of_memory
+from .batch import Batch, Item, encode_masks, exception_reason, fail, fail_with, failed, out_of_memory
 from .model_inputs import sam_pixels
 from .precision import at_precision
 
@@ -80,9 +80,7 @@ class SegmentStage:
                         embedding, input_size, (item["height"], item["width"]), item["boxes"]
                     )
                 except Exception as exc:  # noqa: BLE001 - e.g. boxes the decoder cannot take
-                    if out_of_memory(exc):
-                        raise  # not the image's fault: the caller retries smaller batches
-                    fail(item, "segment", exception_reason(exc))
+                    fail_with(item, "segment", exc)  # out of memory: raised, retried smaller
         return batch
 
     def preprocess(self, pixels: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -108,9 +106,7 @@ class SegmentStage:
             try:
                 inputs.append((item, *self.preprocess(self._pixels(item))))
             except Exception as exc:  # noqa: BLE001 - e.g. an image that cannot be resized
-                if out_of_memory(exc):
-                    raise
-                fail(item, "segment", exception_reason(exc))
+                fail_with(item, "segment", exc)
         return self._encode(inputs) if inputs else []
 
     def _encode(self, inputs: list[_Input]) -> list[_Encoded]:

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from masktok.pipeline.run import load_job
 from masktok.schemas.commits import valid_commits
 from masktok.schemas.manifest import read_manifest
 from masktok.schemas.storage import open_zarr
+from s3_server import free_port
 from small_job import JOB_IMAGES as IMAGES, MASKTOK, RUN_TIMEOUT, plan_job as plan, run_masktok as masktok
 
 # Every test that starts Ray runs in one pytest-xdist worker, one after the other (`make test`
@@ -183,12 +183,6 @@ def run_killing_a_stage_worker(jd, address: str, env: dict) -> tuple[str, int | 
     return out, killed, done_at_kill
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 #: What a driver of the test cluster needs in its environment: Ray turns token
 #: authentication on once ~/.ray/auth_token exists (a local run writes it); off, so that any
 #: machine is alike.
@@ -202,7 +196,7 @@ def ray_cluster(s3_endpoint) -> str:
     CPU the other tests need). The S3 server's variables are set first: the cluster's
     workers take the raylet's environment. Yields the address."""
     ray = str(Path(sys.executable).parent / "ray")
-    gcs = _free_port()
+    gcs = free_port()
     subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
                     "--include-dashboard=false", "--disable-usage-stats"],
                    check=True, capture_output=True, timeout=120, env={**os.environ, **RAY_CLIENT_ENVIRONMENT})

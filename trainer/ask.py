@@ -16,12 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..pipeline.corpus import IMAGE_SUFFIXES
 from ..schemas.errors import CacheError, DataError
 from ..schemas.record import VERSION, tensors_of
 from ..schemas.spec import JobSpec
 
-#: The files a folder given to `ask` contributes (by suffix, any case).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def image_paths(given: tuple[Path, ...]) -> list[Path]:
