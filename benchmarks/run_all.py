@@ -24,6 +24,7 @@ BENCHMARKS = {
     "image_memory": ["bench_image_memory.py"],
     "transport": ["bench_transport.py"],
     "gpu": ["bench_gpu.py"],
+    "exit": ["bench_exit.py"],
 }
 
 

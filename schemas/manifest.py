@@ -52,12 +52,20 @@ def encode_manifest(table: pa.Table) -> bytes:
 
 
 def read_manifest(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """The manifest, read without Arrow's thread pools.
+
+    The file's bytes are read here and parsed single-threaded from memory. A threaded read
+    through a Python file object leaves Arrow worker threads (and Python callbacks on them)
+    alive at interpreter exit, where they abort a command that has already succeeded,
+    rarely, with "terminate called without an active exception" (issue 37;
+    apache/arrow#34314). A manifest is small beside its job (about 40 MB at 558K images),
+    so one thread decodes it in well under a second.
+    """
     if not path.exists():
         raise ManifestError(f"no manifest at {path}: plan the job first (masktok plan)")
-    with path.open("rb") as fh:  # a Path or a UPath (a job directory on object storage)
-        parquet = pq.ParquetFile(fh)
-        version = (parquet.schema_arrow.metadata or {}).get(b"masktok.manifest_version", b"?").decode()
-        table = parquet.read(columns=columns)
+    data = path.read_bytes()  # a Path or a UPath (a job directory on object storage)
+    parquet = pq.ParquetFile(pa.BufferReader(data))
+    version = (parquet.schema_arrow.metadata or {}).get(b"masktok.manifest_version", b"?").decode()
     if version != str(VERSION):
         raise ManifestError(f"{path}: manifest version {version}, this masktok reads version {VERSION}")
-    return table
+    return parquet.read(columns=columns, use_threads=False)
