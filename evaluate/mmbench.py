@@ -21,7 +21,6 @@ OpenCompass upload.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from ..schemas.eval_files import is_none, read_mmbench_table
 from .scoring import AnswerLine, BenchScore, format_rows, id_key, read_answer_file, require_pairs
 
 OPTIONS = ("A", "B", "C", "D")
@@ -49,39 +49,6 @@ _REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process 
 _API_FAILURE = "Failed to obtain answer via API"
 _AS_SPACE = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
 _ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
-
-
-def read_mmbench_table(path: Path) -> Any:
-    """The TSV as a pandas DataFrame, exactly as LLaVA reads it (``pd.read_table``, default NA
-    handling). DataError for a file pandas cannot read, or one without ``index`` and
-    ``question`` columns, or whose ``index`` is not unique integers."""
-    import pandas as pd
-
-    try:
-        table = pd.read_table(path)
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"cannot read the MMBench TSV {path}: {reason}") from None
-    lacking = [c for c in ("index", "question") if c not in table.columns]
-    if lacking:
-        raise DataError(f"{path} is no MMBench TSV: no {' or '.join(map(repr, lacking))} column "
-                        f"(columns: {', '.join(map(str, table.columns[:8]))})")
-    if not pd.api.types.is_integer_dtype(table["index"]):
-        raise DataError(f"{path}: MMBench's 'index' column must hold integers")
-    repeated = table["index"][table["index"].duplicated()]
-    if len(repeated):
-        raise DataError(f"{path}: index {int(repeated.iloc[0])} is on more than one row")
-    return table
-
-
-def is_none(value: Any) -> bool:
-    """LLaVA's is_none: None, NaN, or the text "nan"/"none" (any case). (A NumPy NaN is none
-    too; LLaVA only meets Python floats, as ``iterrows`` yields them.)"""
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.lower() in ("nan", "none")
 
 
 def options_of(row: Mapping[str, Any]) -> list[str]:

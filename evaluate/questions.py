@@ -10,7 +10,7 @@ Three formats, told apart by the file itself:
   items without an image are answered without one (evaluate/scienceqa.py).
 - MMBench's TSV (``model_vqa_mmbench.py``): one row per question, the picture as base64 inside
   the row; circular copies of a question at index + k x 1,000,000 carry the same picture. The
-  cache holds one image per distinct picture, named by its content (:func:`embedded_image_id`);
+  cache holds one image per distinct picture, named by its content (``schemas/eval_files.embedded_image_id``);
   ``masktok plan`` decodes them into the job (evaluate/mmbench.py has the prompt and the rule).
 
 Every question carries what the model is asked (``text``, without the image token), the answer
@@ -19,17 +19,13 @@ line's ``prompt`` as LLaVA writes it, and LLaVA-1.5's ``max_new_tokens`` for its
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import io
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from ..schemas.eval_files import carries_pictures, file_format, is_none, iter_mmbench_images, plain
 from .scoring import read_json_lines
 
 #: LLaVA-1.5's generation length per kind: model_vqa_loader.py's default, and the 1024 that
@@ -61,30 +57,6 @@ class QuestionFile:
     @property
     def max_new_tokens(self) -> int:
         return MAX_NEW_TOKENS[self.kind]
-
-
-def carries_pictures(path: Path) -> bool:
-    """MMBench's TSV (told by its suffix) holds its pictures; the other formats name image files."""
-    return Path(path).suffix.lower() == ".tsv"
-
-
-def file_format(path: Path) -> str:
-    """"jsonl", "scienceqa" (a JSON list) or "mmbench" (a TSV), from the file's name and first
-    character; DataError for anything else."""
-    path = Path(path)
-    if carries_pictures(path):
-        return "mmbench"
-    try:
-        with path.open(encoding="utf-8-sig", errors="replace") as fh:  # the reader names bad bytes
-            head = fh.read(4096).lstrip()
-    except OSError as exc:
-        raise DataError(f"cannot read the question file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if head.startswith("["):
-        return "scienceqa"
-    if head.startswith("{") or head.startswith("\ufffd"):  # bad bytes: the line reader names them
-        return "jsonl"
-    raise DataError(f"{path} is no LLaVA question file (JSON Lines of questions, ScienceQA's JSON "
-                    "list, or MMBench's .tsv)")
 
 
 def is_mm_vet(path: Path) -> bool:
@@ -149,65 +121,14 @@ def _mmbench_questions(path: Path, lang: str | None) -> list[Question]:
         options = mmbench.options_of(row)
         prompt = mmbench.question_text(row)
         extra = {"round_id": 0, "options": options, "option_char": list(mmbench.OPTIONS[:len(options)])}
-        questions.append(Question(position, _plain(row["index"]), image_id, prompt + "\n" + suffix, prompt,
+        questions.append(Question(position, plain(row["index"]), image_id, prompt + "\n" + suffix, prompt,
                                   _category(row), extra))
     return questions
 
 
-def _plain(value: Any) -> Any:
-    """A pandas scalar as plain Python (numpy int64 -> int), so it writes as JSON."""
-    return value.item() if hasattr(value, "item") else value
-
-
 def _category(row: Any) -> str | None:
-    from .mmbench import is_none
-
     value = row.get("category")
     return None if is_none(value) else str(value)
-
-
-def embedded_image_id(data: bytes) -> str:
-    """The cache id of a picture carried inside a question file: its content's SHA-256 (first 20
-    hex digits) and the suffix of its format, so every copy of one picture is one image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            suffix = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}.get(
-                im.format or "", ".img")
-    except (UnidentifiedImageError, OSError):
-        suffix = ".img"  # planned all the same: the decode stage records it as a failed image
-    return hashlib.sha256(data).hexdigest()[:20] + suffix
-
-
-def decode_base64_image(value: Any, where: str) -> bytes:
-    """A TSV cell's base64 picture as bytes; DataError naming the row when it is none."""
-    try:
-        return base64.b64decode(value, validate=False)
-    except (binascii.Error, TypeError, ValueError) as exc:
-        raise DataError(f"{where}: the image is not base64 ({exc})") from None
-
-
-def iter_mmbench_images(path: Path) -> Iterator[tuple[Any, str, bytes | None]]:
-    """(row, image id, picture bytes) of each TSV row in file order; the bytes only where a
-    picture first appears (None for its copies), so each is decoded and written once."""
-    from .mmbench import is_none, read_mmbench_table
-
-    table = read_mmbench_table(path)
-    if "image" not in table.columns:
-        raise DataError(f"{path}: MMBench's question TSV needs an 'image' column (base64 pictures)")
-    seen: dict[str, str] = {}  # the base64 text -> its id (copies repeat the same text)
-    for position, (_, row) in enumerate(table.iterrows()):
-        where = f"{path}, row {position + 1} (index {_plain(row['index'])})"
-        if is_none(row["image"]):
-            raise DataError(f"{where}: no image")
-        b64 = str(row["image"])
-        if b64 in seen:
-            yield row, seen[b64], None
-            continue
-        data = decode_base64_image(b64, where)
-        seen[b64] = image_id = embedded_image_id(data)
-        yield row, image_id, data
 
 
 def line_key(line: int, question_id: Any) -> str:

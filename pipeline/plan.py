@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..evaluate.questions import carries_pictures
+from ..schemas.eval_files import carries_pictures
 from ..schemas import manifest as manifest_schema
 from ..schemas.errors import PlanError, SpecError
 from ..schemas.jobdir import JobDir

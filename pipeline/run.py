@@ -122,7 +122,7 @@ def _start_ray(address: str | None, spec: JobSpec) -> bool:
     # Logical CPUs: enough for every actor of the spec (the stage groups and the shard
     # writers) plus the read tasks, so Ray Data never waits forever on a reservation the
     # node cannot grant (see README).
-    from .topology import topology
+    from ..stages.topology import topology
 
     wanted = sum(g.resources.actors * g.resources.cpus for g in topology(spec))
     wanted += spec.write.resources.actors * spec.write.resources.cpus + 1
@@ -195,7 +195,7 @@ def _absorb_restart_notice() -> None:
 
 def check_gpus_fit(spec: JobSpec, cluster_gpus: float) -> None:
     """Ray Data waits forever, silently, for GPUs the cluster does not have: refuse instead."""
-    from .topology import topology
+    from ..stages.topology import topology
 
     asked = {g.name: g.resources.actors * g.resources.gpus for g in topology(spec) if g.resources.gpus}
     if sum(asked.values()) > cluster_gpus + 1e-9:
@@ -261,7 +261,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
         return RunSummary(shards, already, 0, 0, 0, 0.0)
 
     from ..stages.write import open_store
-    from .checkpoints import resolve_checkpoints, token_dims
+    from ..stages.checkpoints import resolve_checkpoints, token_dims
     from .graph import build_dataset
     from .writers import Books, WriterPool, coordinate
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.cli import main
+from masktok.cli import main
 
 
 @pytest.fixture(scope="module")

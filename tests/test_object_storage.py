@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.cli import main
+from masktok.cli import main
 from masktok.pipeline.durable import write_atomic
 from masktok.pipeline.lock import ObjectLock, RunLock, lock_holder
 from masktok.pipeline.status import verify_job
-from masktok.pipeline.tiny_cache import write_tiny_cache
+from masktok.tiny.cache import write_tiny_cache
 from masktok.pipeline.writers import describe_write_error
 from masktok.schemas.errors import LockedError
 from masktok.schemas.jobdir import JobDir
@@ -103,7 +103,7 @@ def test_verify_finds_a_flipped_byte_on_the_store(bucket):
 
 
 def test_training_and_generate_read_the_cache_from_the_bucket(caches, tiny_trainer, tmp_path):
-    from masktok.trainer.cli import generate, train
+    from masktok.cli.train import generate, train
 
     _, remote = caches
     out = tmp_path / "run"

@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.cli import main
+from masktok.cli import main
 from masktok.pipeline.lock import RunLock
 from masktok.schemas.jobdir import JobDir
 from masktok.schemas.spec import read_toml

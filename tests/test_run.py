@@ -22,8 +22,8 @@ import pytest
 import webdataset as wds
 
 from masktok.schemas.jobdir import JobDir
-from masktok.pipeline.checkpoints import resolve_checkpoints
-from masktok.pipeline.topology import build_group, topology
+from masktok.stages.checkpoints import resolve_checkpoints
+from masktok.stages.topology import build_group, topology
 from masktok.pipeline.run import load_job
 from masktok.schemas.commits import valid_commits
 from masktok.schemas.manifest import read_manifest
@@ -222,7 +222,7 @@ def test_killed_run_resumes_to_the_same_arrays(resumed, finished):
 
 def test_a_tiny_llama_trains_from_the_resumed_job_on_s3(resumed, tmp_path):
     from masktok.trainer.runtime import TrainConfig
-    from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.tiny.llm import build_tiny_llm
     from masktok.trainer.train import train
 
     jd = resumed["jd"]

@@ -16,8 +16,8 @@ from ..models import TINY, materialize_tiny, quiet_model_libraries
 from ..models.clip_config import clip_config
 from ..schemas.errors import CheckpointError
 from ..schemas.spec import JobSpec
-from ..stages.masks import TILE_GRIDS
-from ..stages.write import TokenDims
+from .masks import TILE_GRIDS
+from .write import TokenDims
 from .topology import model_checkpoint, models_needed
 
 

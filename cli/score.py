@@ -1,4 +1,4 @@
-"""``masktok score BENCH`` and ``masktok submission BENCH`` (registered in pipeline/cli.py).
+"""``masktok score BENCH`` and ``masktok submission BENCH`` (registered in cli/__init__.py).
 
 Each scorer prints its table, or with ``--json`` one object whose ``"score"`` is the number
 the paper reports (scoring.BenchScore.to_dict); questions without an answer and answers of no
@@ -46,7 +46,7 @@ def _report(result: Any, table: Callable[[Any], str], as_json: bool,
 def pope(answers_path: Path, label_paths: tuple[Path, ...], questions_path: Path | None, as_json: bool) -> None:
     """POPE: mean F1 over the categories (%), with accuracy, precision, recall, F1 and yes-ratio
     per category and pooled, as LLaVA-1.5's eval_pope.py."""
-    from .pope import as_bench_score, format_pope_table, score_pope_file
+    from ..evaluate.pope import as_bench_score, format_pope_table, score_pope_file
 
     report = score_pope_file(answers_path, label_paths, questions_path)
     result = as_bench_score(report, answers_path)
@@ -66,7 +66,7 @@ def pope(answers_path: Path, label_paths: tuple[Path, ...], questions_path: Path
 def mme(answers_path: Path, labels_path: Path, as_json: bool) -> None:
     """MME: perception total (cognition beside it), acc and acc+ per subtask, as MME's
     eval_tool/calculation.py after LLaVA's convert_answer_to_mme.py."""
-    from .mme import format_mme_table, score_mme
+    from ..evaluate.mme import format_mme_table, score_mme
 
     _report(score_mme(answers_path, labels_path), format_mme_table, as_json)
 
@@ -78,7 +78,7 @@ def mme(answers_path: Path, labels_path: Path, as_json: bool) -> None:
 def mmbench(answers_path: Path, labels_path: Path, as_json: bool) -> None:
     """MMBench: CircularEval accuracy (%), per category and l2-category; options extracted as
     VLMEvalKit's can_infer, no GPT fallback (unparsable answers count wrong)."""
-    from .mmbench import format_mmbench_table, mmbench_warnings, score_mmbench
+    from ..evaluate.mmbench import format_mmbench_table, mmbench_warnings, score_mmbench
 
     _report(score_mmbench(answers_path, labels_path), format_mmbench_table, as_json, mmbench_warnings)
 
@@ -91,7 +91,7 @@ def mmbench(answers_path: Path, labels_path: Path, as_json: bool) -> None:
 def sqa(answers_path: Path, questions_path: Path, as_json: bool) -> None:
     """ScienceQA: IMG accuracy (%) and the accuracy over all questions, with
     eval_science_qa.py's letter extraction."""
-    from .scienceqa import format_scienceqa_table, score_scienceqa
+    from ..evaluate.scienceqa import format_scienceqa_table, score_scienceqa
 
     _report(score_scienceqa(answers_path, questions_path), format_scienceqa_table, as_json)
 
@@ -102,7 +102,7 @@ def sqa(answers_path: Path, questions_path: Path, as_json: bool) -> None:
 @_JSON
 def gqa(answers_path: Path, labels_path: Path, as_json: bool) -> None:
     """GQA: accuracy (%) as GQA's eval.py after LLaVA's convert_gqa_for_eval.py."""
-    from .gqa import format_gqa_table, score_gqa
+    from ..evaluate.gqa import format_gqa_table, score_gqa
 
     _report(score_gqa(answers_path, labels_path), format_gqa_table, as_json)
 
@@ -113,7 +113,7 @@ def gqa(answers_path: Path, labels_path: Path, as_json: bool) -> None:
 @_JSON
 def textvqa(answers_path: Path, labels_path: Path, as_json: bool) -> None:
     """TextVQA: VQA accuracy (%) with m4c_evaluator.py's EvalAI normalisation, as eval_textvqa.py."""
-    from .vqa import format_vqa_table, score_textvqa
+    from ..evaluate.vqa import format_vqa_table, score_textvqa
 
     _report(score_textvqa(answers_path, labels_path), format_vqa_table, as_json)
 
@@ -127,7 +127,7 @@ def textvqa(answers_path: Path, labels_path: Path, as_json: bool) -> None:
 @_JSON
 def vqa(answers_path: Path, labels_path: Path, questions_path: Path | None, as_json: bool) -> None:
     """VQAv2 or VizWiz on val: VQA accuracy (%) with the EvalAI answer normalisation."""
-    from .vqa import format_vqa_table, score_vqa
+    from ..evaluate.vqa import format_vqa_table, score_vqa
 
     _report(score_vqa(answers_path, labels_path, questions_path), format_vqa_table, as_json)
 
@@ -160,8 +160,8 @@ def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[st
 
     Each entry is BENCH=FILE or BENCH=FOLDER (its *.jsonl: one file per budget, as masktok
     answer --out writes them); BENCH is one of vqa, gqa, sqa, textvqa, pope, mme, mmbench."""
-    from .sweep import format_sweep_table, plot_sweep
-    from .sweep import sweep as run
+    from ..evaluate.sweep import format_sweep_table, plot_sweep
+    from ..evaluate.sweep import sweep as run
 
     parsed = [(name, path) for name, paths in _named(entries, "entry", None).items() for path in paths]
     only = parsed[0][0] if len({n for n, _ in parsed}) == 1 else None
@@ -191,7 +191,7 @@ def submission() -> None:
 @click.option("--out", "out_path", type=_FILE, required=True, help="The JSON to upload to EvalAI.")
 def vqav2(answers_path: Path, questions_path: Path, out_path: Path) -> None:
     """VQAv2 test-dev/test for EvalAI, as LLaVA's convert_vqav2_for_submission.py."""
-    from .vqa import write_vqav2_submission
+    from ..evaluate.vqa import write_vqav2_submission
 
     written, missing = write_vqav2_submission(answers_path, questions_path, out_path)
     _written(out_path, written, missing, 0)
@@ -203,7 +203,7 @@ def vqav2(answers_path: Path, questions_path: Path, out_path: Path) -> None:
 @click.option("--out", "out_path", type=_FILE, required=True, help="The JSON to upload to EvalAI.")
 def vizwiz(answers_path: Path, questions_path: Path, out_path: Path) -> None:
     """VizWiz test for EvalAI, as LLaVA's convert_vizwiz_for_submission.py."""
-    from .vqa import write_vizwiz_submission
+    from ..evaluate.vqa import write_vizwiz_submission
 
     written, missing = write_vizwiz_submission(answers_path, questions_path, out_path)
     _written(out_path, written, missing, 0)
@@ -215,7 +215,7 @@ def vizwiz(answers_path: Path, questions_path: Path, out_path: Path) -> None:
 @click.option("--out", "out_path", type=_FILE, required=True, help="The .xlsx to upload to OpenCompass.")
 def mmbench_submission(answers_path: Path, questions_path: Path, out_path: Path) -> None:
     """MMBench for the OpenCompass server, as LLaVA's convert_mmbench_for_submission.py."""
-    from .mmbench import write_mmbench_submission
+    from ..evaluate.mmbench import write_mmbench_submission
 
     written = write_mmbench_submission(answers_path, questions_path, out_path)
     _written(out_path, written.rows, len(written.missing), len(written.unpaired))
@@ -226,7 +226,7 @@ def mmbench_submission(answers_path: Path, questions_path: Path, out_path: Path)
 @click.option("--out", "out_path", type=_FILE, required=True, help="The JSON for MM-Vet's GPT-4 grader.")
 def mmvet(answers_path: Path, out_path: Path) -> None:
     """MM-Vet ({"v1_<id>": answer}) for its official GPT-4 grader, as LLaVA's convert_mmvet_for_eval.py."""
-    from .mmvet import write_mmvet_submission
+    from ..evaluate.mmvet import write_mmvet_submission
 
     _written(out_path, len(write_mmvet_submission(answers_path, out_path)), 0, 0)
 
