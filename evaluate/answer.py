@@ -16,7 +16,8 @@ once complete). Answers are keyed by line, not by id: MME and TextVQA repeat ids
 Questions whose image is not in the cache, failed or is pending are reported and get no
 line. Greedy answers (temperature 0) do not depend on the batch size (transformers'
 ``generate`` over left-padded prompts, trainer/model.py). ``max_new_tokens`` defaults to
-LLaVA-1.5's for the file's kind (questions.MAX_NEW_TOKENS).
+LLaVA-1.5's for the file's kind (questions.LOADER_MAX_NEW_TOKENS, or the QuestionFormat of the
+benchmark that reads the file).
 """
 
 from __future__ import annotations
