@@ -28,22 +28,22 @@ import numpy as np
 from ..models import quiet_model_libraries
 from ..schemas.spec import JobSpec
 from ..stages.chain import run_chain
-from ..stages.topology import Group, build_group, topology
+from ..stages.topology import Group, build_group
 from .transport import ARRAY_COLUMNS, from_columns, to_columns
 
 Item = dict[str, Any]
 
 
 class StageGroup:
-    """A Ray Data callable class: builds group ``index`` of the topology once per actor
+    """A Ray Data callable class: builds group ``index`` of the run's topology (``groups``,
+    computed once by the driver) once per actor
     (models loaded on the actor's device), runs its stages in order. The last group hands
     its finished items to the shard writers named ``writers`` (pipeline/writers.py) and
     returns no rows."""
 
-    def __init__(self, spec: JobSpec, index: int, image_root: str, checkpoints: dict[str, str],
+    def __init__(self, spec: JobSpec, groups: list[Group], index: int, image_root: str, checkpoints: dict[str, str],
                  writers: tuple[str, ...] = ()):
         quiet_model_libraries()
-        groups = topology(spec)
         self.stages = build_group(spec, groups[index], image_root, checkpoints)
         self.columns = columns_after(groups, index)
         self.shard_size = spec.shards.size
@@ -81,10 +81,11 @@ def columns_after(groups: list[Group], index: int) -> tuple[str, ...]:
     return tuple(name for name in ARRAY_COLUMNS if ARRAY_COLUMNS[name].last_reader in later)
 
 
-def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints: dict[str, str],
-                  writers: tuple[str, ...] = ()):
-    """The lazy Ray Dataset that turns planned items into finished ones: handed to the
-    shard writers named ``writers`` (it then has no rows), or its rows."""
+def build_dataset(spec: JobSpec, groups: list[Group], items: list[Item], image_root: str,
+                  checkpoints: dict[str, str], writers: tuple[str, ...] = ()):
+    """The lazy Ray Dataset that turns planned items into finished ones, one actor pool per
+    group of ``groups`` (the spec's topology): handed to the shard writers named ``writers``
+    (it then has no rows), or its rows."""
     import ray.data
 
     # One image per block. Ray Data merges a task's output into blocks of up to
@@ -93,11 +94,10 @@ def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints
     ray.data.DataContext.get_current().target_max_block_size = 1
     ds = ray.data.from_items([{"item": blob} for blob in to_columns(items, ())["item"]],
                              override_num_blocks=max(1, min(len(items), 256)))
-    groups = topology(spec)
     for i, group in enumerate(groups):
         res = group.resources
         ds = ds.map_batches(
-            StageGroup, fn_constructor_args=(spec, i, image_root, checkpoints, tuple(writers)),
+            StageGroup, fn_constructor_args=(spec, groups, i, image_root, checkpoints, tuple(writers)),
             batch_size=res.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.cpus, num_gpus=res.gpus,

@@ -146,9 +146,14 @@ def topology(spec: JobSpec) -> list[Group]:
     return groups
 
 
+def models_of(groups: list[Group]) -> list[str]:
+    """The models these groups run, in pipeline order."""
+    return [model for group in groups for model in group.models]
+
+
 def models_needed(spec: JobSpec) -> list[str]:
     """The models this job runs, in pipeline order."""
-    return [model for group in topology(spec) for model in group.models]
+    return models_of(topology(spec))
 
 
 def model_checkpoint(spec: JobSpec, model: str) -> str:
@@ -164,10 +169,11 @@ def model_variant(spec: JobSpec, model: str) -> str | None:
 
 def build_group(spec: JobSpec, group: Group, image_root: str | Path, checkpoints: dict[str, str],
                 device: str | None = None) -> list[tuple[str, Stage]]:
-    """(name, stage) of each stage of ``group``, its models loaded from ``checkpoints``
-    (resolved paths, checkpoints.py) onto ``device`` (default: CUDA when available)."""
+    """(name, stage) of each stage of ``group``, its models loaded from ``checkpoints`` onto
+    ``device`` (default: CUDA when available). ``checkpoints`` names the models the job runs
+    (checkpoints.resolve_checkpoints, resolved paths): the CPU stages prepare inputs for those."""
     built = {m: load_model(m, checkpoints[m], variant=model_variant(spec, m), device=device) for m in group.models}
-    wanted = {m for s in group.stages for m in s.inputs} & set(models_needed(spec))
+    wanted = {m for s in group.stages for m in s.inputs} & set(checkpoints)
     inputs = {m: load_inputs(m, checkpoints[m], variant=model_variant(spec, m)) for m in wanted}
     return [(s.name, s.make(spec, str(image_root), inputs if s.inputs else built.get(s.model)))
             for s in group.stages]
