@@ -87,7 +87,7 @@ def test_ask_answers_as_generate_answers_from_the_cache(finished_job, trained, t
 
 
 def test_the_chat_answers_each_question_with_one_stage_run(finished_job, trained, tiny_home, monkeypatch):
-    from masktok.trainer import ask as ask_module
+    from masktok.inference import ask as ask_module
 
     runs = []
     real = ask_module.PictureTokens.records
