@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-# Two pytest-xdist workers: the Ray tests (one group, in one worker) spend half their time
-# waiting on process start-up, while the other worker runs everything else.
+# The import layers first (pyproject.toml [tool.importlinter]: a new loop fails here, in
+# seconds). Then two pytest-xdist workers: the Ray tests (one group, in one worker) spend half
+# their time waiting on process start-up, while the other worker runs everything else.
 test: install
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 demo: install

@@ -31,9 +31,9 @@ def answers_per_s(tmp: Path) -> dict[str, float]:
     import torch
 
     from masktok.evaluate.answer import answer
-    from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+    from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
     from masktok.trainer.runtime import TrainConfig
-    from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.tiny.llm import build_tiny_llm
     from masktok.trainer.train import train
 
     torch.set_num_threads(1)

@@ -80,7 +80,7 @@ def build_full_size(folder: Path) -> dict[str, Path]:
 
 
 def _scenes(folder: Path, n: int) -> list[dict[str, Any]]:
-    from masktok.pipeline.demo_corpus import draw_scene
+    from masktok.tiny.corpus import draw_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)

@@ -44,7 +44,7 @@ def main() -> None:
 
     from masktok.models import load_inputs, load_model, materialize_tiny
     from masktok.models.clip_config import TINY_CLIP_NAME
-    from masktok.pipeline.demo_corpus import draw_scene
+    from masktok.tiny.corpus import draw_scene
     from masktok.schemas.spec import DecodeSpec, FilterSpec, InvertSpec
     from masktok.stages.background import BackgroundStage
     from masktok.stages.decode import DecodeStage

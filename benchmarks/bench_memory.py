@@ -50,10 +50,10 @@ def accounting() -> dict:
 
 
 def measured(steps: int, tmp: Path) -> dict:
-    from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+    from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
     from masktok.trainer.memory import GiB, count, state_bytes
     from masktok.trainer.runtime import build_model, load_llm
-    from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.tiny.llm import build_tiny_llm
 
     job = write_tiny_cache(tmp / "job", n=64, shard_size=16, failed=())
     data = write_corpus(tmp / "data.json", 64)

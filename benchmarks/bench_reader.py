@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
-    from masktok.pipeline.tiny_cache import tiny_items
+    from masktok.tiny.cache import tiny_items
     from masktok.stages.write import TokenDims
     from masktok.trainer.readers import ZarrImages
 

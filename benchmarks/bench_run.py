@@ -32,9 +32,9 @@ def du(path: Path) -> int:
 def in_process(jd, batch_size: int) -> float:
     """Stages called directly, batch by batch, shards written and committed as in a run."""
     from masktok.pipeline.commit import write_shard
-    from masktok.pipeline.checkpoints import resolve_checkpoints, token_dims
-    from masktok.pipeline.graph import call_stage
-    from masktok.pipeline.topology import build_group, topology
+    from masktok.stages.checkpoints import resolve_checkpoints, token_dims
+    from masktok.stages.chain import call_stage
+    from masktok.stages.topology import build_group, topology
     from masktok.pipeline.run import load_job
     from masktok.schemas.manifest import read_manifest
     from masktok.stages.write import open_store
@@ -71,7 +71,7 @@ def main() -> None:
 
     import shutil
 
-    from masktok.pipeline.demo_corpus import write_demo_corpus
+    from masktok.tiny.corpus import write_demo_corpus
     from masktok.schemas.jobdir import JobDir
     from masktok.schemas.record import ARRAYS
 

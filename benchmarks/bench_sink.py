@@ -18,7 +18,7 @@ D = 768, C = 1024, 60 objects per image, record v2, both sinks), and what the dr
   our object-storage path plus a Python mock server sharing the same two cores, not a
   figure of real S3.
 
-The items are seeded random tokens (pipeline.tiny_cache.tiny_items), 32 distinct ones
+The items are seeded random tokens (tiny.cache.tiny_items), 32 distinct ones
 reused under new indices (generating 4,000 would take longer than writing them).
 
     .venv/bin/python benchmarks/bench_sink.py [--shard-size 1000] [--shards 4] [--writers 1 2 4]
@@ -53,7 +53,7 @@ class Source:
     def __init__(self, writers: tuple[str, ...], shard_size: int):
         import ray
 
-        from masktok.pipeline.tiny_cache import tiny_items
+        from masktok.tiny.cache import tiny_items
         from masktok.stages.write import TokenDims
 
         self.pool = tiny_items(POOL, TokenDims(**DIMS), objects=OBJECTS)
@@ -69,7 +69,7 @@ class Source:
 def direct(root: Path | str, shard_size: int, shards: int, webdataset: bool) -> float:
     """images/s of write_shard in this process (``root``: a folder or an s3:// URL)."""
     from masktok.pipeline.commit import write_shard
-    from masktok.pipeline.tiny_cache import tiny_items
+    from masktok.tiny.cache import tiny_items
     from masktok.schemas.jobdir import JobDir
     from masktok.stages.write import TokenDims, open_store
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from masktok.pipeline.demo_corpus import draw_scene
+from masktok.tiny.corpus import draw_scene
 from masktok.models import load_model, materialize_tiny
 from masktok.schemas.spec import DecodeSpec, DetectSpec, FilterSpec
 from masktok.stages.background import BackgroundStage

@@ -54,7 +54,7 @@ def main() -> None:
     from torch.utils.data import DataLoader
 
     from masktok.models.clip import build_tiny_clip
-    from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+    from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
     from masktok.stages.vision import encode_vision
     from masktok.stages.write import TokenDims
     from masktok.trainer.compose import VisualTokens
@@ -63,7 +63,7 @@ def main() -> None:
     from masktok.trainer.readers import WdsImages, ZarrImages
     from masktok.trainer.records import join_records, load_records
     from masktok.trainer.runtime import build_model, load_llm, load_tokenizer
-    from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.tiny.llm import build_tiny_llm
     from masktok.trainer.token_spec import parse_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_trainer_"))

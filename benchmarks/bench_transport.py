@@ -56,9 +56,9 @@ def main() -> None:
     from transformers import DeformableDetrImageProcessor
 
     from masktok.models.clip_config import clip_preprocess
-    from masktok.pipeline.demo_corpus import draw_scene
+    from masktok.tiny.corpus import draw_scene
     from masktok.pipeline.graph import columns_after
-    from masktok.pipeline.topology import topology
+    from masktok.stages.topology import topology
     from masktok.pipeline.transport import ARRAY_COLUMNS, from_columns, to_columns
     from masktok.schemas.spec import JobSpec
     from masktok.stages.batch import encode_masks

@@ -16,7 +16,8 @@ once complete). Answers are keyed by line, not by id: MME and TextVQA repeat ids
 Questions whose image is not in the cache, failed or is pending are reported and get no
 line. Greedy answers (temperature 0) do not depend on the batch size (transformers'
 ``generate`` over left-padded prompts, trainer/model.py). ``max_new_tokens`` defaults to
-LLaVA-1.5's for the file's kind (questions.MAX_NEW_TOKENS).
+LLaVA-1.5's for the file's kind (questions.LOADER_MAX_NEW_TOKENS, or the QuestionFormat of the
+benchmark that reads the file).
 """
 
 from __future__ import annotations
@@ -30,11 +31,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..trainer.compose import compose
-from ..trainer.consolidate import load_checkpoint_model
-from ..trainer.generate import image_status, open_cache, prompt_ids
-from ..trainer.scaling import CacheStats
-from ..trainer.token_spec import parse_spec
+from ..inference.cache import image_status, open_cache
+from ..inference.generation import GenerationModel, Request, generate_answers, load_generation_model
+from ..trainer.token_spec import TokenSpec, parse_spec
 from .questions import Question, answer_key, line_key, read_question_file
 
 
@@ -79,6 +78,17 @@ def _write_in_order(path: Path, questions: list[Question], done: dict[str, dict[
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How every batch of a run is decoded and labelled."""
+
+    batch_size: int
+    temperature: float
+    max_new_tokens: int
+    model_id: str
+    progress: bool
+
+
 def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str], out: Path, batch_size: int = 8,
            temperature: float = 0.0, max_new_tokens: int | None = None, device: str = "cpu",
            model_id: str | None = None, seed: int = 0, lang: str | None = None,
@@ -87,13 +97,11 @@ def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str]
     parsed = [parse_spec(s) for s in specs]  # bad specs fail before any model is loaded
     qfile = read_question_file(questions_file, lang)
     questions = qfile.questions
-    max_new_tokens = max_new_tokens or qfile.max_new_tokens
-    model, tokenizer, state, path = load_checkpoint_model(checkpoint)
-    model.to(device).eval()
-    model_id = model_id or Path(checkpoint).resolve().name
-    stats = CacheStats.from_dict(state["stats"]) if state.get("stats") else None
-    summary = AnswerSummary(max_new_tokens=max_new_tokens)
-    images = open_cache(cache, state["dims"], parsed)
+    decoding = Decoding(batch_size, temperature, max_new_tokens or qfile.max_new_tokens,
+                        model_id or Path(checkpoint).resolve().name, progress)
+    gm = load_generation_model(checkpoint, device)
+    summary = AnswerSummary(max_new_tokens=decoding.max_new_tokens)
+    images = open_cache(cache, gm.dims, parsed)
     answerable = []
     for q in questions:
         if q.image is None or (why := image_status(images, q.image)) is None:
@@ -111,9 +119,8 @@ def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str]
         todo = [q for q in answerable if answer_key(q) not in done]
         summary.kept[str(spec)] = sum(answer_key(q) in done for q in answerable)
         echo(f"{spec}: {len(todo)} to answer, {summary.kept[str(spec)]} already answered -> {target}")
-        summary.min_margin[str(spec)] = _answer_spec(model, tokenizer, state, images, stats, spec, todo, target,
-                                                     done, batch_size, temperature, max_new_tokens, model_id, seed,
-                                                     progress)
+        torch.manual_seed(seed)
+        summary.min_margin[str(spec)] = _answer_spec(gm, images, spec, todo, target, done, decoding)
         _write_in_order(target, questions, done)
         summary.answered[str(spec)], summary.files[str(spec)] = len(todo), str(target)
     return summary
@@ -135,27 +142,22 @@ def answer_line(q: Question, text: str, spec: Any, visual_tokens: int, model_id:
     return line
 
 
-def _answer_spec(model: Any, tokenizer: Any, state: dict[str, Any], images: Any, stats: CacheStats | None,
-                 spec: Any, todo: list[Question], target: Path, done: dict[str, dict[str, Any]], batch_size: int,
-                 temperature: float, max_new_tokens: int, model_id: str, seed: int, progress: bool) -> float:
-    """Answer ``todo``, appending to ``target``; returns the smallest greedy logit gap."""
+def _answer_spec(gm: GenerationModel, images: Any, spec: TokenSpec, todo: list[Question], target: Path,
+                 done: dict[str, dict[str, Any]], decoding: Decoding) -> float:
+    """Answer ``todo`` in batches, appending to ``target`` (and ``done``); returns the smallest
+    greedy logit gap."""
     from tqdm import tqdm
 
     margin = float("inf")
-    torch.manual_seed(seed)
-    bar = tqdm(total=len(todo), desc=str(spec), unit="q", disable=not progress)
+    bar = tqdm(total=len(todo), desc=str(spec), unit="q", disable=not decoding.progress)
     with target.open("a", encoding="utf-8") as fh:
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            visual = [None if q.image is None else
-                      compose(images[images.row_of(q.image)], spec, state["scaling"], stats) for q in batch]
-            prompts = [prompt_ids(state["stage"], tokenizer, q.text, has_image=q.image is not None) for q in batch]
-            generated = model.generate_batch(prompts, visual, max_new_tokens, tokenizer.eos_token_id,
-                                             tokenizer.pad_token_id, temperature)
-            margin = min([margin, *generated.margins])
-            for q, v, ids in zip(batch, visual, generated.tokens):
-                text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-                line = answer_line(q, text, spec, 0 if v is None else len(v), model_id)
+        for start in range(0, len(todo), decoding.batch_size):
+            batch = todo[start:start + decoding.batch_size]
+            requests = [Request(None if q.image is None else images[images.row_of(q.image)], q.text) for q in batch]
+            answers = generate_answers(gm, requests, spec, decoding.max_new_tokens, decoding.temperature)
+            margin = min([margin, *answers.margins])
+            for q, text, seen in zip(batch, answers.texts, answers.visual_tokens):
+                line = answer_line(q, text, spec, seen, decoding.model_id)
                 fh.write(json.dumps(line) + "\n")
                 done[answer_key(q)] = line
             fh.flush()

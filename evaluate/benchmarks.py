@@ -1,85 +1,125 @@
-"""The scored benchmarks by name: what each needs besides the answers, and its scorer.
+"""The benchmark registry: one line per benchmark module, and what a module declares.
 
-One entry per ``masktok score BENCH`` (and per column of ``masktok score sweep``). A scorer
-takes the answer file, the label paths and the question file, and returns a
-scoring.BenchScore whose ``score`` is the number the paper reports for the benchmark.
+A benchmark module (pope.py, mme.py, ...) holds everything of its benchmark: how its question
+file is read and prompted (a :class:`QuestionFormat`, where LLaVA's generic JSON Lines reader
+in questions.py does not do), its answer rule and scorer (a :class:`Benchmark`: ``masktok
+score NAME`` and a column of ``masktok score sweep``) and its server uploads (a
+:class:`Submission`: ``masktok submission NAME``). It lists them in ``ENTRIES``.
+:data:`REGISTRY` names the modules; the commands (cli/score.py), the sweep (sweep.py) and the
+question reader of ``masktok answer`` (questions.py) are made from it and name no benchmark
+(docs/eval.md, "Adding a benchmark").
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..schemas.errors import DataError
 from .scoring import BenchScore
 
+if TYPE_CHECKING:
+    from .questions import Question
+
+#: The benchmark modules of this package, in the paper's Table 1 order (the sweep's columns).
+REGISTRY: tuple[str, ...] = ("vqa", "gqa", "scienceqa", "textvqa", "pope", "mme", "mmbench", "mmvet")
+
+
+@dataclass(frozen=True)
+class Input:
+    """A file a scorer or an upload takes besides the answers (``--labels``, ``--questions``)."""
+
+    need: str = "none"  # "required", "optional" or "none"
+    help: str = ""
+    many: bool = False  # repeatable (POPE: one label file per category)
+    folder: bool = False  # a folder as well as a file (MME's ground-truth folder)
+
 
 @dataclass(frozen=True)
 class Benchmark:
+    """A scored benchmark: ``score(answers, labels, questions)`` returns the scoring.BenchScore
+    whose ``score`` is the number the paper reports; ``table`` prints it."""
+
     name: str
     title: str  # the column header of the paper's Table 1
-    labels: str  # "one", "many" or "none": how many --labels paths it takes
-    questions: str  # "required", "optional" or "none": whether it reads the question file
+    help: str  # the help of `masktok score NAME`
     score: Callable[[Path, Sequence[Path], Path | None], BenchScore]
+    table: Callable[[BenchScore], str]
+    labels: Input = Input()
+    questions: Input = Input()
     unit: str = "%"
+    warnings: Callable[[BenchScore], list[str]] = BenchScore.warnings
+    #: more lines for stderr after the warnings (a hint), from the result and --questions
+    notes: Callable[[BenchScore, Path | None], list[str]] = lambda result, questions: []
 
 
-def _pope(answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
-    from .pope import score_pope
-    return score_pope(answers, labels, questions)
+@dataclass(frozen=True)
+class Submission:
+    """A server-scored upload: ``write(answers, questions, out)`` returns (rows written,
+    questions without an answer, answers of no question)."""
+
+    name: str
+    help: str
+    out_help: str
+    write: Callable[[Path, Path | None, Path], tuple[int, int, int]]
+    questions: Input = Input()
 
 
-def _mme(answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
-    from .mme import score_mme
-    return score_mme(answers, labels[0])
+@dataclass(frozen=True)
+class QuestionFormat:
+    """A question file a benchmark reads itself: ``claims(path)`` says it is one, ``read(path,
+    lang)`` gives its questions in file order; ``max_new_tokens`` is LLaVA-1.5's for it."""
+
+    kind: str
+    max_new_tokens: int
+    claims: Callable[[Path], bool]
+    read: Callable[[Path, str | None], "list[Question]"]
 
 
-def _mmbench(answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
-    from .mmbench import score_mmbench
-    return score_mmbench(answers, labels[0])
+@dataclass(frozen=True)
+class Registered:
+    """Everything the registry's modules declare, by kind, in registry order."""
+
+    benchmarks: dict[str, Benchmark] = field(default_factory=dict)
+    submissions: dict[str, Submission] = field(default_factory=dict)
+    formats: list[QuestionFormat] = field(default_factory=list)
 
 
-def _sqa(answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
-    from .scienceqa import score_scienceqa
-    return score_scienceqa(answers, questions)
+def registered(modules: Sequence[str] | None = None) -> Registered:
+    """Import the registry's modules (names relative to this package) and gather their ENTRIES."""
+    out = Registered()
+    for name in REGISTRY if modules is None else modules:
+        for entry in importlib.import_module(f".{name}", __package__).ENTRIES:
+            if isinstance(entry, Benchmark):
+                out.benchmarks[entry.name] = entry
+            elif isinstance(entry, Submission):
+                out.submissions[entry.name] = entry
+            elif isinstance(entry, QuestionFormat):
+                out.formats.append(entry)
+            else:
+                raise TypeError(f"{name}.ENTRIES holds {entry!r}: not a Benchmark, Submission or QuestionFormat")
+    return out
 
 
-def _gqa(answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
-    from .gqa import score_gqa
-    return score_gqa(answers, labels[0])
-
-
-def _textvqa(answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
-    from .vqa import score_textvqa
-    return score_textvqa(answers, labels[0])
-
-
-def _vqa(answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
-    from .vqa import score_vqa
-    return score_vqa(answers, labels[0], questions)
-
-
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("vqa", "VQA", "one", "optional", _vqa),
-    Benchmark("gqa", "GQA", "one", "none", _gqa),
-    Benchmark("sqa", "SQA-IMG", "none", "required", _sqa),
-    Benchmark("textvqa", "TextVQA", "one", "none", _textvqa),
-    Benchmark("pope", "POPE", "many", "optional", _pope),
-    Benchmark("mme", "MME", "one", "none", _mme, unit="points"),
-    Benchmark("mmbench", "MMBench", "one", "none", _mmbench),
-)}
+def benchmarks() -> dict[str, Benchmark]:
+    """The scored benchmarks by name, in registry order."""
+    return registered().benchmarks
 
 
 def score_benchmark(name: str, answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
     """Score ``answers`` with benchmark ``name``; DataError when its inputs are incomplete."""
-    if name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {name!r}: one of {', '.join(BENCHMARKS)}")
-    bench = BENCHMARKS[name]
-    if bench.labels != "none" and not labels:
+    known = benchmarks()
+    if name not in known:
+        raise DataError(f"unknown benchmark {name!r}: one of {', '.join(known)}")
+    bench = known[name]
+    if bench.labels.need != "none" and not labels:
         raise DataError(f"{name} needs its labels (--labels {name}=PATH)")
-    if bench.labels == "one" and len(labels) > 1:
+    if not bench.labels.many and len(labels) > 1:
         raise DataError(f"{name} takes one labels path, got {len(labels)}")
-    if bench.questions == "required" and questions is None:
+    if bench.questions.need == "required" and questions is None:
         raise DataError(f"{name} needs its question file (--questions {name}=PATH)")
     return bench.score(Path(answers), [Path(p) for p in labels], None if questions is None else Path(questions))
+

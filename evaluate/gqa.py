@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from .benchmarks import Benchmark, Input
 from .scoring import AnswerLine, BenchScore, load_json, format_rows, id_key, read_answer_file, require_pairs
 
 # eval.py's names of the semantic types, for the table.
@@ -142,3 +143,10 @@ def format_gqa_table(score: BenchScore) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+ENTRIES = (
+    Benchmark("gqa", "GQA", "GQA: accuracy (%) as GQA's eval.py after LLaVA's convert_gqa_for_eval.py.",
+              lambda answers, labels, questions: score_gqa(answers, labels[0]), format_gqa_table,
+              labels=Input("required", "GQA's testdev_balanced_questions.json.")),
+)

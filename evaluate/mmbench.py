@@ -21,7 +21,6 @@ OpenCompass upload.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from ..schemas.eval_files import carries_pictures, is_none, iter_mmbench_images, plain, read_mmbench_table
+from .benchmarks import Benchmark, Input, QuestionFormat, Submission
+from .questions import Question
 from .scoring import AnswerLine, BenchScore, format_rows, id_key, read_answer_file, require_pairs
 
 OPTIONS = ("A", "B", "C", "D")
@@ -49,39 +51,6 @@ _REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process 
 _API_FAILURE = "Failed to obtain answer via API"
 _AS_SPACE = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
 _ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
-
-
-def read_mmbench_table(path: Path) -> Any:
-    """The TSV as a pandas DataFrame, exactly as LLaVA reads it (``pd.read_table``, default NA
-    handling). DataError for a file pandas cannot read, or one without ``index`` and
-    ``question`` columns, or whose ``index`` is not unique integers."""
-    import pandas as pd
-
-    try:
-        table = pd.read_table(path)
-    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"cannot read the MMBench TSV {path}: {reason}") from None
-    lacking = [c for c in ("index", "question") if c not in table.columns]
-    if lacking:
-        raise DataError(f"{path} is no MMBench TSV: no {' or '.join(map(repr, lacking))} column "
-                        f"(columns: {', '.join(map(str, table.columns[:8]))})")
-    if not pd.api.types.is_integer_dtype(table["index"]):
-        raise DataError(f"{path}: MMBench's 'index' column must hold integers")
-    repeated = table["index"][table["index"].duplicated()]
-    if len(repeated):
-        raise DataError(f"{path}: index {int(repeated.iloc[0])} is on more than one row")
-    return table
-
-
-def is_none(value: Any) -> bool:
-    """LLaVA's is_none: None, NaN, or the text "nan"/"none" (any case). (A NumPy NaN is none
-    too; LLaVA only meets Python floats, as ``iterrows`` yields them.)"""
-    if value is None:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and value.lower() in ("nan", "none")
 
 
 def options_of(row: Mapping[str, Any]) -> list[str]:
@@ -312,3 +281,48 @@ def write_mmbench_submission(answers_path: Path, questions_tsv: Path, out_path: 
     upload.to_excel(out_path, index=False, engine="openpyxl")
     return MMBenchSubmission(out_path, len(indexes), [i for i, p in zip(indexes, predictions) if p is None],
                              unpaired)
+
+
+def mmbench_lang(path: Path, lang: str | None) -> str:
+    """MMBench's prompt language: ``lang`` if given, else "cn" for a ``*_cn*`` file, else "en"."""
+    if lang is not None:
+        if lang not in ("en", "cn"):
+            raise DataError(f"MMBench's language is 'en' or 'cn', not {lang!r}")
+        return lang
+    return "cn" if "_cn" in Path(path).name.lower() else "en"
+
+
+def mmbench_questions(path: Path, lang: str | None) -> list[Question]:
+    """The questions of MMBench's TSV, as model_vqa_mmbench.py asks them (--single-pred-prompt)."""
+    suffix = SINGLE_PREDICTION_SUFFIX[mmbench_lang(path, lang)]
+    questions = []
+    for position, (row, image_id, _) in enumerate(iter_mmbench_images(path)):
+        options = options_of(row)
+        prompt = question_text(row)
+        extra = {"round_id": 0, "options": options, "option_char": list(OPTIONS[:len(options)])}
+        questions.append(Question(position, plain(row["index"]), image_id, prompt + "\n" + suffix, prompt,
+                                  _category(row), extra))
+    return questions
+
+
+def _category(row: Any) -> str | None:
+    value = row.get("category")
+    return None if is_none(value) else str(value)
+
+
+ENTRIES = (
+    QuestionFormat("mmbench", 1024, carries_pictures, mmbench_questions),
+    Benchmark("mmbench", "MMBench", "MMBench: CircularEval accuracy (%), per category and l2-category; options "
+                                    "extracted as VLMEvalKit's can_infer, no GPT fallback (unparsable answers count "
+                                    "wrong).",
+              lambda answers, labels, questions: score_mmbench(answers, labels[0]), format_mmbench_table,
+              labels=Input("required", "MMBench's TSV with its answer column."), warnings=mmbench_warnings),
+    Submission("mmbench", "MMBench for the OpenCompass server, as LLaVA's convert_mmbench_for_submission.py.",
+               "The .xlsx to upload to OpenCompass.", lambda answers, questions, out: _upload(answers, questions, out),
+               Input("required", "MMBench's question TSV.")),
+)
+
+
+def _upload(answers: Path, questions: Path, out: Path) -> tuple[int, int, int]:
+    written = write_mmbench_submission(answers, questions, out)
+    return written.rows, len(written.missing), len(written.unpaired)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from .benchmarks import Benchmark, Input
 from .scoring import AnswerLine, BenchScore, format_rows, read_answer_file, require_pairs
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
@@ -254,3 +255,13 @@ def format_mme_table(score: BenchScore) -> str:
     block (4 subtasks and the total), each with the score, acc and acc+ of every subtask."""
     return "\n\n".join([_block("Perception", PERCEPTION, score.parts, score.score),
                         _block("Cognition", COGNITION, score.parts, score.extra.get("cognition"))])
+
+
+ENTRIES = (
+    Benchmark("mme", "MME", "MME: perception total (cognition beside it), acc and acc+ per subtask, as MME's "
+                            "eval_tool/calculation.py after LLaVA's convert_answer_to_mme.py.",
+              lambda answers, labels, questions: score_mme(answers, labels[0]), format_mme_table,
+              labels=Input("required", "MME's ground truth: the eval tool's Your_Results/ folder or the benchmark "
+                                       "release folder.", folder=True),
+              unit="points"),
+)

@@ -12,6 +12,9 @@ import json
 from pathlib import Path
 
 from ..schemas.errors import DataError
+from ..schemas.eval_files import file_format
+from .benchmarks import QuestionFormat, Submission
+from .questions import jsonl_questions
 from .scoring import id_key, read_answer_file
 
 
@@ -38,3 +41,17 @@ def write_mmvet_submission(answers_path: Path, out_path: Path) -> dict[str, str]
     with out_path.open("w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
     return results
+
+
+def _is_mm_vet(path: Path) -> bool:
+    """MM-Vet's file (``llava-mm-vet.jsonl``): JSON Lines read by model_vqa.py, with 1024 new tokens."""
+    name = Path(path).name.lower()
+    return ("mm-vet" in name or "mmvet" in name) and file_format(path) == "jsonl"
+
+
+ENTRIES = (
+    QuestionFormat("mm-vet", 1024, _is_mm_vet, lambda path, lang: jsonl_questions(path)),
+    Submission("mmvet", 'MM-Vet ({"v1_<id>": answer}) for its official GPT-4 grader, as LLaVA\'s '
+                        "convert_mmvet_for_eval.py.", "The JSON for MM-Vet's GPT-4 grader.",
+               lambda answers, questions, out: (len(write_mmvet_submission(answers, out)), 0, 0)),
+)

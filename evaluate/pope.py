@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from .benchmarks import Benchmark, Input
 from .scoring import BenchScore, format_rows, pair_with_questions, percent, read_answer_file, read_json_lines
 
 POPE_FILE_PREFIX = "coco_pope_"
@@ -282,3 +283,31 @@ def format_pope_table(report: PopeReport) -> str:
         rows.append((name, str(s.n), str(s.tp), str(s.fp), str(s.tn), str(s.fn), percent(s.accuracy),
                      percent(s.precision), percent(s.recall), percent(s.f1), percent(s.yes_ratio)))
     return format_rows(rows)
+
+
+def pope_table(result: BenchScore) -> str:
+    """:func:`format_pope_table` of a POPE BenchScore (its parts), and the headline line."""
+    scores = {name: PopeScores(**s) for name, s in result.parts["per_category"].items()}
+    report = PopeReport(scores, PopeScores(**result.parts["overall"]), PopePairing())
+    headline = "-" if result.score is None else f"{result.score:.2f}"
+    return f"{format_pope_table(report)}\nPOPE (mean F1 over the categories): {headline}"
+
+
+def _pairing_hint(result: BenchScore, questions_path: Path | None) -> list[str]:
+    if questions_path is None and result.unpaired:
+        return ["hint: LLaVA's own answers carry no category and their ids are not the labels' ids: "
+                "pass --questions llava_pope_test.jsonl to pair them as eval_pope.py does"]
+    return []
+
+
+ENTRIES = (
+    Benchmark("pope", "POPE", "POPE: mean F1 over the categories (%), with accuracy, precision, recall, F1 and "
+                              "yes-ratio per category and pooled, as LLaVA-1.5's eval_pope.py.",
+              score_pope, pope_table,
+              labels=Input("required", "POPE label file (coco_pope_<category>.json); repeat for each category.",
+                           many=True),
+              questions=Input("optional", "LLaVA's llava_pope_test.jsonl: pairs as eval_pope.py (the k-th question "
+                                          "of a category with the k-th label). Without it, answers pair by "
+                                          "(metadata.category, question_id)."),
+              notes=_pairing_hint),
+)

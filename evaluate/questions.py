@@ -7,11 +7,14 @@ Three formats, told apart by the file itself:
   design (MME asks two questions per image and uses the image path as the id; TextVQA's ids are
   image ids), so a question is known by its **line**, never by its id alone.
 - ScienceQA's JSON list (``model_vqa_science.py``): ``{"id", "conversations", "image"?}``;
-  items without an image are answered without one (evaluate/scienceqa.py).
+  items without an image are answered without one (read by evaluate/scienceqa.py).
 - MMBench's TSV (``model_vqa_mmbench.py``): one row per question, the picture as base64 inside
   the row; circular copies of a question at index + k x 1,000,000 carry the same picture. The
-  cache holds one image per distinct picture, named by its content (:func:`embedded_image_id`);
-  ``masktok plan`` decodes them into the job (evaluate/mmbench.py has the prompt and the rule).
+  cache holds one image per distinct picture, named by its content (``schemas/eval_files.embedded_image_id``);
+  ``masktok plan`` decodes them into the job (read, prompted and scored by evaluate/mmbench.py).
+
+This module reads the JSON Lines; a benchmark with a format of its own reads it in its module
+and registers a ``benchmarks.QuestionFormat`` (ScienceQA, MMBench, and MM-Vet for its length).
 
 Every question carries what the model is asked (``text``, without the image token), the answer
 line's ``prompt`` as LLaVA writes it, and LLaVA-1.5's ``max_new_tokens`` for its kind.
@@ -19,22 +22,19 @@ line's ``prompt`` as LLaVA writes it, and LLaVA-1.5's ``max_new_tokens`` for its
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import io
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from ..schemas.eval_files import file_format
 from .scoring import read_json_lines
 
-#: LLaVA-1.5's generation length per kind: model_vqa_loader.py's default, and the 1024 that
-#: model_vqa.py (MM-Vet), model_vqa_science.py and model_vqa_mmbench.py hard-code.
-MAX_NEW_TOKENS = {"loader": 128, "mm-vet": 1024, "scienceqa": 1024, "mmbench": 1024}
+#: LLaVA-1.5's generation length for the JSON Lines that model_vqa_loader.py reads (VQAv2, GQA,
+#: VizWiz, TextVQA, POPE, MME); a benchmark that reads its file itself gives its own
+#: (benchmarks.QuestionFormat: MM-Vet, ScienceQA and MMBench, 1024).
+LOADER_MAX_NEW_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -52,65 +52,41 @@ class Question:
 
 @dataclass(frozen=True)
 class QuestionFile:
-    """A benchmark file's questions, in file order, and the kind of script that reads it."""
+    """A benchmark file's questions, in file order, the kind of script that reads it ("loader"
+    or the kind of a benchmarks.QuestionFormat) and LLaVA-1.5's max_new_tokens for it."""
 
     path: Path
-    kind: str  # a key of MAX_NEW_TOKENS
+    kind: str
     questions: list[Question]
-
-    @property
-    def max_new_tokens(self) -> int:
-        return MAX_NEW_TOKENS[self.kind]
-
-
-def carries_pictures(path: Path) -> bool:
-    """MMBench's TSV (told by its suffix) holds its pictures; the other formats name image files."""
-    return Path(path).suffix.lower() == ".tsv"
-
-
-def file_format(path: Path) -> str:
-    """"jsonl", "scienceqa" (a JSON list) or "mmbench" (a TSV), from the file's name and first
-    character; DataError for anything else."""
-    path = Path(path)
-    if carries_pictures(path):
-        return "mmbench"
-    try:
-        with path.open(encoding="utf-8-sig", errors="replace") as fh:  # the reader names bad bytes
-            head = fh.read(4096).lstrip()
-    except OSError as exc:
-        raise DataError(f"cannot read the question file {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    if head.startswith("["):
-        return "scienceqa"
-    if head.startswith("{") or head.startswith("\ufffd"):  # bad bytes: the line reader names them
-        return "jsonl"
-    raise DataError(f"{path} is no LLaVA question file (JSON Lines of questions, ScienceQA's JSON "
-                    "list, or MMBench's .tsv)")
-
-
-def is_mm_vet(path: Path) -> bool:
-    """MM-Vet's file (``llava-mm-vet.jsonl``) is read by model_vqa.py, with 1024 new tokens."""
-    name = Path(path).name.lower()
-    return "mm-vet" in name or "mmvet" in name
+    max_new_tokens: int = LOADER_MAX_NEW_TOKENS
 
 
 def read_question_file(path: Path, lang: str | None = None) -> QuestionFile:
-    """The questions of a LLaVA-1.5 benchmark file (see the module docstring). ``lang`` picks
-    MMBench's single-prediction suffix ("en" or "cn"; default: "cn" when the file name says
-    ``_cn``, as LLaVA's mmbench_cn.sh passes it)."""
+    """The questions of a LLaVA-1.5 benchmark file (see the module docstring): read by the
+    registered benchmark whose question format claims the file (benchmarks.QuestionFormat;
+    the last registered first, so a new format can claim files a broader, older one would
+    take: ScienceQA's takes any JSON list), else as model_vqa_loader.py's JSON Lines. ``lang`` picks MMBench's single-prediction
+    suffix ("en" or "cn"; default: "cn" when the file name says ``_cn``, as LLaVA's
+    mmbench_cn.sh passes it)."""
+    from .benchmarks import registered
+
     path = Path(path)
-    fmt = file_format(path)
-    if fmt == "scienceqa":
-        questions, kind = _scienceqa_questions(path), "scienceqa"
-    elif fmt == "mmbench":
-        questions, kind = _mmbench_questions(path, lang), "mmbench"
-    else:
-        questions, kind = _jsonl_questions(path), "mm-vet" if is_mm_vet(path) else "loader"
-    if not questions:
-        raise DataError(f"{path} holds no question")
-    return QuestionFile(path, kind, questions)
+    for fmt in reversed(registered().formats):
+        if fmt.claims(path):
+            return _non_empty(QuestionFile(path, fmt.kind, fmt.read(path, lang), fmt.max_new_tokens))
+    if file_format(path) != "jsonl":  # a format no registered benchmark reads
+        raise DataError(f"{path}: no registered benchmark reads this question file")
+    return _non_empty(QuestionFile(path, "loader", jsonl_questions(path)))
 
 
-def _jsonl_questions(path: Path) -> list[Question]:
+def _non_empty(qfile: QuestionFile) -> QuestionFile:
+    if not qfile.questions:
+        raise DataError(f"{qfile.path} holds no question")
+    return qfile
+
+
+def jsonl_questions(path: Path) -> list[Question]:
+    """LLaVA's JSON Lines of ``{"question_id", "image", "text", "category"?}``, in file order."""
     questions = []
     for number, q in read_json_lines(path):
         try:
@@ -122,92 +98,6 @@ def _jsonl_questions(path: Path) -> list[Question]:
             raise DataError(f"{path}, line {number}: not a question ({type(exc).__name__}: {exc}); "
                             'expected {"question_id", "image", "text"}') from None
     return questions
-
-
-def _scienceqa_questions(path: Path) -> list[Question]:
-    from . import scienceqa
-
-    return [Question(i, item.id, item.image, scienceqa.question_text(item), scienceqa.answer_prompt(item))
-            for i, item in enumerate(scienceqa.read_scienceqa(path))]
-
-
-def mmbench_lang(path: Path, lang: str | None) -> str:
-    """MMBench's prompt language: ``lang`` if given, else "cn" for a ``*_cn*`` file, else "en"."""
-    if lang is not None:
-        if lang not in ("en", "cn"):
-            raise DataError(f"MMBench's language is 'en' or 'cn', not {lang!r}")
-        return lang
-    return "cn" if "_cn" in Path(path).name.lower() else "en"
-
-
-def _mmbench_questions(path: Path, lang: str | None) -> list[Question]:
-    from . import mmbench
-
-    suffix = mmbench.SINGLE_PREDICTION_SUFFIX[mmbench_lang(path, lang)]
-    questions = []
-    for position, (row, image_id, _) in enumerate(iter_mmbench_images(path)):
-        options = mmbench.options_of(row)
-        prompt = mmbench.question_text(row)
-        extra = {"round_id": 0, "options": options, "option_char": list(mmbench.OPTIONS[:len(options)])}
-        questions.append(Question(position, _plain(row["index"]), image_id, prompt + "\n" + suffix, prompt,
-                                  _category(row), extra))
-    return questions
-
-
-def _plain(value: Any) -> Any:
-    """A pandas scalar as plain Python (numpy int64 -> int), so it writes as JSON."""
-    return value.item() if hasattr(value, "item") else value
-
-
-def _category(row: Any) -> str | None:
-    from .mmbench import is_none
-
-    value = row.get("category")
-    return None if is_none(value) else str(value)
-
-
-def embedded_image_id(data: bytes) -> str:
-    """The cache id of a picture carried inside a question file: its content's SHA-256 (first 20
-    hex digits) and the suffix of its format, so every copy of one picture is one image."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            suffix = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}.get(
-                im.format or "", ".img")
-    except (UnidentifiedImageError, OSError):
-        suffix = ".img"  # planned all the same: the decode stage records it as a failed image
-    return hashlib.sha256(data).hexdigest()[:20] + suffix
-
-
-def decode_base64_image(value: Any, where: str) -> bytes:
-    """A TSV cell's base64 picture as bytes; DataError naming the row when it is none."""
-    try:
-        return base64.b64decode(value, validate=False)
-    except (binascii.Error, TypeError, ValueError) as exc:
-        raise DataError(f"{where}: the image is not base64 ({exc})") from None
-
-
-def iter_mmbench_images(path: Path) -> Iterator[tuple[Any, str, bytes | None]]:
-    """(row, image id, picture bytes) of each TSV row in file order; the bytes only where a
-    picture first appears (None for its copies), so each is decoded and written once."""
-    from .mmbench import is_none, read_mmbench_table
-
-    table = read_mmbench_table(path)
-    if "image" not in table.columns:
-        raise DataError(f"{path}: MMBench's question TSV needs an 'image' column (base64 pictures)")
-    seen: dict[str, str] = {}  # the base64 text -> its id (copies repeat the same text)
-    for position, (_, row) in enumerate(table.iterrows()):
-        where = f"{path}, row {position + 1} (index {_plain(row['index'])})"
-        if is_none(row["image"]):
-            raise DataError(f"{where}: no image")
-        b64 = str(row["image"])
-        if b64 in seen:
-            yield row, seen[b64], None
-            continue
-        data = decode_base64_image(b64, where)
-        seen[b64] = image_id = embedded_image_id(data)
-        yield row, image_id, data
 
 
 def line_key(line: int, question_id: Any) -> str:

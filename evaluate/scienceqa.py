@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from ..schemas.eval_files import file_format
+from .benchmarks import Benchmark, Input, QuestionFormat
+from .questions import Question
 from .scoring import BenchScore, format_rows, id_key, read_answer_file, require_pairs
 
 SINGLE_PREDICTION_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -182,3 +185,19 @@ def format_scienceqa_table(score: BenchScore) -> str:
         part = score.parts[key]
         rows.append((name, str(part["n"]), str(part["correct"]), _cell(part["accuracy"])))
     return format_rows(rows)
+
+
+def scienceqa_questions(path: Path, lang: str | None = None) -> list[Question]:
+    """The questions of LLaVA's ScienceQA file, as model_vqa_science.py asks them."""
+    return [Question(i, item.id, item.image, question_text(item), answer_prompt(item))
+            for i, item in enumerate(read_scienceqa(path))]
+
+
+ENTRIES = (
+    QuestionFormat("scienceqa", 1024, lambda path: file_format(path) == "scienceqa", scienceqa_questions),
+    Benchmark("sqa", "SQA-IMG", "ScienceQA: IMG accuracy (%) and the accuracy over all questions, with "
+                                "eval_science_qa.py's letter extraction.",
+              lambda answers, labels, questions: score_scienceqa(answers, questions), format_scienceqa_table,
+              questions=Input("required", "LLaVA's ScienceQA file (llava_test_CQM-A.json): its answers are the "
+                                          "labels.")),
+)

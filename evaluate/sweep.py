@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
-from .benchmarks import BENCHMARKS, score_benchmark
+from .benchmarks import benchmarks, score_benchmark
 from .scoring import BenchScore, format_rows, read_json_lines
 
 
@@ -104,13 +104,14 @@ def format_tokens(value: float) -> str:
 def format_sweep_table(points: Sequence[SweepPoint]) -> str:
     """Table 1's layout: a row per token spec (its mean visual tokens over all its answers), a
     column per benchmark with the headline score; "-" where a spec has no file of that benchmark."""
-    benches = [b for b in BENCHMARKS if any(p.benchmark == b for p in points)]
+    known = benchmarks()
+    benches = [b for b in known if any(p.benchmark == b for p in points)]
     benches += sorted({p.benchmark for p in points} - set(benches))
     specs: dict[str, list[SweepPoint]] = {}
     for p in points:
         specs.setdefault(p.spec, []).append(p)
     order = sorted(specs, key=lambda s: (-_tokens(specs[s]), s))
-    rows = [("tokens", "spec", *(BENCHMARKS[b].title if b in BENCHMARKS else b for b in benches))]
+    rows = [("tokens", "spec", *(known[b].title if b in known else b for b in benches))]
     for spec in order:
         by_bench = {p.benchmark: p for p in specs[spec]}
         rows.append((format_tokens(_tokens(specs[spec])), spec,
@@ -150,7 +151,7 @@ def _plot_one(points: Sequence[SweepPoint], bench: str, out_path: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    info = BENCHMARKS.get(bench)
+    info = benchmarks().get(bench)
     xs = [p.visual_tokens for p in points]
     ys = [p.result.score for p in points]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)

@@ -1,5 +1,6 @@
-"""VQA-family scores of LLaVA answer files: TextVQA, VQAv2 and VizWiz accuracy, and the
-VQAv2 / VizWiz test submissions, as LLaVA-1.5 computes and writes them.
+"""VQA-family scores of LLaVA answer files: VQAv2 and VizWiz accuracy, and the VQAv2 / VizWiz
+test submissions, as LLaVA-1.5 computes and writes them (TextVQA, scored with the same rule:
+textvqa.py).
 
 Answers and ground-truth answers are both normalised by :func:`normalize_vqa_answer`, a port of
 the EvalAI answer processor in LLaVA's ``llava/eval/m4c_evaluator.py`` (quirks included). An
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from .benchmarks import Benchmark, Input, Submission
 from .questions import read_question_file
 from .scoring import (AnswerLine, BenchScore, format_rows, id_key, load_json, read_answer_file, read_json_lines,
                       require_pairs)
@@ -134,7 +136,7 @@ class VqaLabel:
     answer_type: str | None = None
 
 
-def _human_answers(raw: Any, path: Path, shown: Any) -> tuple[str, ...]:
+def human_answers(raw: Any, path: Path, shown: Any) -> tuple[str, ...]:
     """Answer strings of a label: TextVQA's strings or VQA's [{"answer": ...}] objects."""
     if isinstance(raw, list) and raw:
         answers = tuple(a.get("answer") if isinstance(a, dict) else a for a in raw)
@@ -143,7 +145,7 @@ def _human_answers(raw: Any, path: Path, shown: Any) -> tuple[str, ...]:
     raise DataError(f"{path}: question {shown!r} has no list of answer strings")
 
 
-def _score(benchmark: str, labels: dict[Any, VqaLabel], keyed: Iterable[tuple[AnswerLine, Any, Any]],
+def score_keyed(benchmark: str, labels: dict[Any, VqaLabel], keyed: Iterable[tuple[AnswerLine, Any, Any]],
            answers_path: Path, labels_path: Path) -> BenchScore:
     """Score (answer, label key, id shown if unpaired) triples against ``labels``; answers are
     summed in file order, as m4c does, then the missing ones as 0."""
@@ -173,56 +175,13 @@ def _score(benchmark: str, labels: dict[Any, VqaLabel], keyed: Iterable[tuple[An
                       missing=[label.shown for label in missing], unpaired=unpaired)
 
 
-def textvqa_question(prompt: str | None) -> str:
-    """The question in a TextVQA prompt, lowercased, as eval_textvqa.py's ``prompt_processor``:
-    after "Question: " of an "OCR tokens: ..." prompt, else the first line (the second when the
-    3-line prompt starts with "Reference OCR token:"). DataError for another shape of prompt."""
-    prompt = prompt if isinstance(prompt, str) else ""
-    if prompt.startswith("OCR tokens: "):
-        match = re.search(r"Question: (.*?) Short answer:", prompt, re.DOTALL)
-        if match is None:
-            raise DataError(f"TextVQA prompt without 'Question: ... Short answer:': {prompt[:60]!r}")
-        question = match.group(1)
-    elif "Reference OCR token: " in prompt and len(prompt.split("\n")) == 3:
-        lines = prompt.split("\n")
-        question = lines[1] if prompt.startswith("Reference OCR token:") else lines[0]
-    elif len(prompt.split("\n")) == 2:
-        question = prompt.split("\n")[0]
-    else:
-        raise DataError(f"not a TextVQA prompt of LLaVA (question, OCR tokens, instruction): {prompt[:60]!r}")
-    return question.lower()
-
-
-def score_textvqa(answers_path: Path, labels_path: Path) -> BenchScore:
-    """TextVQA accuracy (%) against ``TextVQA_0.5.1_val.json``, as LLaVA's eval_textvqa.py: an
-    answer pairs with the label of (image_id = its question_id, question = :func:`textvqa_question`
-    of its prompt); where two labels share that key the last one counts, as there."""
-    data = load_json(labels_path)
-    rows = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) and "image_id" in r and isinstance(
-            r.get("question"), str) for r in rows):
-        raise DataError(f"{labels_path}: not TextVQA annotations (expected {{\"data\": [{{\"image_id\", "
-                        "\"question\", \"answers\", ...}]})")
-    labels = {}
-    for row in rows:
-        key = (id_key(row["image_id"]), row["question"].lower())
-        human = _human_answers(row.get("answers"), labels_path, key)
-        labels[key] = VqaLabel((row["image_id"], row["question"]), human)
-    answers = read_answer_file(answers_path)
-    keyed = []
-    for answer in answers:
-        question = textvqa_question(answer.prompt)
-        keyed.append((answer, (id_key(answer.question_id), question), (answer.question_id, question)))
-    return _score("textvqa", labels, keyed, answers_path, labels_path)
-
-
 def _vqav2_labels(annotations: list, path: Path) -> dict[str, VqaLabel]:
     labels = {}
     for row in annotations:
         if not isinstance(row, dict) or "question_id" not in row:
             raise DataError(f"{path}: an annotation without question_id (not VQAv2 annotations)")
         qid = row["question_id"]
-        labels[id_key(qid)] = VqaLabel(qid, _human_answers(row.get("answers"), path, qid), row.get("answer_type"))
+        labels[id_key(qid)] = VqaLabel(qid, human_answers(row.get("answers"), path, qid), row.get("answer_type"))
     return labels
 
 
@@ -231,7 +190,7 @@ def _vizwiz_labels(rows: list, path: Path) -> dict[str, VqaLabel]:
     for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("image"), str):
             raise DataError(f"{path}: an annotation without image (not VizWiz annotations)")
-        labels[row["image"]] = VqaLabel(row["image"], _human_answers(row.get("answers"), path, row["image"]),
+        labels[row["image"]] = VqaLabel(row["image"], human_answers(row.get("answers"), path, row["image"]),
                                         row.get("answer_type"))
     return labels
 
@@ -264,7 +223,7 @@ def score_vqa(answers_path: Path, labels_path: Path, questions_path: Path | None
         keyed = [(a, id_key(a.question_id), a.question_id) for a in answers]
     else:
         keyed = [(a, question_of.get(id_key(a.question_id)), a.question_id) for a in answers]
-    return _score(benchmark, labels, keyed, answers_path, labels_path)
+    return score_keyed(benchmark, labels, keyed, answers_path, labels_path)
 
 
 # --- submissions ---------------------------------------------------------------------------------
@@ -329,3 +288,23 @@ def format_vqa_table(score: BenchScore) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def _upload(write: Any) -> Any:
+    """An upload writer as the registry calls it: (rows, missing, unpaired)."""
+    return lambda answers, questions, out: (*write(answers, questions, out), 0)
+
+
+ENTRIES = (
+    Benchmark("vqa", "VQA", "VQAv2 or VizWiz on val: VQA accuracy (%) with the EvalAI answer normalisation.",
+              lambda answers, labels, questions: score_vqa(answers, labels[0], questions), format_vqa_table,
+              labels=Input("required", "VQAv2 val annotations (v2_mscoco_val2014_annotations.json) or VizWiz's "
+                                       "val.json."),
+              questions=Input("optional", "LLaVA's question file (VizWiz: maps question ids to image names).")),
+    Submission("vqav2", "VQAv2 test-dev/test for EvalAI, as LLaVA's convert_vqav2_for_submission.py.",
+               "The JSON to upload to EvalAI.", _upload(write_vqav2_submission),
+               Input("required", "LLaVA's llava_vqav2_mscoco_test2015.jsonl (every test2015 question id).")),
+    Submission("vizwiz", "VizWiz test for EvalAI, as LLaVA's convert_vizwiz_for_submission.py.",
+               "The JSON to upload to EvalAI.", _upload(write_vizwiz_submission),
+               Input("required", "LLaVA's vizwiz llava_test.jsonl.")),
+)

@@ -1,1 +1,1 @@
-"""The job: planning, the Ray execution graph, commit/resume and the command line."""
+"""The job: planning, the Ray execution graph, the shard writers, commit/resume, status and views."""

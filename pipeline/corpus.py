@@ -7,7 +7,7 @@ library's decoder, one record at a time, so memory holds one chunk of text and t
 fields planning keeps, never the whole document. A syntax error names its line and column.
 
 An eval question file (LLaVA-1.5 ``playground/data/eval``) comes in three formats
-(evaluate/questions.py): JSON Lines (POPE, MME, GQA, VQAv2, VizWiz, TextVQA, MM-Vet), one
+(schemas/eval_files.py tells them apart; evaluate/questions.py reads the questions): JSON Lines (POPE, MME, GQA, VQAv2, VizWiz, TextVQA, MM-Vet), one
 question object per line, read one line at a time, whose corpus rows are 0-based line indexes
 (line number - 1), so ``lines[row]`` finds the question even where blank lines were skipped;
 ScienceQA's JSON list, read as a LLaVA conversation file (text-only items need no image); and
@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from ..schemas.errors import CorpusError
+from ..stages.decode import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 _WS = re.compile(r"[ \t\n\r]*")
 EXAMPLES_KEPT = 5
 
@@ -230,7 +230,7 @@ def scan_llava_eval(path: Path, on_read: Callable[[int], None] = lambda n: None,
     (module docstring). JSON Lines: every question needs an image, so a line that is not an
     object or has no ``image`` is invalid; ``question_id`` and ``text`` are not looked at.
     MMBench's TSV: its pictures are written into ``images_dir`` (unused by the other formats)."""
-    from ..evaluate.questions import file_format
+    from ..schemas.eval_files import file_format
     from ..schemas.errors import DataError
 
     try:
@@ -259,7 +259,7 @@ def scan_llava_eval(path: Path, on_read: Callable[[int], None] = lambda n: None,
 def scan_embedded_images(path: Path, images_dir: Path) -> CorpusScan:
     """MMBench's TSV: each distinct picture written once to ``images_dir/<content id>``
     (atomically; an existing file of that name already holds those bytes), its rows referenced."""
-    from ..evaluate.questions import iter_mmbench_images
+    from ..schemas.eval_files import iter_mmbench_images
     from .durable import write_atomic
 
     scan = CorpusScan()

@@ -1,5 +1,5 @@
 """The Ray Data execution graph: one actor pool per group of the stage topology
-(topology.py), with that group's resources; each actor builds its group's models and
+(stages/topology.py), with that group's resources; each actor builds its group's models and
 stages once.
 
 Ray Data moves each image as one item (a dict of the batch contract in ``masktok.stages``):
@@ -9,10 +9,11 @@ array no later stage reads (``transport.ARRAY_COLUMNS``: the full-resolution ima
 the finished items to the shard writers (writers.py); no image reaches the driver.
 
 An exception that escapes a stage for a whole batch is retried item by item; an item
-that still raises becomes a failure of that stage, so one bad image never stops a job.
+that still raises becomes a failure of that stage, so one bad image never stops a job
+(stages/chain.py, the same code ``masktok ask`` runs the stages with).
 An actor that dies is restarted by Ray and its batch redone.
 
-Each stage call is timed here, not in the stages (they stay plain Python): every item of
+Each stage call is timed by the chain (stages/chain.timed_stage), not in the stages (they stay plain Python): every item of
 the batch gets an equal share of the call's wall seconds under ``item["stage_seconds"]``
 (stage name -> seconds), which the shard writer sums per shard into the commit file
 (pipeline/commit.py). The record writers never read that key.
@@ -20,73 +21,29 @@ the batch gets an equal share of the call's wall seconds under ``item["stage_sec
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..models import quiet_model_libraries
-from ..schemas.commits import STAGE_SECONDS
 from ..schemas.spec import JobSpec
-from ..stages.batch import fail_with, failed, out_of_memory
-from .topology import Group, build_group, topology
+from ..stages.chain import run_chain
+from ..stages.topology import Group, build_group
 from .transport import ARRAY_COLUMNS, from_columns, to_columns
 
 Item = dict[str, Any]
 
 
-def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list[Item]) -> list[Item]:
-    """Run a stage on a batch; on an exception, item by item, recording what still fails.
-
-    Stages update items in place (background appends a row), so a retry starts from copies
-    taken before the call. Running out of (GPU) memory is not a property of an image: the
-    batch is retried in halves, down to one image, and an image that alone runs out of
-    memory raises (the run stops); it is never recorded as a failure.
-    """
-    before = [dict(item) for item in items]
-    try:
-        return stage(items)
-    except Exception as exc:  # noqa: BLE001 - isolate the bad image below
-        if out_of_memory(exc):
-            if len(before) == 1:
-                raise
-            half = len(before) // 2
-            return call_stage(name, stage, before[:half]) + call_stage(name, stage, before[half:])
-    out = []
-    for item in before:
-        if failed(item):
-            out.append(item)
-            continue
-        try:
-            out.extend(stage([item]))
-        except Exception as exc:  # noqa: BLE001 - a per-image failure, recorded
-            out.append(fail_with(item, name, exc))
-    return out
-
-
-def timed_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list[Item]) -> list[Item]:
-    """:func:`call_stage`, adding to each item its share of the call's wall seconds
-    (batch seconds / batch size, item-by-item retries included) under ``STAGE_SECONDS``."""
-    start = time.perf_counter()
-    items = call_stage(name, stage, items)
-    share = (time.perf_counter() - start) / max(1, len(items))
-    for item in items:
-        seconds = item.setdefault(STAGE_SECONDS, {})
-        seconds[name] = seconds.get(name, 0.0) + share
-    return items
-
-
 class StageGroup:
-    """A Ray Data callable class: builds group ``index`` of the topology once per actor
+    """A Ray Data callable class: builds group ``index`` of the run's topology (``groups``,
+    computed once by the driver) once per actor
     (models loaded on the actor's device), runs its stages in order. The last group hands
     its finished items to the shard writers named ``writers`` (pipeline/writers.py) and
     returns no rows."""
 
-    def __init__(self, spec: JobSpec, index: int, image_root: str, checkpoints: dict[str, str],
+    def __init__(self, spec: JobSpec, groups: list[Group], index: int, image_root: str, checkpoints: dict[str, str],
                  writers: tuple[str, ...] = ()):
         quiet_model_libraries()
-        groups = topology(spec)
         self.stages = build_group(spec, groups[index], image_root, checkpoints)
         self.columns = columns_after(groups, index)
         self.shard_size = spec.shards.size
@@ -97,9 +54,7 @@ class StageGroup:
             self.writers = [ray.get_actor(name) for name in writers]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        items = from_columns(batch)
-        for name, stage in self.stages:
-            items = timed_stage(name, stage, items)
+        items = run_chain(self.stages, from_columns(batch))
         if self.writers:
             return deliver(items, self.writers, self.shard_size)
         return to_columns(items, self.columns)
@@ -126,10 +81,11 @@ def columns_after(groups: list[Group], index: int) -> tuple[str, ...]:
     return tuple(name for name in ARRAY_COLUMNS if ARRAY_COLUMNS[name].last_reader in later)
 
 
-def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints: dict[str, str],
-                  writers: tuple[str, ...] = ()):
-    """The lazy Ray Dataset that turns planned items into finished ones: handed to the
-    shard writers named ``writers`` (it then has no rows), or its rows."""
+def build_dataset(spec: JobSpec, groups: list[Group], items: list[Item], image_root: str,
+                  checkpoints: dict[str, str], writers: tuple[str, ...] = ()):
+    """The lazy Ray Dataset that turns planned items into finished ones, one actor pool per
+    group of ``groups`` (the spec's topology): handed to the shard writers named ``writers``
+    (it then has no rows), or its rows."""
     import ray.data
 
     # One image per block. Ray Data merges a task's output into blocks of up to
@@ -138,11 +94,10 @@ def build_dataset(spec: JobSpec, items: list[Item], image_root: str, checkpoints
     ray.data.DataContext.get_current().target_max_block_size = 1
     ds = ray.data.from_items([{"item": blob} for blob in to_columns(items, ())["item"]],
                              override_num_blocks=max(1, min(len(items), 256)))
-    groups = topology(spec)
     for i, group in enumerate(groups):
         res = group.resources
         ds = ds.map_batches(
-            StageGroup, fn_constructor_args=(spec, i, image_root, checkpoints, tuple(writers)),
+            StageGroup, fn_constructor_args=(spec, groups, i, image_root, checkpoints, tuple(writers)),
             batch_size=res.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=res.actors), num_cpus=res.cpus, num_gpus=res.gpus,

@@ -74,21 +74,22 @@ def lock_holder(path: Path) -> dict[str, Any] | None:
     return None
 
 
-class RunLock:
-    """The run lock of the job whose ``run.lock`` is ``path``: a flock locally, an
-    :class:`ObjectLock` on object storage (``RunLock(path)`` gives the right one)."""
+def run_lock(path: Path) -> "FileLock | ObjectLock":
+    """The run lock of the job whose ``run.lock`` is ``path``: an :class:`ObjectLock` on object
+    storage, a :class:`FileLock` (flock) on a file system. Both are context managers with
+    ``acquire``, ``release`` and ``took_over`` (the owner a dead run left behind)."""
+    return ObjectLock(path) if is_remote(path) else FileLock(path)
 
-    def __new__(cls, path: Path, *args: Any, **kwargs: Any) -> Any:
-        if cls is RunLock and is_remote(path):
-            return ObjectLock(path)
-        return super().__new__(cls)
+
+class FileLock:
+    """The run lock of a job directory on a file system: an exclusive flock (module docstring)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.took_over: dict[str, Any] | None = None  # owner left behind by a dead run
         self._fh = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> "FileLock":
         fh = open(self.path, "a+")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -112,7 +113,7 @@ class RunLock:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> "FileLock":
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..evaluate.questions import carries_pictures
+from ..schemas.eval_files import carries_pictures
 from ..schemas import manifest as manifest_schema
 from ..schemas.errors import PlanError, SpecError
 from ..schemas.jobdir import JobDir
@@ -29,7 +29,7 @@ from ..schemas.storage import check_bucket, remove_tree
 from ..schemas.versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION
 from .corpus import EXAMPLES_KEPT, CorpusScan, scan_folder, scan_llava, scan_llava_eval
 from .durable import write_atomic
-from .lock import RunLock
+from .lock import run_lock
 
 JOB_TOML_HEADER = (
     "# masktok job: the resolved spec this job runs with, written by `masktok plan`.\n"
@@ -242,7 +242,7 @@ def _write_job(jd: JobDir, spec: JobSpec, table, digest: str, summary: PlanSumma
         check_bucket(jd.root)  # object storage: no folder to make, but the bucket must be there
     else:
         jd.root.mkdir(parents=True, exist_ok=True)
-    with RunLock(jd.run_lock):  # never re-plan under a running job
+    with run_lock(jd.run_lock):  # never re-plan under a running job
         _replace_job(jd, spec, table, digest, summary, force)
 
 

@@ -28,8 +28,9 @@ from ..schemas.versions import RECORD_SCHEMA_VERSION
 from ..schemas.commits import read_commits, stage_seconds_per_image, valid_commits
 from ..schemas.errors import ModelLoadError, RunError
 from ..schemas.jobdir import JobDir
+from ..stages.topology import Group, topology
 from .durable import sweep_temp_files, write_atomic
-from .lock import RunLock
+from .lock import run_lock
 from .status import format_rate, format_seconds, slowest_stage, stage_breakdown
 
 FAILURES_SCHEMA = pa.schema([("index", pa.int64()), ("image_id", pa.string()), ("shard", pa.int32()),
@@ -95,44 +96,49 @@ def write_failures(jd: JobDir, commits: dict[int, dict[str, Any]]) -> int:
     return len(rows)
 
 
-def _start_ray(address: str | None, spec: JobSpec) -> bool:
-    """Join ``address`` or start a local Ray sized for the spec; True if we started it."""
+def local_ray_cpus(groups: list[Group], spec: JobSpec) -> int:
+    """The logical CPUs a local Ray for this run declares: enough for every actor (the stage
+    groups and the shard writers) plus the read tasks, and never fewer than the machine has.
+    Ray Data waits forever, without an error, on a reservation the node cannot grant."""
+    wanted = sum(g.resources.actors * g.resources.cpus for g in groups)
+    wanted += spec.write.resources.actors * spec.write.resources.cpus + 1
+    return max(os.cpu_count() or 1, int(wanted + 0.999))
+
+
+def _start_ray(address: str | None, cpus: int) -> bool:
+    """Join ``address`` or start a local Ray with ``cpus`` logical CPUs; True if we started it.
+    Ray's own notices stay off the terminal (:func:`_quiet_ray_data` and the two below)."""
     import ray
+
+    _quiet_ray_data()
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    else:
+        # address "local": a new Ray of our own even when `ray start` runs on this machine (with
+        # no address Ray joins that cluster, and refuses the num_cpus we pass)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=False)
+    _quiet_published_errors()
+    _absorb_restart_notice()
+    return not address
+
+
+def _quiet_ray_data() -> None:
+    """The terminal gets our progress bar, a line per problem and the summary: Ray Data's
+    periodic issue reports (~20 lines every 30 s on big models) and the workers' own logs stay
+    in Ray's log folder (/tmp/ray/session_latest/logs). Ray's own notices in the driver (Ray
+    Data's execution lines and its note that progress bars are off, the token-auth notice of a
+    new local cluster) and Ray Data's error logs (a failed execution's whole stack) are off
+    too: the exception itself reaches the run, which turns what concerns the user into one
+    line (a model that cannot load) and keeps the traceback of anything else."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    # the terminal gets our progress bar, a line per problem and the summary: Ray Data's
-    # periodic issue reports (~20 lines every 30 s on big models) and the workers' own logs
-    # stay in Ray's log folder (/tmp/ray/session_latest/logs)
     ctx.issue_detectors_config.detectors = []
-    # Ray's own notices in the driver: Ray Data's execution lines and its note that progress
-    # bars are off, the token-auth notice of a new local cluster; and Ray Data's error logs
-    # (a failed execution's whole stack): the exception itself reaches the run, which turns
-    # what concerns the user into one line (a model that cannot load) and keeps the
-    # traceback of anything else.
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-    if address:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        _quiet_published_errors()
-        _absorb_restart_notice()
-        return False
-    # Logical CPUs: enough for every actor of the spec (the stage groups and the shard
-    # writers) plus the read tasks, so Ray Data never waits forever on a reservation the
-    # node cannot grant (see README).
-    from .topology import topology
-
-    wanted = sum(g.resources.actors * g.resources.cpus for g in topology(spec))
-    wanted += spec.write.resources.actors * spec.write.resources.cpus + 1
-    # address "local": a new Ray of our own even when `ray start` runs on this machine (with
-    # no address Ray joins that cluster, and refuses the num_cpus we pass)
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False,
-             logging_level="WARNING", log_to_driver=False)
-    _quiet_published_errors()
-    _absorb_restart_notice()
-    return True
 
 
 def _quiet_published_errors() -> None:
@@ -193,11 +199,9 @@ def _absorb_restart_notice() -> None:
     ray.kill(probe)
 
 
-def check_gpus_fit(spec: JobSpec, cluster_gpus: float) -> None:
+def check_gpus_fit(groups: list[Group], cluster_gpus: float) -> None:
     """Ray Data waits forever, silently, for GPUs the cluster does not have: refuse instead."""
-    from .topology import topology
-
-    asked = {g.name: g.resources.actors * g.resources.gpus for g in topology(spec) if g.resources.gpus}
+    asked = {g.name: g.resources.actors * g.resources.gpus for g in groups if g.resources.gpus}
     if sum(asked.values()) > cluster_gpus + 1e-9:
         detail = ", ".join(f"{name} {n:g}" for name, n in asked.items())
         raise RunError(f"the spec asks for {sum(asked.values()):g} GPUs ({detail}) and the Ray cluster has "
@@ -208,7 +212,7 @@ def check_gpus_fit(spec: JobSpec, cluster_gpus: float) -> None:
 def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str, ...] = (),
             retry_failed: bool = False, progress: bool = True, echo: Callable[[str], None] = print) -> RunSummary:
     spec, meta = load_job(jd, overrides)
-    with RunLock(jd.run_lock) as lock:
+    with run_lock(jd.run_lock) as lock:
         if lock.took_over:
             echo(f"took over the lock of a dead run (pid {lock.took_over.get('pid')})")
         sweep_temp_files(jd.wds, jd.commits)  # left by a writer killed mid-write
@@ -261,11 +265,12 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
         return RunSummary(shards, already, 0, 0, 0, 0.0)
 
     from ..stages.write import open_store
-    from .checkpoints import resolve_checkpoints, token_dims
+    from ..stages.checkpoints import resolve_checkpoints, token_dims
     from .graph import build_dataset
     from .writers import Books, WriterPool, coordinate
 
-    checkpoints = resolve_checkpoints(spec, jd.models)
+    groups = topology(spec)  # once for the run: checkpoints, Ray's size, the GPU check, the graph
+    checkpoints = resolve_checkpoints(spec, jd.models, groups)
     dims = token_dims(spec)
     open_store(jd.tokens, rows=rows, shard_size=size, dims=dims, filter_settings=spec.filter.model_dump())
     wanted = set(todo)
@@ -275,12 +280,12 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
 
     import ray
 
-    started = _start_ray(address, spec)
+    started = _start_ray(address, local_ray_cpus(groups, spec))
     t0 = time.perf_counter()
     try:
-        check_gpus_fit(spec, ray.cluster_resources().get("GPU", 0.0))
+        check_gpus_fit(groups, ray.cluster_resources().get("GPU", 0.0))
         pool = WriterPool(jd, spec, meta, rows, dims)
-        ds = build_dataset(spec, items, spec.corpus.image_root, checkpoints, writers=tuple(pool.names))
+        ds = build_dataset(spec, groups, items, spec.corpus.image_root, checkpoints, writers=tuple(pool.names))
         with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
             def show(books: Books) -> None:
                 bar.update(books.images - bar.n)

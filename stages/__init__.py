@@ -56,6 +56,7 @@ run without the background row) and unloadable checkpoints (``ModelLoadError``).
 Mask sources (``masks.source``, paper Table 2): ``sam`` = detect + segment, ``boxes`` =
 detect + :class:`~masktok.stages.masks.BoxMaskStage`, ``tiles`` =
 :class:`~masktok.stages.masks.TileMaskStage` (54 grid masks, no models). Which stages run for
-a spec, grouped how and with which models, is defined once in ``masktok.pipeline.topology``
-(``front_stages`` gives the front half, in process).
+a spec, grouped how and with which models, is defined once in ``masktok.stages.topology``
+(``front_stages`` gives the front half, in process); ``masktok.stages.chain`` runs stages on
+a batch with the per-batch error handling, for a job's actors and ``masktok ask`` alike.
 """

@@ -33,7 +33,7 @@ def fail(item: Item, stage: str, reason: str) -> Item:
 
 def out_of_memory(exc: BaseException) -> bool:
     """Running out of (GPU) memory: a property of how many images a call holds, never of an
-    image, so never a recorded failure (pipeline/graph.call_stage retries smaller batches,
+    image, so never a recorded failure (stages/chain.call_stage retries smaller batches,
     then raises). torch is looked up only if the process imported it (a decode actor never
     loads torch)."""
     torch = sys.modules.get("torch")

@@ -34,6 +34,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..schemas.spec import DecodeSpec
 from .batch import Batch, Item, exception_reason, fail, failed
 
+#: The file suffixes (any case) taken as images in a folder: a folder corpus (pipeline/corpus.py)
+#: and the pictures of ``masktok ask`` (inference/ask.py).
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
 STAGE = "decode"
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 

@@ -116,7 +116,7 @@ class SegmentStage:
                 features = self.sam.image_encoder(torch.cat([x for _, x, _ in inputs])).float()
         except Exception as exc:  # noqa: BLE001 - one image the encoder cannot take
             if out_of_memory(exc):
-                raise  # the caller (pipeline/graph.call_stage) retries in smaller batches
+                raise  # the caller (stages/chain.call_stage) retries in smaller batches
             if len(inputs) == 1:
                 fail(inputs[0][0], "segment", exception_reason(exc))
                 return []

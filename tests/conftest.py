@@ -90,8 +90,8 @@ def tiny_trainer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 12-image cache (4 per shard, image 5 failed), a LLaVA JSON naming them plus one
     text-only record, and a tiny Llama folder. Keys: root, job, data, llm; tests write their
     runs under root, each in a folder of its own name."""
-    from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
-    from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
+    from masktok.tiny.llm import build_tiny_llm
 
     root = tmp_path_factory.mktemp("trainer")
     job = write_tiny_cache(root / "job", n=TRAINER_IMAGES, shard_size=4, failed=(5,))

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from masktok.pipeline.demo_corpus import write_demo_corpus
+from masktok.tiny.corpus import write_demo_corpus
 from masktok.schemas.jobdir import JobDir
 
 #: Demo scenes plus the file quirks of real corpora (quirks/broken.jpg is truncated, so one

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.checkpoints import token_dims
-from masktok.pipeline.cli import main
+from masktok.stages.checkpoints import token_dims
+from masktok.cli import main
 from masktok.pipeline.run import load_job
 from masktok.trainer.readers import ZarrImages
 
@@ -28,7 +28,7 @@ def trained(finished_job, tmp_path_factory):
     from small_job import JOB_IMAGES
 
     from masktok.trainer.runtime import TrainConfig
-    from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.tiny.llm import build_tiny_llm
     from masktok.trainer.train import train
 
     root = tmp_path_factory.mktemp("ask")
@@ -55,7 +55,7 @@ def ask(*args: object, input: str | None = None):
 
 
 def test_asks_tokens_equal_the_cached_rows_to_float16_rounding(finished_job, tmp_path):
-    from masktok.trainer.ask import PictureTokens
+    from masktok.inference.ask import PictureTokens
 
     spec, _ = load_job(finished_job)
     root = Path(spec.corpus.image_root)
@@ -74,7 +74,7 @@ def test_asks_tokens_equal_the_cached_rows_to_float16_rounding(finished_job, tmp
 
 @pytest.mark.parametrize("tokens", ["cls,patch:9,obj:5", "patch:4"])
 def test_ask_answers_as_generate_answers_from_the_cache(finished_job, trained, tiny_home, tokens):
-    from masktok.trainer.generate import generate
+    from masktok.inference.generate import generate
 
     spec, _ = load_job(finished_job)
     image = Path(spec.corpus.image_root) / "scenes/000.png"
@@ -87,7 +87,7 @@ def test_ask_answers_as_generate_answers_from_the_cache(finished_job, trained, t
 
 
 def test_the_chat_answers_each_question_with_one_stage_run(finished_job, trained, tiny_home, monkeypatch):
-    from masktok.trainer import ask as ask_module
+    from masktok.inference import ask as ask_module
 
     runs = []
     real = ask_module.PictureTokens.records

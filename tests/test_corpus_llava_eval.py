@@ -11,7 +11,7 @@ import tomllib
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.cli import main
+from masktok.cli import main
 from masktok.pipeline.corpus import iter_json_lines, scan_llava_eval
 from masktok.pipeline.plan import row_order
 from masktok.schemas.errors import CorpusError
@@ -132,7 +132,7 @@ def test_same_eval_inputs_give_the_same_manifest_byte_for_byte(tmp_path, eval_co
 def test_planning_an_eval_corpus_loads_neither_ray_nor_a_model(tmp_path, eval_corpus):
     source, root = eval_corpus
     code = (
-        "import sys\nfrom masktok.pipeline.cli import main\n"
+        "import sys\nfrom masktok.cli import main\n"
         f"try: main(['plan', {str(tmp_path / 'job')!r}, '--corpus', 'llava-eval', '--source', {str(source)!r},"
         f" '--image-root', {str(root)!r}, '--spec', 'demo', '-q'])\n"
         "except SystemExit as e: assert e.code in (0, None), e.code\n"

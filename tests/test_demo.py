@@ -4,8 +4,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from masktok.pipeline.cli import main
-from masktok.pipeline.demo_corpus import SCENES, write_demo_corpus
+from masktok.cli import main
+from masktok.tiny.corpus import SCENES, write_demo_corpus
 from masktok.schemas.manifest import read_manifest
 
 # The demo starts Ray; every test that starts Ray runs in one pytest-xdist worker, one after the other (`make test`

@@ -9,7 +9,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.cli import main
+from masktok.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_run_checks_that_the_cluster_has_the_gpus_the_spec_asks_for(files, monke
 
     import masktok.pipeline.run as run_module
 
-    monkeypatch.setattr(run_module, "_start_ray", lambda address, spec: False)  # joined, not started
+    monkeypatch.setattr(run_module, "_start_ray", lambda address, cpus: False)  # joined, not started
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     monkeypatch.setenv("XDG_CACHE_HOME", str(files["root"] / "cache"))
     result = CliRunner().invoke(main, ["run", f"{files['root']}/job", "--set", "segment.resources.gpus=0.5", "-q"])

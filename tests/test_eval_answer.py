@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from masktok.evaluate.answer import answer
 from masktok.evaluate.questions import read_question_file
-from masktok.evaluate.cli import answer as answer_cli
+from masktok.cli.answer import answer as answer_cli
 from masktok.schemas.errors import DataError, TokenSpecError
 from masktok.trainer.runtime import TrainConfig
 from masktok.trainer.train import train
@@ -102,7 +102,7 @@ def test_a_rerun_answers_only_what_is_missing_and_keeps_the_order(trained, answe
 
 
 def test_a_version_1_cache_still_trains_and_answers(trained) -> None:
-    from masktok.pipeline.tiny_cache import write_tiny_cache
+    from masktok.tiny.cache import write_tiny_cache
 
     root = trained["root"]
     job = write_tiny_cache(root / "v1-job", record_version=1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from masktok.evaluate.score_cli import score, submission
+from masktok.cli.score import score, submission
 
 
 def _answers(path: Path) -> Path:

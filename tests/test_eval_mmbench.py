@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from masktok.evaluate.mmbench import (OPTIONS, SINGLE_PREDICTION_SUFFIX, can_infer, format_mmbench_table,
-                                      is_none, mmbench_warnings, options_of, question_text,
-                                      read_mmbench_table, score_mmbench, write_mmbench_submission)
+                                      mmbench_warnings, options_of, question_text, score_mmbench,
+                                      write_mmbench_submission)
+from masktok.schemas.eval_files import is_none, read_mmbench_table
 from masktok.evaluate.mmvet import write_mmvet_submission
 from masktok.schemas.errors import DataError
 

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from masktok.evaluate.answer import answer_line
-from masktok.evaluate.questions import embedded_image_id, read_question_file
-from masktok.pipeline.cli import main
+from masktok.evaluate.questions import read_question_file
+from masktok.schemas.eval_files import embedded_image_id
+from masktok.cli import main
 from masktok.schemas.errors import DataError
 from masktok.schemas.manifest import read_manifest
 

@@ -1,5 +1,5 @@
 """POPE scoring (evaluate/pope.py), the token-budget sweep (evaluate/sweep.py) and
-``masktok score`` (evaluate/score_cli.py). Small hand-made files; no model, no network."""
+``masktok score`` (cli/score.py). Small hand-made files; no model, no network."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from masktok.evaluate.pope import (category_from_label_file, load_pope_labels, normalize_pope_answer,
                                    pair_answers, score_counts, score_pope, score_pope_file)
-from masktok.evaluate.score_cli import score
+from masktok.cli.score import score
 from masktok.evaluate.sweep import sweep
 from masktok.schemas.errors import DataError
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from masktok.evaluate.vqa import (_process_punctuation, format_vqa_table, normalize_vqa_answer, score_textvqa,
-                                  score_vqa, textvqa_question, vqa_accuracy, write_vizwiz_submission,
+from masktok.evaluate.textvqa import score_textvqa, textvqa_question
+from masktok.evaluate.vqa import (_process_punctuation, format_vqa_table, normalize_vqa_answer,
+                                  score_vqa, vqa_accuracy, write_vizwiz_submission,
                                   write_vqav2_submission)
 from masktok.schemas.errors import DataError
 

@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from masktok.pipeline.views.inspect import inspect
+from masktok.cli.views import inspect
 from masktok.pipeline.views.jobview import load_record, read_image, recompute_masks, stored_masks
 from masktok.stages.batch import decode_masks
 from masktok.pipeline.views.overlay import hatch_lines, scale_image, scale_masks
-from masktok.pipeline.views.report import report
+from masktok.cli.views import report
 from masktok.schemas.jobdir import JobDir
 from masktok.pipeline.run import load_job
 from small_job import JOB_IMAGES, manifest_index, plan_job

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.cli import main
+from masktok.cli import main
 from masktok.pipeline.durable import write_atomic
-from masktok.pipeline.lock import ObjectLock, RunLock, lock_holder
+from masktok.pipeline.lock import ObjectLock, lock_holder, run_lock
 from masktok.pipeline.status import verify_job
-from masktok.pipeline.tiny_cache import write_tiny_cache
+from masktok.tiny.cache import write_tiny_cache
 from masktok.pipeline.writers import describe_write_error
 from masktok.schemas.errors import LockedError
 from masktok.schemas.jobdir import JobDir
@@ -103,7 +103,7 @@ def test_verify_finds_a_flipped_byte_on_the_store(bucket):
 
 
 def test_training_and_generate_read_the_cache_from_the_bucket(caches, tiny_trainer, tmp_path):
-    from masktok.trainer.cli import generate, train
+    from masktok.cli.train import generate, train
 
     _, remote = caches
     out = tmp_path / "run"
@@ -135,14 +135,14 @@ def plant(path, owner: dict) -> None:
 
 def test_the_lock_is_an_object_one_driver_creates_and_a_second_cannot(bucket):
     path = lock_path(bucket)
-    lock = RunLock(path)
+    lock = run_lock(path)
     assert isinstance(lock, ObjectLock)
     with lock:
         held = json.loads(path.read_text())
         assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
         assert lock_holder(path)["pid"] == os.getpid()
         with pytest.raises(LockedError, match=r"already being run \(pid \d+ on .*renewed \d+ s ago\).*delete s3://"):
-            RunLock(path).acquire()
+            run_lock(path).acquire()
     assert not path.exists() and lock_holder(path) is None
 
 
@@ -154,7 +154,7 @@ def test_a_lock_left_by_a_dead_driver_on_this_host_is_taken_over(bucket):
     path = lock_path(bucket)
     plant(path, {"host": socket.gethostname(), "pid": int(dead.stdout), "since": "2026-01-01T00:00:00+00:00"})
     assert lock_holder(path) is None, "a dead holder holds nothing"
-    with RunLock(path) as lock:
+    with run_lock(path) as lock:
         assert lock.took_over["pid"] == int(dead.stdout)
         assert json.loads(path.read_text())["pid"] == os.getpid()
 
@@ -165,9 +165,9 @@ def test_another_hosts_lock_holds_until_its_lease_runs_out(bucket, monkeypatch):
     path = lock_path(bucket)
     plant(path, {"host": "gpu-node-7", "pid": 4242, "since": "2026-01-01T00:00:00+00:00"})
     with pytest.raises(LockedError, match="pid 4242 on gpu-node-7"):
-        RunLock(path).acquire()
+        run_lock(path).acquire()
     monkeypatch.setattr(lock_module, "LEASE_S", -1.0)  # as if not renewed for longer than the lease
-    with RunLock(path) as lock:
+    with run_lock(path) as lock:
         assert lock.took_over["host"] == "gpu-node-7"
 
 
@@ -188,7 +188,7 @@ def test_the_holder_renews_its_lock_object(bucket, monkeypatch):
 
     monkeypatch.setattr(lock_module, "RENEW_S", 0.05)
     path = lock_path(bucket)
-    with RunLock(path):
+    with run_lock(path):
         first = path.fs.info(path.path)["ETag"]
         deadline = 100
         while path.fs.info(path.path, refresh=True)["ETag"] == first and deadline:
@@ -201,7 +201,7 @@ def test_a_second_driver_on_an_s3_job_is_refused_and_status_names_the_first(buck
     source, images = job_corpus
     job = f"{bucket}/job"
     assert invoke("plan", job, "--spec", "demo", "--corpus", "folder", "--source", images).exit_code == 0
-    with RunLock(JobDir(job).run_lock):  # as a driver on another machine holds it
+    with run_lock(JobDir(job).run_lock):  # as a driver on another machine holds it
         refused = invoke("run", job)
         assert refused.exit_code == 1 and "already being run" in refused.output
         assert json.loads(invoke("status", job, "--json").output)["running"]["pid"] == os.getpid()

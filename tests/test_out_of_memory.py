@@ -1,6 +1,6 @@
 """Running out of GPU memory is never a bad image (docs/architecture.md, "Failures"): the
 real ``torch.cuda.OutOfMemoryError``, raised inside each model stage's model call, makes
-the run's stage call (pipeline/graph.call_stage) retry the batch in halves down to one
+the run's stage call (stages/chain.call_stage) retry the batch in halves down to one
 image; an image that alone still runs out raises, and no image is recorded as failed."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import masktok.stages.invert as invert_module
-from masktok.pipeline.demo_corpus import write_demo_corpus
-from masktok.pipeline.graph import call_stage
-from masktok.pipeline.topology import build_group, topology
+from masktok.tiny.corpus import write_demo_corpus
+from masktok.stages.chain import call_stage
+from masktok.stages.topology import build_group, topology
 from masktok.schemas.spec import JobSpec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.cli import main
+from masktok.cli import main
 from masktok.pipeline.plan import row_order
 from masktok.schemas.manifest import SCHEMA, read_manifest
 

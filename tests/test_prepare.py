@@ -16,8 +16,8 @@ import torch
 from masktok.models import load_inputs, load_model
 from masktok.models.clip import preprocess_cfg
 from masktok.models.clip_config import TINY_CLIP_NAME
-from masktok.pipeline.demo_corpus import write_quirks
-from masktok.pipeline.topology import front_stages, run_stages
+from masktok.tiny.corpus import write_quirks
+from masktok.stages.topology import front_stages, run_stages
 from masktok.schemas.spec import InvertSpec, JobSpec
 from masktok.models.clip_config import clip_preprocess
 from masktok.stages.detect import DetectStage

@@ -96,7 +96,7 @@ def test_an_iou_spec_composes_the_refiltered_objects(cache) -> None:
 
 
 def test_iou_specs_are_refused_where_they_cannot_be_exact(tmp_path) -> None:
-    from masktok.pipeline.tiny_cache import write_tiny_cache
+    from masktok.tiny.cache import write_tiny_cache
 
     v1 = ZarrImages(write_tiny_cache(tmp_path / "v1", record_version=1))
     assert v1.version == 1 and "mask_iou" not in v1[0]

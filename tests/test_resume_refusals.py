@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.cli import main
-from masktok.pipeline.lock import RunLock
+from masktok.cli import main
+from masktok.pipeline.lock import run_lock
 from masktok.schemas.jobdir import JobDir
 from masktok.schemas.spec import read_toml
 
@@ -75,7 +75,7 @@ def test_an_unreadable_commit_file_is_refused_with_the_repair(planned):
 def test_a_second_driver_on_a_running_job_is_refused_and_status_names_the_first(planned):
     import os
 
-    with RunLock(planned.run_lock):  # as a live run in another process holds it
+    with run_lock(planned.run_lock):  # as a live run in another process holds it
         assert_refused(run(planned), "already being run", "pid")
         assert json.loads(invoke("status", planned.root, "--json").output)["running"]["pid"] == os.getpid()
         replan = invoke("plan", planned.root, "--spec", "demo", "--corpus", "folder",

@@ -22,8 +22,8 @@ import pytest
 import webdataset as wds
 
 from masktok.schemas.jobdir import JobDir
-from masktok.pipeline.checkpoints import resolve_checkpoints
-from masktok.pipeline.topology import build_group, topology
+from masktok.stages.checkpoints import resolve_checkpoints
+from masktok.stages.topology import build_group, topology
 from masktok.pipeline.run import load_job
 from masktok.schemas.commits import valid_commits
 from masktok.schemas.manifest import read_manifest
@@ -222,7 +222,7 @@ def test_killed_run_resumes_to_the_same_arrays(resumed, finished):
 
 def test_a_tiny_llama_trains_from_the_resumed_job_on_s3(resumed, tmp_path):
     from masktok.trainer.runtime import TrainConfig
-    from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.tiny.llm import build_tiny_llm
     from masktok.trainer.train import train
 
     jd = resumed["jd"]
@@ -309,7 +309,24 @@ def test_gpus_the_cluster_lacks_are_refused_not_waited_for():
     from masktok.schemas.spec import JobSpec
 
     with pytest.raises(RunError, match=r"asks for 3 GPUs \(detect 1, segment 1, invert 1\) and the Ray cluster has 0"):
-        check_gpus_fit(JobSpec(), 0.0)
-    check_gpus_fit(JobSpec(), 3.0)  # fits
+        check_gpus_fit(topology(JobSpec()), 0.0)
+    check_gpus_fit(topology(JobSpec()), 3.0)  # fits
     cpu_only = JobSpec.model_validate({s: {"resources": {"gpus": 0.0}} for s in ("detect", "segment", "invert")})
-    check_gpus_fit(cpu_only, 0.0)
+    check_gpus_fit(topology(cpu_only), 0.0)
+
+
+def test_a_local_ray_declares_cpus_for_every_actor(monkeypatch):
+    """Every stage actor's CPUs, the writers' and one for reading, rounded up; never fewer than
+    the machine's (Ray Data would wait forever on a reservation the node cannot grant)."""
+    import masktok.pipeline.run as run_module
+    from masktok.schemas.spec import JobSpec
+
+    spec = JobSpec.model_validate({"decode": {"resources": {"actors": 6, "cpus": 1.5}},
+                                   "write": {"resources": {"actors": 2, "cpus": 1}}})
+    groups = topology(spec)
+    wanted = sum(g.resources.actors * g.resources.cpus for g in groups) + 2 + 1
+    assert wanted > 12
+    monkeypatch.setattr(run_module.os, "cpu_count", lambda: 2)
+    assert run_module.local_ray_cpus(groups, spec) == int(wanted + 0.999)
+    monkeypatch.setattr(run_module.os, "cpu_count", lambda: 64)
+    assert run_module.local_ray_cpus(groups, spec) == 64

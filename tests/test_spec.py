@@ -138,7 +138,7 @@ def test_a_partial_resources_table_keeps_the_stages_defaults():
 
 def test_a_folder_named_like_a_bundled_spec_does_not_hide_it(tmp_path, monkeypatch):
     """--spec demo from a folder that holds a demo/ (say, `make demo`'s output) is the bundled spec."""
-    from masktok.pipeline.cli import spec_document
+    from masktok.jobs import spec_document
 
     (tmp_path / "demo").mkdir()
     monkeypatch.chdir(tmp_path)

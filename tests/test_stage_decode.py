@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from masktok.pipeline.demo_corpus import draw_scene, write_quirks
+from masktok.tiny.corpus import draw_scene, write_quirks
 from masktok.schemas.spec import DecodeSpec, FilterSpec
 from masktok.stages.background import BackgroundStage
 from masktok.stages.decode import DecodeStage

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from masktok.pipeline.demo_corpus import write_quirks
+from masktok.tiny.corpus import write_quirks
 from masktok.schemas.spec import JobSpec
 from masktok.stages.batch import ROW_KEYS
 from masktok.stages.detect import DetectStage
-from masktok.pipeline.topology import front_stages, run_stages
+from masktok.stages.topology import front_stages, run_stages
 from masktok.stages.segment import SegmentStage
 
 

@@ -7,7 +7,7 @@ import pytest
 import webdataset as wds
 
 from masktok.pipeline import commit as commits
-from masktok.pipeline.graph import timed_stage
+from masktok.stages.chain import timed_stage
 from masktok.pipeline.run import RunSummary
 from masktok.pipeline.status import format_rate, format_seconds, job_status, status_lines, verify_job
 from masktok.pipeline.views.report import stage_rows, stage_table
@@ -34,10 +34,10 @@ def test_seconds_keep_their_significant_digits():
 def test_each_item_gets_its_share_of_a_stage_call(monkeypatch):
     """A clock that reads 0.06 s for the first call of 3 items and 0.03 s for the second: each
     item gets exactly a third of each, 0.02 + 0.01 (shares divided by 2 would sum to 0.045)."""
-    import masktok.pipeline.graph as graph
+    import masktok.stages.chain as chain
 
     ticks = iter([10.0, 10.06, 20.0, 20.03])
-    monkeypatch.setattr(graph.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(chain.time, "perf_counter", lambda: next(ticks))
     items = timed_stage("invert", lambda b: b, [{"index": 0}, {"index": 1},
                                                 {"error": {"stage": "decode", "reason": "x"}}])
     items = timed_stage("invert", lambda b: b, items)  # a second call adds to the same stage

@@ -134,7 +134,7 @@ def test_compose_scales_global_and_objects_not_patches() -> None:
 def test_cache_stats_pool_the_per_image_statistics(tmp_path) -> None:
     from masktok.stages.write import TokenDims
     from masktok.trainer.stats import cache_stats
-    from masktok.pipeline.tiny_cache import tiny_items, write_tiny_cache
+    from masktok.tiny.cache import tiny_items, write_tiny_cache
 
     dims = TokenDims(K=6, D=16, C=24)
     job = write_tiny_cache(tmp_path / "job", n=7, shard_size=3, dims=dims, failed=(2,))

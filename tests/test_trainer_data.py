@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
 from masktok.schemas.errors import CacheError
 from masktok.trainer import templates
 from masktok.trainer.compose import compose
@@ -28,7 +28,7 @@ def job(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from masktok.trainer.tiny_llm import build_tokenizer
+    from masktok.tiny.llm import build_tokenizer
 
     return build_tokenizer(list(CAPTIONS) + ["What colour is it? Red. Why? Because it is. Describe the image."])
 

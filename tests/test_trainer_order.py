@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from masktok.pipeline.tiny_cache import CAPTIONS, write_corpus, write_tiny_cache
+from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
 from masktok.trainer.data import ItemBuilder, StreamingConversations
 from masktok.trainer.distributed import ResumableSampler
 from masktok.trainer.order import example_lengths
@@ -84,7 +84,7 @@ def test_batches_mix_the_corpus_sources_as_a_global_shuffle_does() -> None:
 
 @pytest.fixture(scope="module")
 def stream_setup(tmp_path_factory: pytest.TempPathFactory):
-    from masktok.trainer.tiny_llm import build_tokenizer
+    from masktok.tiny.llm import build_tokenizer
 
     job = write_tiny_cache(tmp_path_factory.mktemp("order") / "job", n=N, shard_size=4, failed=())
     text = [{"id": f"t{i}", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi " * (i + 1)}]}

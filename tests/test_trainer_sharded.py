@@ -118,8 +118,8 @@ def test_the_last_checkpoint_is_consolidated_and_export_rebuilds_it_from_the_sha
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from masktok.trainer.cli import export
-    from masktok.trainer.generate import generate
+    from masktok.cli.train import export
+    from masktok.inference.generate import generate
 
     last = runs["fsdp"] / "checkpoint-0000010"
     assert json.loads((last / "state.json").read_text())["consolidated"] is True

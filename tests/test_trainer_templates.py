@@ -170,7 +170,7 @@ def _make(param, sp_models):
     """(tokenizer, legacy). The byte-level tokenizer counts as legacy: it adds no prefix
     anywhere, so a round tokenized alone has the ids it has in the conversation."""
     if param is None:
-        from masktok.trainer.tiny_llm import build_tokenizer
+        from masktok.tiny.llm import build_tokenizer
 
         return build_tokenizer(CORPUS), True
     cls, model_type, legacy = param

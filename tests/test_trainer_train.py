@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from masktok.trainer.cli import generate, train
+from masktok.cli.train import generate, train
 from masktok.trainer.runtime import TrainConfig
 from masktok.trainer.train import train as run_train
 
@@ -57,7 +57,7 @@ def test_stage1_trains_the_projector_only(setup) -> None:
     proj = torch.load(ck / "projector.pt")
     assert set(k.split(".")[0] for k in proj) == {"patch_proj", "token_proj"}
     assert load_file(str(setup["llm"] / "model.safetensors"))  # the source LM folder is untouched and loadable
-    from masktok.trainer.generate import generate as run_generate
+    from masktok.inference.generate import generate as run_generate
 
     answer = run_generate(ck, setup["job"], "img/001.jpg", "ignored in stage 1", max_new_tokens=4)
     # stage 1 is LLaVA's plain template: the image alone, so the prompt changes nothing
@@ -142,7 +142,7 @@ def test_cli_train_generate_and_errors(setup) -> None:
     res = runner.invoke(generate, ["--checkpoint", str(out), "--cache", str(setup["job"]), "--image-id", "img/000.jpg",
                                    "--prompt", "Describe the image.", "--tokens", "patch:4", "--max-new-tokens", "5"])
     assert res.exit_code == 0, res.output
-    from masktok.trainer.generate import generate as run_generate
+    from masktok.inference.generate import generate as run_generate
 
     expected = run_generate(out, setup["job"], "img/000.jpg", "Describe the image.", tokens="patch:4", max_new_tokens=5)
     assert res.output == expected + "\n", "the command prints the model's answer and nothing else"

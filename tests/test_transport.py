@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from masktok.pipeline.graph import columns_after
-from masktok.pipeline.topology import topology
+from masktok.stages.topology import topology
 from masktok.pipeline.transport import ARRAY_COLUMNS, from_columns, item_of, to_columns
 from masktok.schemas.spec import JobSpec
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from masktok.pipeline.cli import main
+from masktok.cli import main
 from masktok.schemas.errors import ManifestError
 from masktok.schemas.manifest import VERSION, build_table, encode_manifest, read_manifest
 

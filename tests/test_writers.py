@@ -13,7 +13,7 @@ import zarr
 
 from masktok.pipeline.commit import verify_shard
 from masktok.pipeline.durable import sweep_temp_files, write_atomic
-from masktok.pipeline.tiny_cache import tiny_items
+from masktok.tiny.cache import tiny_items
 from masktok.pipeline.writers import Books, ShardWriter, WriterPool, WriterStopped, coordinate, writer_of
 from masktok.schemas.commits import read_commits
 from masktok.schemas.errors import RunError

@@ -18,11 +18,8 @@ Modules, one job each:
     distributed torchrun environment, process group, ResumableSampler
     checkpoint  checkpoint-*/ folders that resume
     train       the loop (both stages, grad accumulation, bf16 on CUDA, DDP)
-    generate    greedy answers from a checkpoint about one cached image
-    cli         the `masktok train` / `masktok generate` click commands
     launch      `python -m masktok.trainer.launch` (for torchrun)
-    tiny_llm    a tiny Llama + byte-level BPE tokenizer built offline (tests, demos)
 
-A small synthetic cache for its tests and benchmarks: pipeline/tiny_cache.py (it is written
-with the pipeline's own writers).
+Generation from a checkpoint lives in inference/, the `masktok train` command in cli/train.py,
+a tiny Llama and a small synthetic cache for tests and demos in tiny/.
 """

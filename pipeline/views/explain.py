@@ -47,7 +47,7 @@ def explain_tokens(jd: JobDir, spec: Any, image: np.ndarray, tokens: np.ndarray,
     from ...models.clip import preprocess_cfg
     from ...stages.maskinversion import dice_loss_per_mask, legrad_maps
     from ...stages.vision import llava_pad_image, llava_pad_masks, pad_offsets
-    from ..checkpoints import resolve_checkpoints
+    from ...stages.checkpoints import resolve_checkpoints
 
     checkpoints = resolve_checkpoints(spec, jd.models)
     model = load_model("clip", checkpoints["clip"], variant=spec.invert.model, device="cpu")

@@ -20,11 +20,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-
-from ...schemas.errors import Command
-from ...schemas.jobdir import JobDirPath
-
 
 def inspect_image(jobdir: Path, image: str | None = None, index: int | None = None, maps: bool = False,
                   top: int | None = None, recompute: bool = True) -> tuple[bytes, dict, str]:
@@ -82,28 +77,3 @@ def inspect_image(jobdir: Path, image: str | None = None, index: int | None = No
         scene.maps, scene.map_losses = found.maps, found.dice_loss
     png, layout = render(scene, top=top)
     return png, layout, f"{record.image_id} (index {record.index}): {kept} objects kept of {record.num_objects - 1}"
-
-
-@click.command("inspect", cls=Command)
-@click.argument("jobdir", type=JobDirPath(exists=True))
-@click.argument("image", required=False, metavar="IMAGE_ID")
-@click.option("--index", type=int, help="Manifest index instead of IMAGE_ID (an all-digit IMAGE_ID is one too).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="PNG file to write.")
-@click.option("--maps", is_flag=True, help="Add each object's explainability map, recomputed from its stored token.")
-@click.option("--top", type=click.IntRange(min=1), help="Show only the first N kept objects (and no suppressed ones).")
-def inspect(jobdir: Path, image: str | None, index: int | None, output: Path, maps: bool, top: int | None) -> None:
-    """Draw one image of JOBDIR: masks (a colour per kept object, background hatched),
-    boxes with keep_rank · score labels, suppressed boxes dashed; --maps adds the
-    explainability map of every shown object beside its mask.
-
-    IMAGE_ID is the image's path relative to the image root, as the manifest names it,
-    or its manifest index (all digits, or --index N).
-    """
-    if image is not None and index is not None:
-        raise click.ClickException("give IMAGE_ID or --index, not both")
-    png, _, line = inspect_image(jobdir, image, index, maps=maps, top=top)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(png)
-    click.echo(line)
-    click.echo(f"wrote {output}")

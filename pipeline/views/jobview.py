@@ -141,8 +141,8 @@ def recompute_masks(jd: JobDir, spec: Any, record: ImageRecord) -> tuple[np.ndar
     Used when the job did not store masks (``write.rle_masks = false``). Loads the job's
     detector/SAM (real ones can take a while on a CPU) and runs them on this image alone.
     """
-    from ..checkpoints import resolve_checkpoints
-    from ..topology import front_stages, run_stages
+    from ...stages.checkpoints import resolve_checkpoints
+    from ...stages.topology import front_stages, run_stages
 
     stages = front_stages(spec, spec.corpus.image_root, resolve_checkpoints(spec, jd.models), device="cpu")
     item = run_stages(stages, [{"index": record.index, "image_id": record.image_id, "path": record.path}])[0]

@@ -21,11 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
-
-from ...schemas.errors import Command
-from ...schemas.jobdir import JobDirPath
-
 if TYPE_CHECKING:
     from .report_html import Page
 
@@ -124,20 +119,3 @@ def build_report(jobdir: Path, images: int = 3) -> str:
         png, _, line = inspect_image(jd.root, index=index, recompute=False)
         page.image(png, line)
     return page.html()
-
-
-@click.command("report", cls=Command)
-@click.argument("jobdir", type=JobDirPath(exists=True))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="HTML file to write (default: JOBDIR/report.html).")
-@click.option("--images", type=click.IntRange(min=0), default=3, show_default=True,
-              help="How many images to draw in the report.")
-def report(jobdir: Path, output: Path | None, images: int) -> None:
-    """Write a self-contained HTML report on JOBDIR: summary, throughput, failures,
-    distributions of objects, inversion loss, mask area and patch norms, and a few
-    inspected images. Open it in any browser; it needs no server and no network."""
-    text = build_report(jobdir, images=images)
-    output = output or jobdir / "report.html"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
-    click.echo(f"wrote {output}")

@@ -1,53 +1,24 @@
-"""The `masktok` command line. Each command is a thin shell over a function of pipeline/;
-every expected problem (bad spec, bad corpus, refused job) is a ``MasktokError``, which the
-group prints as one line on stderr with exit status 1, never a traceback
-(schemas/errors.py)."""
+"""The job's commands: ``masktok plan``, ``run``, ``status``, ``verify`` and ``demo``, each a
+thin shell over a function of pipeline/ (the demo: tiny/demo.py). Every expected problem (bad
+spec, bad corpus, refused job) is a ``MasktokError``: one line on stderr with exit status 1,
+never a traceback (schemas/errors.py)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
 import click
 
-from ..jobs import BUNDLED, bundled_spec
-from ..schemas.errors import Group
+from ..jobs import BUNDLED, spec_document
+from ..pipeline.plan import plan_job
+from ..schemas.errors import Command
 from ..schemas.jobdir import JobDir, JobDirPath
-from ..schemas.spec import CORPUS_KINDS, apply_overrides, read_toml, set_value, spec_from_dict
-from ..evaluate.cli import answer
-from ..evaluate.score_cli import score, submission
-from ..trainer.cli import ask, export, generate, train
-from .plan import plan_job
-from .views.inspect import inspect
-from .views.report import report
+from ..schemas.spec import CORPUS_KINDS, apply_overrides, set_value, spec_from_dict
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(version("masktok"), prog_name="masktok")
-def main() -> None:
-    """Precompute Mask-LLaVA visual tokens (global, pooled patch and object tokens) for
-    whole corpora, and train from the cache.
-
-    A job lives in one directory: `masktok plan` writes its spec (job.toml) and its
-    manifest (one row per unique image); later commands fill and read it.
-    """
-
-
-def spec_document(spec: str | None) -> tuple[dict[str, Any], str]:
-    """Read --spec: a TOML file, or the name of a bundled spec."""
-    if spec is None:
-        return {}, "job spec"
-    name = spec.replace("-", "_")
-    if not Path(spec).is_file() and name in BUNDLED:  # a folder named "demo" is no spec
-        path = bundled_spec(name)
-        return read_toml(path), f"bundled spec '{name}'"
-    return read_toml(Path(spec)), spec
-
-
-@main.command()
+@click.command(cls=Command)
 @click.argument("jobdir", type=JobDirPath())
 @click.option("--corpus", "kind", type=click.Choice(CORPUS_KINDS),
               help="Corpus format: a LLaVA JSON file, a LLaVA eval question file (JSON Lines), "
@@ -99,7 +70,7 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
         click.echo(f"wrote {jobdir / 'job.toml'} and {jobdir / 'manifest.parquet'}{replaced}")
 
 
-@main.command()
+@click.command(cls=Command)
 @click.argument("jobdir", type=JobDirPath(exists=True))
 @click.option("--ray-address", metavar="ADDR",
               help="Join a running Ray cluster ('auto' or host:port). Default: start a local Ray for this run.")
@@ -112,7 +83,7 @@ def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry
     """Process every shard of JOBDIR that has no commit yet: decode + prepare -> detect -> segment ->
     background + filter -> invert -> Zarr + WebDataset, on Ray. Safe to kill at any
     moment: the next run redoes exactly the uncommitted shards."""
-    from .run import run_job
+    from ..pipeline.run import run_job
 
     summary = run_job(JobDir(jobdir), ray_address=ray_address, overrides=overrides, retry_failed=retry_failed,
                       progress=not quiet, echo=click.echo)
@@ -121,12 +92,12 @@ def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry
         click.echo(f"failed images are listed in {jobdir / 'failures.parquet'} (retry: --retry-failed)")
 
 
-@main.command()
+@click.command(cls=Command)
 @click.argument("jobdir", type=JobDirPath(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts and dashboards.")
 def status(jobdir: Path, as_json: bool) -> None:
     """Images and shards done, failed and pending; throughput, ETA and the slowest stage."""
-    from .status import job_status, status_lines
+    from ..pipeline.status import job_status, status_lines
 
     s = job_status(JobDir(jobdir))
     if as_json:
@@ -136,13 +107,13 @@ def status(jobdir: Path, as_json: bool) -> None:
         click.echo(line)
 
 
-@main.command()
+@click.command(cls=Command)
 @click.argument("jobdir", type=JobDirPath(exists=True))
 @click.option("--repair", is_flag=True, help="Remove the commits of bad shards, so the next run redoes them.")
 def verify(jobdir: Path, repair: bool) -> None:
     """Check every committed shard against its commit file (checksums, counts, finite
     values); exit 1 naming the bad shards."""
-    from .status import verify_job
+    from ..pipeline.status import verify_job
 
     bad = verify_job(JobDir(jobdir), repair=repair)
     if not bad:
@@ -154,25 +125,11 @@ def verify(jobdir: Path, repair: bool) -> None:
     raise click.ClickException(f"{len(bad)} bad shard(s): {', '.join(map(str, bad))}; {action}")
 
 
-@main.command()
+@click.command(cls=Command)
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default="demo-job")
 def demo(directory: Path) -> None:
     """Run the whole pipeline in DIRECTORY (default: demo-job): generated images with the
     quirks of real corpora, the bundled demo spec and tiny randomly initialised models."""
-    from .demo import run_demo
+    from ..tiny.demo import run_demo
 
     run_demo(directory, echo=click.echo, progress=sys.stderr.isatty())
-
-
-main.add_command(inspect)
-main.add_command(report)
-main.add_command(train)
-main.add_command(generate)
-main.add_command(ask)
-main.add_command(export)
-main.add_command(answer)
-main.add_command(score)
-main.add_command(submission)
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -16,15 +16,17 @@ from ..models import TINY, materialize_tiny, quiet_model_libraries
 from ..models.clip_config import clip_config
 from ..schemas.errors import CheckpointError
 from ..schemas.spec import JobSpec
-from ..stages.masks import TILE_GRIDS
-from ..stages.write import TokenDims
-from .topology import model_checkpoint, models_needed
+from .masks import TILE_GRIDS
+from .write import TokenDims
+from .topology import Group, model_checkpoint, models_needed, models_of
 
 
-def resolve_checkpoints(spec: JobSpec, tiny_home: Path) -> dict[str, str]:
-    """The checkpoint path of every model the job runs; "tiny" ones are materialised in
-    ``tiny_home`` (a job's ``JobDir.models``)."""
-    wanted = {m: model_checkpoint(spec, m) for m in models_needed(spec)}
+def resolve_checkpoints(spec: JobSpec, tiny_home: Path, groups: list[Group] | None = None) -> dict[str, str]:
+    """The checkpoint path of every model the job runs (those of ``groups``, the spec's
+    topology, when the caller has it); "tiny" ones are materialised in ``tiny_home`` (a job's
+    ``JobDir.models``)."""
+    models = models_needed(spec) if groups is None else models_of(groups)
+    wanted = {m: model_checkpoint(spec, m) for m in models}
     tiny_models = tuple(m for m, path in wanted.items() if path == TINY)
     if tiny_models:  # building them: no progress bars or "no pretrained weights" notices
         quiet_model_libraries()

@@ -1,7 +1,8 @@
 """The stage topology, defined once: what runs, in which group, with which resources and
 which model. Everything else derives from it: the Ray graph (one actor pool per group,
-graph.py), the in-process chain (:func:`front_stages`), the checkpoints a job needs
-(checkpoints.py) and the GPU check (run.py).
+pipeline/graph.py), the in-process chain (chain.py, :func:`front_stages`), the checkpoints a
+job needs (checkpoints.py) and the GPU check (pipeline/run.py). It sits in stages/, below the
+pipeline, so that ``masktok ask`` (inference/) runs the same chain as a job with no Ray.
 
     group    stages                                        resources            model  device
     decode   decode + prepare                              [decode.resources]   -      CPU
@@ -28,7 +29,7 @@ from typing import Any
 
 from ..models import load_inputs, load_model
 from ..schemas.spec import JobSpec, Resources
-from ..stages.batch import Batch
+from .batch import Batch
 
 Stage = Callable[[Batch], Batch]
 
@@ -65,52 +66,52 @@ class Group:
 
 
 def _prepare(spec: JobSpec, root: str, inputs: dict[str, Any]) -> Stage:
-    from ..stages.prepare import PrepareImageStage
+    from .prepare import PrepareImageStage
     return PrepareImageStage(inputs["clip"], inputs.get("detector"), inputs.get("sam"))
 
 
 def _prepare_masks(spec: JobSpec, root: str, inputs: dict[str, Any]) -> Stage:
-    from ..stages.prepare import PrepareMaskStage
+    from .prepare import PrepareMaskStage
     return PrepareMaskStage(inputs["clip"])
 
 
 def _decode(spec: JobSpec, root: str, _: Any) -> Stage:
-    from ..stages.decode import DecodeStage
+    from .decode import DecodeStage
     return DecodeStage(spec.decode, root)
 
 
 def _detect(spec: JobSpec, root: str, built: Any) -> Stage:
-    from ..stages.detect import DetectStage
+    from .detect import DetectStage
     return DetectStage(*built, top_k=spec.detect.top_k, precision=spec.detect.precision)
 
 
 def _segment(spec: JobSpec, root: str, sam: Any) -> Stage:
-    from ..stages.segment import SegmentStage
+    from .segment import SegmentStage
     return SegmentStage(sam, image_batch=spec.segment.resources.batch_size, precision=spec.segment.precision)
 
 
 def _boxes(*_: Any) -> Stage:
-    from ..stages.masks import BoxMaskStage
+    from .masks import BoxMaskStage
     return BoxMaskStage()
 
 
 def _tiles(*_: Any) -> Stage:
-    from ..stages.masks import TileMaskStage
+    from .masks import TileMaskStage
     return TileMaskStage()
 
 
 def _background(*_: Any) -> Stage:
-    from ..stages.background import BackgroundStage
+    from .background import BackgroundStage
     return BackgroundStage()
 
 
 def _filter(spec: JobSpec, *_: Any) -> Stage:
-    from ..stages.filter import FilterStage
+    from .filter import FilterStage
     return FilterStage(spec.filter)
 
 
 def _invert(spec: JobSpec, root: str, clip: Any) -> Stage:
-    from ..stages.invert import InvertStage
+    from .invert import InvertStage
     return InvertStage(clip, spec.invert)
 
 
@@ -145,9 +146,14 @@ def topology(spec: JobSpec) -> list[Group]:
     return groups
 
 
+def models_of(groups: list[Group]) -> list[str]:
+    """The models these groups run, in pipeline order."""
+    return [model for group in groups for model in group.models]
+
+
 def models_needed(spec: JobSpec) -> list[str]:
     """The models this job runs, in pipeline order."""
-    return [model for group in topology(spec) for model in group.models]
+    return models_of(topology(spec))
 
 
 def model_checkpoint(spec: JobSpec, model: str) -> str:
@@ -163,10 +169,11 @@ def model_variant(spec: JobSpec, model: str) -> str | None:
 
 def build_group(spec: JobSpec, group: Group, image_root: str | Path, checkpoints: dict[str, str],
                 device: str | None = None) -> list[tuple[str, Stage]]:
-    """(name, stage) of each stage of ``group``, its models loaded from ``checkpoints``
-    (resolved paths, checkpoints.py) onto ``device`` (default: CUDA when available)."""
+    """(name, stage) of each stage of ``group``, its models loaded from ``checkpoints`` onto
+    ``device`` (default: CUDA when available). ``checkpoints`` names the models the job runs
+    (checkpoints.resolve_checkpoints, resolved paths): the CPU stages prepare inputs for those."""
     built = {m: load_model(m, checkpoints[m], variant=model_variant(spec, m), device=device) for m in group.models}
-    wanted = {m for s in group.stages for m in s.inputs} & set(models_needed(spec))
+    wanted = {m for s in group.stages for m in s.inputs} & set(checkpoints)
     inputs = {m: load_inputs(m, checkpoints[m], variant=model_variant(spec, m)) for m in wanted}
     return [(s.name, s.make(spec, str(image_root), inputs if s.inputs else built.get(s.model)))
             for s in group.stages]

@@ -1,26 +1,27 @@
 """`masktok ask`: a trained checkpoint's answers about pictures no job has planned.
 
-The job spec's stages run in this process, as ``masktok run`` runs them in its actors (the
-same builders, ``pipeline/topology.build_group``, and the same per-batch error handling,
-``pipeline/graph.call_stage``), with no Ray and no job directory; each finished image
-becomes the record a cache row would hold (``stages/write.shard_rows``, then
-``trainer/readers.row_record``: float16 tokens, as stored), so its visual tokens, composed
-as training composed them, are those ``generate`` reads from a cache built with that spec.
-The models load once; the tokens of an image are computed once, however many questions.
+The job spec's stages run in this process through the stage chain a job's Ray actors run
+(``stages/chain.py``: the same builders and the same per-batch error handling), with no Ray
+and no job directory; each finished image becomes the record a cache row would hold
+(``stages/write.shard_rows``, then ``trainer/readers.row_record``: float16 tokens, as
+stored), so its visual tokens, composed as training composed them, are those ``generate``
+reads from a cache built with that spec. The models load once; the tokens of an image are
+computed once, however many questions. Answers come from the one generation path
+(generation.py).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..pipeline.corpus import IMAGE_SUFFIXES
+from ..schemas.commits import STAGE_SECONDS
 from ..schemas.errors import CacheError, DataError
 from ..schemas.record import VERSION, tensors_of
 from ..schemas.spec import JobSpec
-
+from ..stages.decode import IMAGE_SUFFIXES
+from .generation import GenerationModel, generate_answer, load_generation_model
 
 
 def image_paths(given: tuple[Path, ...]) -> list[Path]:
@@ -42,27 +43,25 @@ class PictureTokens:
     """The stages of ``spec`` in this process: records of pictures, models loaded once."""
 
     def __init__(self, spec: JobSpec, device: str | None, tiny_home: Path) -> None:
-        from ..pipeline.checkpoints import resolve_checkpoints, token_dims
-        from ..pipeline.topology import build_group, topology
+        from ..stages.chain import build_chain
+        from ..stages.checkpoints import resolve_checkpoints, token_dims
 
         self.spec, self.dims = spec, token_dims(spec)
-        checkpoints = resolve_checkpoints(spec, tiny_home)
         # absolute paths under the file system's root: the decode stage's containment check holds
-        self.stages = [pair for group in topology(spec) for pair in build_group(spec, group, "/", checkpoints, device)]
+        self.stages = build_chain(spec, "/", resolve_checkpoints(spec, tiny_home), device)
         self.seconds: dict[str, float] = {}
 
     def records(self, paths: list[Path]) -> list[dict[str, Any]]:
         """One record per path, in order: the cache row's record, or ``{"error": ...}``."""
-        from ..pipeline.graph import call_stage
+        from ..stages.chain import run_chain
         from ..stages.write import shard_rows
-        from .readers import row_record
+        from ..trainer.readers import row_record
 
         items = [{"index": i, "image_id": str(p), "path": str(p.resolve())} for i, p in enumerate(paths)]
-        for name, stage in self.stages:
-            t0 = time.perf_counter()
-            items = call_stage(name, stage, items)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
-        items.sort(key=lambda item: item["index"])
+        items = sorted(run_chain(self.stages, items), key=lambda item: item["index"])
+        for item in items:
+            for name, seconds in item.pop(STAGE_SECONDS, {}).items():
+                self.seconds[name] = self.seconds.get(name, 0.0) + seconds
         out = []
         for item in items:
             if "error" in item:
@@ -79,27 +78,21 @@ class Asker:
     the widths of the spec's models."""
 
     def __init__(self, checkpoint: Path, spec: JobSpec, dims: dict[str, int], tokens: str | None, device: str) -> None:
-        from .consolidate import load_checkpoint_model
-        from .token_spec import parse_spec
-
-        self.model, self.tokenizer, self.state, _ = load_checkpoint_model(checkpoint)
-        self.model.to(device).eval()
-        trained = self.state["dims"]
+        self.gm: GenerationModel = load_generation_model(checkpoint, device)
+        trained = self.gm.dims
         if {k: trained[k] for k in ("C", "D")} != {k: dims[k] for k in ("C", "D")}:
             raise CacheError(f"the checkpoint {checkpoint} was trained on tokens of widths C={trained['C']}, "
                              f"D={trained['D']}; the spec's models give C={dims['C']}, D={dims['D']}: ask with the "
                              "spec of the job it was trained from")
-        self.spec = parse_spec(tokens or self.state["tokens"])
+        self.spec = self.gm.token_spec(tokens)
         if self.spec.iou is not None:
-            from .refilter import require_refilterable
+            from ..trainer.refilter import require_refilterable
 
             require_refilterable(VERSION, spec.filter.model_dump(), "the spec's tokens")
-        self.stage = int(self.state["stage"])
+        self.stage = self.gm.stage
 
     def answer(self, record: dict[str, Any], question: str, max_new_tokens: int) -> str:
-        from .generate import answer
-
-        return answer(self.model, self.tokenizer, self.state, record, question, self.spec, max_new_tokens)
+        return generate_answer(self.gm, record, question, self.spec, max_new_tokens)
 
 
 def chat(asker: Asker, record: dict[str, Any], read: Callable[[], str | None], write: Callable[[str], None],

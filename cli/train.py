@@ -1,5 +1,5 @@
 """``masktok train``, ``generate``, ``export`` and ``ask`` as click commands (registered in
-pipeline/cli.py with ``main.add_command``). Imports stay light here; torch and transformers load inside the
+cli/__init__.py with ``main.add_command``). Imports stay light here; torch and transformers load inside the
 commands. Expected problems (bad spec, missing cache or LM folder, unknown image id, a
 refused resume) are ``MasktokError``s: one line on stderr and exit status 1 (schemas/errors.py).
 """
@@ -66,8 +66,8 @@ def train(quiet: bool, **opts: Any) -> None:
     The last checkpoint is consolidated (projector.pt, llm/ as a Hugging Face folder)."""
     from transformers.utils.logging import disable_progress_bar
 
-    from .runtime import TrainConfig
-    from .train import train as run
+    from ..trainer.runtime import TrainConfig
+    from ..trainer.train import train as run
 
     disable_progress_bar()  # transformers 5's "Loading weights" bars, once per rank
 
@@ -90,7 +90,7 @@ def generate(**opts: Any) -> None:
     """Print a trained model's greedy answer about one cached image."""
     from transformers.utils.logging import disable_progress_bar
 
-    from .generate import generate as run
+    from ..inference.generate import generate as run
 
     disable_progress_bar()  # the answer is all the command prints (transformers 5 shows "Loading weights")
     click.echo(run(**opts))
@@ -107,7 +107,7 @@ def export(checkpoint: Path, out: Path, dtype: str) -> None:
     with it. Needs the memory of the whole model in one process (fp32: 27 GB at 7B)."""
     from transformers.utils.logging import disable_progress_bar
 
-    from .consolidate import export as run
+    from ..trainer.consolidate import export as run
 
     disable_progress_bar()
     click.echo(run(checkpoint, out, dtype))
@@ -143,13 +143,13 @@ def ask(images: tuple[Path, ...], checkpoint: Path, spec_name: str, question: st
     import torch
     from transformers.utils.logging import disable_progress_bar
 
+    from ..inference.ask import Asker, PictureTokens, chat, image_paths
+    from ..jobs import spec_document
     from ..models import quiet_model_libraries
-    from ..pipeline.checkpoints import token_dims
-    from ..pipeline.cli import spec_document
     from ..schemas.errors import DataError, TrainError
     from ..schemas.spec import expand_env, spec_from_dict
     from ..schemas.storage import tiny_models_cache
-    from .ask import Asker, PictureTokens, chat, image_paths
+    from ..stages.checkpoints import token_dims
 
     disable_progress_bar()
     quiet_model_libraries()

@@ -1,4 +1,4 @@
-"""``masktok answer`` (click; registered in pipeline/cli.py). Imports stay light here."""
+"""``masktok answer`` (click; registered in cli/__init__.py). Imports stay light here."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def answer(specs: tuple[str, ...], quiet: bool, **opts: Any) -> None:
     from transformers.utils.logging import disable_progress_bar
 
     from ..trainer.checkpoint import read_state, resolve
-    from .answer import answer as run
+    from ..evaluate.answer import answer as run
 
     disable_progress_bar()
     specs = specs or (read_state(resolve(opts["checkpoint"]))["tokens"],)

@@ -20,7 +20,7 @@ from ..schemas.jobdir import JobDir
 from ..schemas.record import POOLED_PATCHES
 from ..schemas.versions import RECORD_SCHEMA_VERSION
 from ..stages.write import TokenDims, open_store
-from .commit import write_shard
+from ..pipeline.commit import write_shard
 
 CAPTIONS = ("a red square on grass", "a blue circle in the sky", "two green boats on a lake")
 

@@ -16,17 +16,17 @@ from pathlib import Path
 from ..jobs import bundled_spec
 from ..schemas.jobdir import JobDir
 from ..schemas.spec import apply_overrides, read_toml, spec_from_dict
-from .graph import quiet_model_libraries
-from .plan import plan_job
-from .run import run_job
-from .status import job_status, verify_job
-from .views.inspect import inspect_image
-from .views.report import build_report
+from ..models import quiet_model_libraries
+from ..pipeline.plan import plan_job
+from ..pipeline.run import run_job
+from ..pipeline.status import job_status, verify_job
+from ..pipeline.views.inspect import inspect_image
+from ..pipeline.views.report import build_report
 
 
 def run_demo(root: Path, echo: Callable[[str], None] = print, progress: bool = True) -> JobDir:
     """Run the demo in ``root`` (corpus in root/corpus, job in root/job); idempotent."""
-    from .demo_corpus import write_demo_corpus
+    from .corpus import write_demo_corpus
 
     quiet_model_libraries()
     source = write_demo_corpus(root / "corpus")
@@ -60,10 +60,10 @@ def _train_tiny(root: Path, job: JobDir, source: Path, echo: Callable[[str], Non
     """Stage-2 training of a tiny Llama from the cache, then one answer from it."""
     import json
 
-    from ..trainer.generate import generate
+    from ..inference.generate import generate
     from ..trainer.runtime import TrainConfig
-    from ..trainer.tiny_llm import build_tiny_llm
     from ..trainer.train import train
+    from .llm import build_tiny_llm
 
     llm, out = root / "llm", root / "train"
     if not (llm / "config.json").exists():

@@ -1,0 +1,167 @@
+"""``masktok score BENCH`` and ``masktok submission NAME`` (registered in cli/__init__.py),
+made from the benchmark registry (evaluate/benchmarks.py): one command per registered
+benchmark or upload, with the options its entry declares, and ``score sweep`` over all of them.
+Nothing here names a benchmark.
+
+Each scorer prints its table, or with ``--json`` one object whose ``"score"`` is the number
+the paper reports (scoring.BenchScore.to_dict); questions without an answer and answers of no
+question are reported on stderr. Bad input (a missing or malformed file, labels of another
+benchmark, answers of another question set) is a ``DataError``: one line, exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..schemas.errors import Command, DataError, Group
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
+_PATH = click.Path(path_type=Path)
+
+
+class RegistryGroup(Group):
+    """A click group whose commands are made from the registry when asked for, so a benchmark
+    registered in evaluate/benchmarks.py is a command with no edit here."""
+
+    def __init__(self, *args: Any, entries: Callable[[], dict[str, Any]], make: Callable[[Any], click.Command],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entries, self.make = entries, make
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.entries()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        fixed = super().get_command(ctx, name)
+        if fixed is not None:
+            return fixed
+        entry = self.entries().get(name)
+        return None if entry is None else self.make(entry)
+
+
+def _answers() -> click.Option:
+    return click.Option(["--answers", "answers_path"], type=_FILE, required=True, help="LLaVA answer jsonl.")
+
+
+def _input(flag: str, dest: str, spec: Any) -> list[click.Option]:
+    """The option of a benchmarks.Input, none when the entry does not take it."""
+    if spec.need == "none":
+        return []
+    return [click.Option([flag, dest], type=_PATH if spec.folder else _FILE, multiple=spec.many,
+                         required=spec.need == "required", help=spec.help)]
+
+
+def score_command(bench: Any) -> click.Command:
+    """``masktok score NAME`` for a benchmarks.Benchmark."""
+
+    def run(answers_path: Path, as_json: bool, label_paths: Any = None, questions_path: Path | None = None) -> None:
+        labels = list(label_paths) if isinstance(label_paths, tuple) else [] if label_paths is None else [label_paths]
+        result = bench.score(answers_path, labels, questions_path)
+        click.echo(json.dumps(result.to_dict()) if as_json else bench.table(result))
+        for line in bench.warnings(result):
+            click.echo(f"warning: {line}", err=True)
+        for line in bench.notes(result, questions_path):
+            click.echo(line, err=True)
+
+    params = [_answers(), *_input("--labels", "label_paths", bench.labels),
+              *_input("--questions", "questions_path", bench.questions),
+              click.Option(["--json", "as_json"], is_flag=True, help="Print one JSON object instead of the table.")]
+    return Command(bench.name, params=params, callback=run, help=bench.help)
+
+
+def submission_command(upload: Any) -> click.Command:
+    """``masktok submission NAME`` for a benchmarks.Submission."""
+
+    def run(answers_path: Path, out_path: Path, questions_path: Path | None = None) -> None:
+        rows, missing, unpaired = upload.write(answers_path, questions_path, out_path)
+        click.echo(f"wrote {out_path} ({rows} questions)")
+        if missing:
+            click.echo(f"warning: {missing} question(s) without an answer, submitted empty", err=True)
+        if unpaired:
+            click.echo(f"warning: {unpaired} answer(s) of no question, left out", err=True)
+
+    params = [_answers(), *_input("--questions", "questions_path", upload.questions),
+              click.Option(["--out", "out_path"], type=_FILE, required=True, help=upload.out_help)]
+    return Command(upload.name, params=params, callback=run, help=upload.help)
+
+
+def _benchmarks() -> dict[str, Any]:
+    from ..evaluate.benchmarks import benchmarks
+
+    return benchmarks()
+
+
+def _submissions() -> dict[str, Any]:
+    from ..evaluate.benchmarks import registered
+
+    return registered().submissions
+
+
+@click.group("score", cls=RegistryGroup, entries=_benchmarks, make=score_command)
+def score() -> None:
+    """Score LLaVA-format answer files with each benchmark's reference rule."""
+
+
+@click.group("submission", cls=RegistryGroup, entries=_submissions, make=submission_command)
+def submission() -> None:
+    """Files for the benchmarks scored by a server (VQAv2, VizWiz, MMBench) or a GPT grader (MM-Vet)."""
+
+
+def _named(values: tuple[str, ...], option: str, default: str | None) -> dict[str, list[Path]]:
+    """``BENCH=PATH`` values by benchmark; a bare PATH belongs to ``default`` (the only one)."""
+    out: dict[str, list[Path]] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep:
+            if default is None:
+                raise DataError(f"{option} {value!r}: write BENCH=PATH when several benchmarks are swept")
+            name, path = default, value
+        out.setdefault(name, []).append(Path(path))
+    return out
+
+
+class SweepCommand(Command):
+    """``score sweep``, its help naming the registered benchmarks (``{names}`` in the text)."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.help = (self.help or "").replace("{names}", ", ".join(_benchmarks()))
+        super().format_help_text(ctx, formatter)
+
+
+@score.command("sweep", cls=SweepCommand)
+@click.argument("entries", metavar="BENCH=ANSWERS...", nargs=-1, required=True)
+@click.option("--labels", "labels", multiple=True, metavar="BENCH=PATH",
+              help="A benchmark's labels (repeat; POPE takes one per category).")
+@click.option("--questions", "questions", multiple=True, metavar="BENCH=PATH",
+              help="A benchmark's question file (sqa needs it; pope pairs through it).")
+@click.option("--plot", "plot_path", type=_FILE, default=None,
+              help="PNG of score against visual tokens (several benchmarks: <stem>-<bench>.png each).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[str, ...], plot_path: Path | None,
+          as_json: bool) -> None:
+    """The paper's Table 1: a row per token spec, a column per benchmark.
+
+    Each entry is BENCH=FILE or BENCH=FOLDER (its *.jsonl: one file per budget, as masktok
+    answer --out writes them); BENCH is one of {names}."""
+    from ..evaluate.sweep import format_sweep_table, plot_sweep
+    from ..evaluate.sweep import sweep as run
+
+    parsed = [(name, path) for name, paths in _named(entries, "entry", None).items() for path in paths]
+    only = parsed[0][0] if len({n for n, _ in parsed}) == 1 else None
+    question_files = {name: paths[-1] for name, paths in _named(questions, "--questions", only).items()}
+    points = run(parsed, _named(labels, "--labels", only), question_files)
+    plots = plot_sweep(points, plot_path) if plot_path is not None else []
+    if as_json:
+        click.echo(json.dumps({"points": [p.to_dict() for p in points], "plots": [str(p) for p in plots]}))
+    else:
+        click.echo(format_sweep_table(points))
+        for plot in plots:
+            click.echo(f"plot: {plot}", err=True)
+    for point in points:
+        for line in point.result.warnings():
+            click.echo(f"warning: {point.answers_path}: {line}", err=True)

@@ -1,0 +1,105 @@
+"""The one generation path of masktok: a checkpoint loaded for generation, its prompt ids,
+and :func:`generate_answers`, which ``masktok generate``, ``masktok answer`` and ``masktok
+ask`` all call.
+
+The checkpoint fixes the template (stage 1: plain, the model continues the image with a
+caption and the question is ignored; stage 2: one v1 USER turn), the scaling mode and the
+cache statistics. Visual tokens are composed from a record (a cache row's, or one computed
+in process by ``ask``) as training composed them; ``spec`` may differ from training's
+(test-time pruning and pooling, paper 3.5). Prompts are decoded together, left-padded
+(trainer/model.py ``generate_batch``): a greedy answer does not depend on its batch-mates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..trainer import templates
+from ..trainer.compose import compose
+from ..trainer.consolidate import load_checkpoint_model
+from ..trainer.scaling import CacheStats
+from ..trainer.token_spec import TokenSpec, parse_spec
+
+
+def prompt_ids(stage: int, tokenizer: Any, question: str, has_image: bool = True) -> list[int]:
+    """The generation prompt of a checkpoint's stage: plain (the image alone; the question is
+    not part of stage 1's template) or one v1 USER turn, with the image first when it has one."""
+    if stage == 1:
+        return templates.plain_prompt(tokenizer)
+    return templates.v1_prompt(question, tokenizer, has_image=has_image)
+
+
+@dataclass
+class GenerationModel:
+    """A checkpoint ready to generate: its model (in eval mode, on its device), tokenizer and
+    the training state that fixes the template, the scaling and the token widths."""
+
+    model: Any
+    tokenizer: Any
+    state: dict[str, Any]
+    path: Path
+    stats: CacheStats | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = CacheStats.from_dict(self.state["stats"]) if self.state.get("stats") else None
+
+    @property
+    def stage(self) -> int:
+        return int(self.state["stage"])
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """The token widths the projectors were built for (C, D, ...)."""
+        return self.state["dims"]
+
+    def token_spec(self, tokens: str | None = None) -> TokenSpec:
+        """``tokens`` parsed, or the checkpoint's own spec when None."""
+        return parse_spec(tokens or self.state["tokens"])
+
+
+def load_generation_model(checkpoint: Path, device: str = "cpu") -> GenerationModel:
+    """Any checkpoint or run folder (its latest), loaded onto ``device`` in eval mode."""
+    model, tokenizer, state, path = load_checkpoint_model(checkpoint)
+    model.to(device).eval()
+    return GenerationModel(model, tokenizer, state, path)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt: the record of its image (None: a text-only question) and the question."""
+
+    record: dict[str, Any] | None
+    question: str
+
+
+@dataclass
+class Answers:
+    """Per request, in order: the answer text, how many visual tokens the model saw, and the
+    smallest gap between its two best logits (how near to a tie greedy decoding came;
+    sampling: nan)."""
+
+    texts: list[str]
+    visual_tokens: list[int]
+    margins: list[float]
+
+
+def generate_answers(gm: GenerationModel, requests: Sequence[Request], spec: TokenSpec, max_new_tokens: int,
+                     temperature: float = 0.0) -> Answers:
+    """Answer ``requests`` in one batch: visual tokens composed from each record at ``spec``
+    with the checkpoint's scaling and statistics, the stage's prompt ids, decoding together,
+    answers decoded without special tokens and stripped. ``temperature`` 0: greedy."""
+    visual = [None if r.record is None else compose(r.record, spec, gm.state["scaling"], gm.stats) for r in requests]
+    prompts = [prompt_ids(gm.stage, gm.tokenizer, r.question, has_image=r.record is not None) for r in requests]
+    out = gm.model.generate_batch(prompts, visual, max_new_tokens, gm.tokenizer.eos_token_id,
+                                  gm.tokenizer.pad_token_id, temperature)
+    return Answers([gm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.tokens],
+                   [0 if v is None else len(v) for v in visual], list(out.margins))
+
+
+def generate_answer(gm: GenerationModel, record: dict[str, Any] | None, question: str, spec: TokenSpec,
+                    max_new_tokens: int = 64) -> str:
+    """The greedy answer to one question (a batch of one of :func:`generate_answers`)."""
+    return generate_answers(gm, [Request(record, question)], spec, max_new_tokens).texts[0]
