@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from masktok.schemas.errors import TokenSpecError
-from masktok.trainer.compose import compose, reduce_patches, select_objects
+from masktok.trainer.compose import all_rows, compose, object_rows, reduce_patches, select_objects
 from masktok.trainer.position import box_center_embedding, sincos_2d
 from masktok.trainer.scaling import CacheStats, scale_tokens
-from masktok.trainer.token_spec import PAPER_SPECS, parse_spec, prune_indices
+from masktok.trainer.token_spec import DEFAULT_SPEC, FILTERED_SPEC, PAPER_SPECS, paper_budget, parse_spec, prune_indices
 
 D, C = 32, 8
 
@@ -32,10 +32,52 @@ def full_record(objects: int = 100, bg_empty: bool = False) -> dict:
             "keep_rank": rank, "num_objects": k}
 
 
+def filtered_record() -> dict:
+    """101 rows as the filter leaves a real image: 100 detector rows in confidence order, of
+    which only 30 were kept (the others suppressed, rows 40 and 41 empty masks, keep_rank -1
+    too), and an empty background (every pixel covered)."""
+    rec = full_record()
+    rank = np.full(101, -1, np.int16)
+    kept = np.arange(0, 90, 3)  # rows 0, 3, ..., 87: 30 kept, in confidence order
+    rank[kept] = np.arange(30)
+    rec["keep_rank"] = rank
+    rec["object_tokens"] = np.arange(1, 102, dtype=np.float16)[:, None].repeat(D, 1)  # row i holds i + 1
+    return rec
+
+
 @pytest.mark.parametrize("total", sorted(PAPER_SPECS))
 def test_paper_token_counts(total: int) -> None:
     spec = parse_spec(PAPER_SPECS[total])
     assert len(compose(full_record(), spec)) == total == spec.max_tokens(101)
+
+
+def test_training_default_is_all_138_tokens_even_where_the_filter_suppressed_rows() -> None:
+    """Paper 4.3: one model trained on 138 tokens; 3.5: 100 masks + the background. Suppressed
+    rows, empty masks and the empty background all give their token in training."""
+    rec = filtered_record()
+    v = compose(rec, parse_spec(DEFAULT_SPEC))
+    assert DEFAULT_SPEC == PAPER_SPECS[138] == "cls,patch:36,obj:101:all"
+    assert len(v) == 138 and (len(v.glob), len(v.patch), len(v.objects)) == (1, 36, 101)
+    pe = box_center_embedding(torch.from_numpy(rec["boxes"]), 200.0, 100.0, D)
+    assert ((v.objects - pe)[:, 0] == torch.arange(1, 102, dtype=torch.float32)).all()  # stored order, bg last
+    # the filtered composition at the same budget: only the 30 kept objects (empty background dropped)
+    filtered = compose(rec, parse_spec(FILTERED_SPEC))
+    assert len(filtered.objects) == 30 and len(filtered) == 67
+
+
+def test_test_time_obj_k_keeps_the_paper_rule_iou_filter_then_confidence() -> None:
+    rec = filtered_record()
+    rows = object_rows(rec, parse_spec("obj:5"))
+    assert rows.tolist() == [0, 3, 6, 9, 12]  # kept rows by keep_rank; background empty: 5 objects
+    assert len(compose(rec, parse_spec(PAPER_SPECS[57]))) == 57  # 1 + 36 + 20 of the 30 kept
+    # obj:K:all is confidence alone (no IoU filter): the first K-1 rows, then the background
+    assert object_rows(rec, parse_spec("obj:5:all")).tolist() == [0, 1, 2, 3, 100]
+    assert all_rows(0, None).tolist() == [] and all_rows(3, 1).tolist() == [2]
+
+
+def test_paper_budgets_name_only_the_paper_settings() -> None:
+    assert paper_budget("obj:101:all,patch:36,cls") == 138 and paper_budget("cls,patch:9,obj:5") == 15
+    assert paper_budget(FILTERED_SPEC) is None
 
 
 def test_spec_parsing_and_errors() -> None:
@@ -45,7 +87,10 @@ def test_spec_parsing_and_errors() -> None:
     assert parse_spec("patch:23").patch_mode == "prune" and str(parse_spec("patch:9:prune")) == "patch:9:prune"
     assert len(compose(full_record(), parse_spec("patch:23"))) == 23
     assert len(compose(full_record(), parse_spec("cls,obj"))) == 102
-    for bad in ("", "cls,cls", "patch:0", "patch:37", "patch:23:pool", "obj:0", "objs:5", "patch:x", "patch:9:avg"):
+    assert str(parse_spec("obj:all")) == "obj:all" and str(parse_spec("obj:101:all")) == "obj:101:all"
+    assert str(parse_spec("obj:5:filtered")) == "obj:5"
+    for bad in ("", "cls,cls", "patch:0", "patch:37", "patch:23:pool", "obj:0", "objs:5", "patch:x", "patch:9:avg",
+                "obj:5:most", "obj:all:5", "obj:5:all@iou0.5"):
         with pytest.raises(TokenSpecError):
             parse_spec(bad)
 

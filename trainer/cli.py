@@ -25,7 +25,8 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--data", type=_FILE, required=True, help="LLaVA JSON (list of {image?, conversations}).")
 @click.option("--llm", type=_DIR, required=True, help="Local Hugging Face causal-LM folder (model + tokenizer).")
 @click.option("--out", type=_DIR, required=True, help="Run folder: metrics.jsonl, run.json, checkpoint-*/.")
-@click.option("--tokens", default=None, help="Token spec, e.g. cls,patch:36,obj:101 (the default) or cls,patch:9,obj:5.")
+@click.option("--tokens", default=None, help="Token spec, e.g. cls,patch:36,obj:101:all (the default: the paper's 138, every mask) "
+                   "or cls,patch:9,obj:5.")
 @click.option("--scaling", type=click.Choice(["none", "per-image", "dataset-global", "c7"]), default=None,
               help="Norm scaling of global/object tokens (default per-image).")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Optimizer steps (default: --epochs).")
