@@ -176,6 +176,49 @@ def test_compose_scales_global_and_objects_not_patches() -> None:
     assert torch.all(v.patch == 7.0)
 
 
+def _scaling_record() -> dict:
+    """Hand-made norms (all exact in float16, no ties at a floor or threshold): 18 pooled patch
+    tokens of norm 3 and 18 of norm 5 (mean 4, population std 1); the record's 576-token
+    statistics 10 and 3; object rows of norms 1, 1, 3, 3 (mean 2, std 1), background last."""
+    rec = full_record(objects=3)
+    patch = np.zeros((36, C), np.float16)
+    patch[:18, 0], patch[18:, 1] = 3.0, 5.0
+    objects = np.zeros((4, D), np.float16)
+    objects[0, 0], objects[1, 1], objects[2, 2], objects[3, 3] = 1.0, 1.0, 3.0, 3.0
+    rec.update(patch_tokens=patch, object_tokens=objects, global_token=np.full(D, 0.5, np.float16))
+    return rec
+
+
+def _object_norms(v, rec: dict, rows: list[int]) -> list[float]:
+    pe = box_center_embedding(torch.from_numpy(rec["boxes"][rows]), 200.0, 100.0, D)
+    return [round(float(x), 4) for x in (v.objects - pe).norm(dim=-1)]
+
+
+def test_default_scaling_is_per_image_mean_and_std_of_the_pooled_patch_norms() -> None:
+    """n' = mu_p + sigma_p (n - m_o) / s_o: z = -1, -1, 1, 1 -> 4 - 1 = 3 and 4 + 1 = 5; the
+    global token (one per image, z = 0) gets mu_p = 4. The unpooled variant uses 10 and 3."""
+    from masktok.trainer.train import DEFAULT_SCALING
+
+    rec = _scaling_record()
+    rows = select_objects(rec["keep_rank"], None).tolist()  # [2, 1, 0, 3]: rank order, background last
+    v = compose(rec, parse_spec("cls,patch:36,obj"), DEFAULT_SCALING)
+    assert DEFAULT_SCALING == "per-image-std"
+    assert _object_norms(v, rec, rows) == [5.0, 3.0, 3.0, 5.0] and round(float(v.glob.norm()), 4) == 4.0
+    assert torch.equal(v.patch, torch.from_numpy(rec["patch_tokens"].astype(np.float32)))  # patches untouched
+    u = compose(rec, parse_spec("cls,patch:36,obj"), "per-image-std-unpooled")
+    assert _object_norms(u, rec, rows) == [13.0, 7.0, 7.0, 13.0] and round(float(u.glob.norm()), 4) == 10.0
+    # the object statistics are those of all the image's rows: a pruned spec keeps the tokens' values
+    pruned = compose(rec, parse_spec("cls,patch:9,obj:2"), DEFAULT_SCALING)
+    assert _object_norms(pruned, rec, [2, 3]) == [5.0, 5.0]
+
+
+def test_per_image_std_of_a_single_object_row_is_the_patch_mean() -> None:
+    t = torch.tensor([[3.0, 4.0]])  # one row: no spread of its own, z = 0
+    assert torch.allclose(scale_tokens(t, "object", "per-image-std", 4.0, 1.0, own=(5.0, 0.0)), torch.tensor([[2.4, 3.2]]))
+    low = scale_tokens(t, "object", "per-image-std", 1.0, 1.0, own=(100.0, 1.0))  # z = -95: floored, direction kept
+    assert 0 < low.norm() < 1e-5 and low[0, 1] > low[0, 0] > 0
+
+
 def test_cache_stats_pool_the_per_image_statistics(tmp_path) -> None:
     from masktok.stages.write import TokenDims
     from masktok.trainer.stats import cache_stats

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..schemas.record import POOLED_GRID, POOLED_PATCHES
 from .position import box_center_embedding
 from .refilter import refiltered_keep_rank
-from .scaling import CacheStats, scale_tokens
+from .scaling import CacheStats, image_norms, scale_tokens
 from .token_spec import TokenSpec, pool_kernel, prune_indices
 
 
@@ -106,7 +106,8 @@ def compose(record: dict[str, Any], spec: TokenSpec, scaling: str = "none",
             stats: CacheStats | None = None) -> VisualTokens:
     """Compose an image's tokens from its record (numpy arrays, object axis trimmed to
     ``num_objects``, as the readers in trainer/readers.py return them)."""
-    mu_p, sigma_p = float(record["patch_norm_mean"]), float(record["patch_norm_std"])
+    norms = image_norms(record, scaling)
+    mu_p, sigma_p, own = norms.patch_mean, norms.patch_std, (norms.object_mean, norms.object_std)
     d = record["global_token"].shape[-1]
     c = record["patch_tokens"].shape[-1]
     if spec.cls:
@@ -124,7 +125,7 @@ def compose(record: dict[str, Any], spec: TokenSpec, scaling: str = "none",
         rows = object_rows(record, spec)
         if len(rows):
             tokens = torch.from_numpy(np.asarray(record["object_tokens"], dtype=np.float32)[rows])
-            tokens = scale_tokens(tokens, "object", scaling, mu_p, sigma_p, stats)
+            tokens = scale_tokens(tokens, "object", scaling, mu_p, sigma_p, stats, own)
             boxes = torch.from_numpy(np.asarray(record["boxes"], dtype=np.float32)[rows])
             objects = tokens + box_center_embedding(boxes, float(record["width"]), float(record["height"]), d)
     return VisualTokens(glob=glob, patch=patch, objects=objects)
