@@ -84,8 +84,9 @@ def test_spec_parsing_and_errors() -> None:
     s = parse_spec("obj:5, patch:9 ,cls")
     assert (s.cls, s.patches, s.patch_mode, s.objects) == (True, 9, "pool", 5)
     assert str(s) == "cls,patch:9,obj:5" and str(parse_spec(str(s))) == str(s)
-    assert parse_spec("patch:23").patch_mode == "prune" and str(parse_spec("patch:9:prune")) == "patch:9:prune"
-    assert len(compose(full_record(), parse_spec("patch:23"))) == 23
+    assert parse_spec("patch:23:prune").patch_mode == "prune" and str(parse_spec("patch:9:prune")) == "patch:9:prune"
+    assert str(parse_spec("patch:23:prune")) == "patch:23:prune"
+    assert len(compose(full_record(), parse_spec("patch:23:prune"))) == 23
     assert len(compose(full_record(), parse_spec("cls,obj"))) == 102
     assert str(parse_spec("obj:all")) == "obj:all" and str(parse_spec("obj:101:all")) == "obj:101:all"
     assert str(parse_spec("obj:5:filtered")) == "obj:5"
@@ -93,6 +94,16 @@ def test_spec_parsing_and_errors() -> None:
                 "obj:5:most", "obj:all:5", "obj:5:all@iou0.5"):
         with pytest.raises(TokenSpecError):
             parse_spec(bad)
+
+
+@pytest.mark.parametrize("n", [16, 23, 25])
+def test_a_count_the_6x6_grid_cannot_pool_to_is_refused_in_one_line(n: int) -> None:
+    """Table 3's 16 patch tokens are 4x4 pooling of the 24x24 grid; the 6x6 cache cannot give
+    them, so patch:16 is refused (never a random prune), naming what it can give."""
+    with pytest.raises(TokenSpecError) as info:
+        parse_spec(f"cls,patch:{n},obj:5")
+    message = str(info.value)
+    assert "\n" not in message and "1, 4, 9 or 36" in message and f"patch:{n}:prune" in message
 
 
 def test_patch_pooling_and_pruning_values() -> None:

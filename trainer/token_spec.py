@@ -4,7 +4,8 @@ Grammar (comma-separated items, each at most once; the tokens always come out in
 global, patch, objects, whatever the order written)::
 
     cls                    the global token (CLIP image embedding)
-    patch[:N[:MODE]]       N of the 36 cached patch tokens (6x6 grid, raster order); default 36
+    patch[:N[:MODE]]       N of the 36 cached patch tokens (6x6 grid, raster order); default 36.
+                           N = 1, 4, 9, 36 pool; any other N needs ``:prune`` written out
     obj[:K][:all][@iouX]   at most K object tokens, the background counting as one; default all
                            rows. Without ``:all`` the objects are those the IoU filter kept, by
                            keep_rank (trainer/compose.py); ``:all`` takes every stored row in
@@ -22,11 +23,13 @@ Patch reduction (paper 3.5 and C.6), from the cached 6x6 grid:
 - ``prune``: keep N of the 36 tokens: a random subset drawn once with a fixed seed
   (``numpy.random.default_rng(0)``), the same positions for every image and every run,
   returned in raster order (the paper "randomly samples" the tokens it keeps, C.6 row 2).
-  This is the default for every other N (patch:23 of the paper's 29-token setting).
+  It must be asked for by name (``patch:23:prune``, the paper's 29-token setting): a count
+  the 6x6 grid cannot pool to exactly (``patch:16``, the 4x4 pooling of Table 3, needs the
+  24x24 grid) is refused in one line naming the counts it can give, never silently pruned.
 
 The paper's settings (``PAPER_SPECS``): the model is trained on ``cls,patch:36,obj:101:all``
 (138 tokens, every mask; the training default) and tested on that spec (138) and on
-``cls,patch:36,obj:20`` (57), ``cls,patch:36,obj:5`` (42), ``cls,patch:23,obj:5`` (29) and
+``cls,patch:36,obj:20`` (57), ``cls,patch:36,obj:5`` (42), ``cls,patch:23:prune,obj:5`` (29) and
 ``cls,patch:9,obj:5`` (15): the IoU filter, then confidence (3.5). ``cls,patch:36,obj:101``
 is the filtered composition (every kept object, at most 101 tokens: fewer wherever the
 filter suppressed masks), masktok's default before issue 38.
@@ -47,7 +50,7 @@ PAPER_SPECS = {
     138: "cls,patch:36,obj:101:all",
     57: "cls,patch:36,obj:20",
     42: "cls,patch:36,obj:5",
-    29: "cls,patch:23,obj:5",
+    29: "cls,patch:23:prune,obj:5",
     15: "cls,patch:9,obj:5",
 }
 DEFAULT_SPEC = PAPER_SPECS[138]  # training: every mask (paper 4.3, "the backbone trained on 138 tokens")
@@ -70,8 +73,7 @@ class TokenSpec:
     def __str__(self) -> str:
         items = ["cls"] if self.cls else []
         if self.patches:
-            default = "pool" if self.patches in _POOLABLE else "prune"
-            items.append(f"patch:{self.patches}" + ("" if self.patch_mode == default else f":{self.patch_mode}"))
+            items.append(f"patch:{self.patches}" + ("" if self.patch_mode == "pool" else f":{self.patch_mode}"))
         if self.use_objects:
             items.append(("obj" if self.objects is None else f"obj:{self.objects}")
                          + (":all" if self.object_mode == "all" else "")
@@ -108,12 +110,12 @@ def parse_spec(text: str) -> TokenSpec:
             n = _int(args[0], item, text) if args else POOLED_PATCHES
             if not 1 <= n <= POOLED_PATCHES:
                 raise TokenSpecError(f"token spec {text!r}: {item!r} needs 1..{POOLED_PATCHES} patch tokens")
-            mode = args[1] if len(args) == 2 else ("pool" if n in _POOLABLE else "prune")
+            mode = args[1] if len(args) == 2 else "pool"
             if mode not in PATCH_MODES:
                 raise TokenSpecError(f"token spec {text!r}: patch mode {mode!r} is not one of {PATCH_MODES}")
             if mode != "prune" and n not in _POOLABLE:
-                raise TokenSpecError(f"token spec {text!r}: {item!r}: pooling gives 1, 4, 9 or 36 tokens; "
-                                     f"use patch:{n}:prune")
+                raise TokenSpecError(f"token spec {text!r}: {item!r}: the cached 6x6 grid pools exactly to 1, 4, 9 "
+                                     f"or 36 tokens, not {n}; patch:{n}:prune keeps a random {n} of the 36")
             fields.update(patches=n, patch_mode=mode)
         elif name == "obj" and len(args) <= 2:
             mode = args.pop() if args and args[-1] in OBJECT_MODES else "filtered"
