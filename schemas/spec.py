@@ -138,6 +138,9 @@ class InvertSpec(_Section):
     weight_decay: float = Field(0.0, ge=0)
     layer_index: int = -1
     precision: InvertPrecision = "tf32"
+    # how the image meets CLIP's square (stages/model_inputs.py): LLaVA-1.5's "pad" (expand2square),
+    # or "crop", the centre crop of LLaVA-1.5's release scripts for ScienceQA and MM-Vet (docs/eval.md)
+    framing: Literal["pad", "crop"] = "pad"
     resources: Resources = Resources(gpus=1.0, batch_size=4)
 
 
@@ -284,7 +287,7 @@ def _results_view(value: Any) -> Any:
 #: Fields added after jobs were planned without them, with the value those jobs ran with: the
 #: hash leaves such a field out at that value, so an older job's fingerprint (and its resume)
 #: stays valid, while any other value changes the hash.
-_ADDED_LATER = {("decode", "mode"): "careful"}
+_ADDED_LATER = {("decode", "mode"): "careful", ("invert", "framing"): "pad"}
 
 
 def fingerprint(spec: JobSpec) -> str:
