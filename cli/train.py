@@ -25,9 +25,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--data", type=_FILE, required=True, help="LLaVA JSON (list of {image?, conversations}).")
 @click.option("--llm", type=_DIR, required=True, help="Local Hugging Face causal-LM folder (model + tokenizer).")
 @click.option("--out", type=_DIR, required=True, help="Run folder: metrics.jsonl, run.json, checkpoint-*/.")
-@click.option("--tokens", default=None, help="Token spec, e.g. cls,patch:36,obj:101 (the default) or cls,patch:9,obj:5.")
-@click.option("--scaling", type=click.Choice(["none", "per-image", "dataset-global", "c7"]), default=None,
-              help="Norm scaling of global/object tokens (default per-image).")
+@click.option("--tokens", default=None, help="Token spec, e.g. cls,patch:36,obj:101:all (the default: the paper's 138, every mask) "
+                   "or cls,patch:9,obj:5.")
+@click.option("--scaling", type=click.Choice(["none", "per-image-std", "per-image-std-unpooled", "per-image",
+                                             "dataset-global", "c7"]), default=None,
+              help="Norm scaling of global/object tokens (default per-image-std: the paper's, per image, "
+                   "mean and std of the 36 pooled patch tokens' norms; docs/trainer.md).")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Optimizer steps (default: --epochs).")
 @click.option("--epochs", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True, help="Per process.")

@@ -5,6 +5,9 @@ Input: answer files of one or more benchmarks, one file per token budget and ben
 ``masktok answer --out answers/<bench> --tokens ... --tokens ...`` writes them). A file's
 token count is the mean of its answers' ``metadata.visual_tokens`` (the tokens the model saw,
 which varies with the number of objects in each image); its spec is ``metadata.tokens``.
+The table's ``paper`` column names the paper's setting a spec is (its token count: 138 for
+``cls,patch:36,obj:101:all``, 57, 42, 29, 15; trainer/token_spec.py ``PAPER_SPECS``), "-" for
+any other spec: ``cls,patch:36,obj:101`` (the filtered objects) is not the paper's 138.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..schemas.errors import DataError
+from ..schemas.errors import DataError, TokenSpecError
+from ..trainer.token_spec import paper_budget
 from .benchmarks import benchmarks, score_benchmark
 from .scoring import BenchScore, format_rows, read_json_lines
 
@@ -111,12 +115,21 @@ def format_sweep_table(points: Sequence[SweepPoint]) -> str:
     for p in points:
         specs.setdefault(p.spec, []).append(p)
     order = sorted(specs, key=lambda s: (-_tokens(specs[s]), s))
-    rows = [("tokens", "spec", *(known[b].title if b in known else b for b in benches))]
+    rows = [("tokens", "spec", "paper", *(known[b].title if b in known else b for b in benches))]
     for spec in order:
         by_bench = {p.benchmark: p for p in specs[spec]}
-        rows.append((format_tokens(_tokens(specs[spec])), spec,
+        rows.append((format_tokens(_tokens(specs[spec])), spec, _paper(spec),
                      *(format_score(by_bench[b].result.score) if b in by_bench else "-" for b in benches)))
     return format_rows(rows, left={1})
+
+
+def _paper(spec: str) -> str:
+    """The paper's token count of ``spec`` ("-": not one of the paper's settings)."""
+    try:
+        budget = paper_budget(spec)
+    except TokenSpecError:  # a file stem that is no spec
+        budget = None
+    return "-" if budget is None else str(budget)
 
 
 def _tokens(points: Sequence[SweepPoint]) -> float:

@@ -1,6 +1,6 @@
 """The errors a user can cause and fix, all in one place, under one base.
 
-Every command of masktok (pipeline/cli.py, trainer/cli.py, pipeline/views/) is a
+Every command of masktok (the cli/ package) is a
 :class:`Command` or belongs to a :class:`Group`: they catch :class:`MasktokError` and print
 its message as one line, exit status 1, no traceback. Anything else that escapes is a bug
 and keeps its traceback (e.g. ``stages.write.WriteError``, a broken batch contract).

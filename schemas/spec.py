@@ -85,8 +85,15 @@ class ShardSpec(_Section):
     size: int = Field(1000, ge=1)
 
 
+#: How pixels are decoded (stages/decode.py): "llava" = LLaVA-1.5's Image.open(p).convert("RGB");
+#: "careful" = EXIF orientation applied, alpha composited on white, 16-bit grey scaled by 1/257.
+DecodeMode = Literal["llava", "careful"]
+
+
 class DecodeSpec(_Section):
     max_pixels: int = Field(89_478_485, ge=1, description="decompression-bomb guard")
+    # the default is what every job planned before the field existed did (see fingerprint())
+    mode: DecodeMode = Field("careful", description="llava: LLaVA-1.5's convert('RGB'); careful: upright, alpha on white")
     resources: Resources = Resources(cpus=1.0, batch_size=16)
 
 
@@ -131,6 +138,9 @@ class InvertSpec(_Section):
     weight_decay: float = Field(0.0, ge=0)
     layer_index: int = -1
     precision: InvertPrecision = "tf32"
+    # how the image meets CLIP's square (stages/model_inputs.py): LLaVA-1.5's "pad" (expand2square),
+    # or "crop", the centre crop of LLaVA-1.5's release scripts for ScienceQA and MM-Vet (docs/eval.md)
+    framing: Literal["pad", "crop"] = "pad"
     resources: Resources = Resources(gpus=1.0, batch_size=4)
 
 
@@ -274,9 +284,18 @@ def _results_view(value: Any) -> Any:
     return value
 
 
+#: Fields added after jobs were planned without them, with the value those jobs ran with: the
+#: hash leaves such a field out at that value, so an older job's fingerprint (and its resume)
+#: stays valid, while any other value changes the hash.
+_ADDED_LATER = {("decode", "mode"): "careful", ("invert", "framing"): "pad"}
+
+
 def fingerprint(spec: JobSpec) -> str:
     """A stable hash of every field that changes results (and of the output schemas)."""
     view = _results_view(spec.model_dump(mode="json"))
+    for (section, key), old in _ADDED_LATER.items():
+        if view.get(section, {}).get(key) == old:
+            del view[section][key]
     view["schemas"] = {"record": RECORD_SCHEMA_VERSION, "manifest": MANIFEST_SCHEMA_VERSION}
     canonical = json.dumps(view, sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

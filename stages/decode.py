@@ -1,6 +1,18 @@
 """Decode stage: image file -> RGB uint8 array, or a per-image failure with a reason.
 
-Decisions (real LLaVA corpora contain all of these):
+Two modes (``decode.mode``, part of the job fingerprint):
+
+* ``llava``: LLaVA-1.5's loader, ``Image.open(path).convert("RGB")``, so a model trained
+  or evaluated on these tokens saw the pixels LLaVA's did (the paper's, and every LLaVA-1.5
+  number it compares with): no EXIF rotation (width/height as stored), alpha dropped (the
+  stored colour of transparent pixels kept), Pillow's own conversions (16-bit grey clipped
+  at 255, palette, CMYK). The bundled LLaVA specs use it. (LLaVA's ScienceQA and MMBench
+  scripts skip the conversion and break on palette and CMYK images; this mode does not.)
+* ``careful`` (the spec default, what every job before the field did): the decisions
+  below, for a new model: what a viewer saw.
+
+Rules of both modes: containment, the pixel limit, the first frame, truncated files.
+Decisions of ``careful`` (real LLaVA corpora contain all of these):
 
 * Containment: ``item["path"]`` is resolved with all symlinks (``os.path.realpath``) and
   must lie inside the real image root given to the stage; the resolved file is what is
@@ -72,7 +84,14 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def decode_image(path: str | Path, image_root: str | Path, max_pixels: int) -> np.ndarray:
+def _llava_rgb(im: Image.Image) -> np.ndarray:
+    """LLaVA-1.5's ``convert('RGB')``, Pillow's warnings about dropped transparency silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return np.asarray(im.convert("RGB"))
+
+
+def decode_image(path: str | Path, image_root: str | Path, max_pixels: int, mode: str = "careful") -> np.ndarray:
     """Read one image as a C-contiguous ``uint8 [H, W, 3]`` RGB array (rules above).
 
     Raises :class:`DecodeError` with a one-line reason for every kind of bad file.
@@ -94,8 +113,10 @@ def decode_image(path: str | Path, image_root: str | Path, max_pixels: int) -> n
                     )
                 im.seek(0)  # animated: first frame
                 im.load()
-                upright = ImageOps.exif_transpose(im)
-                rgb = _to_rgb(upright)
+                if mode == "llava":
+                    rgb = _llava_rgb(im)
+                else:
+                    rgb = _to_rgb(ImageOps.exif_transpose(im))
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -114,7 +135,7 @@ class DecodeStage:
     """
 
     def __init__(self, spec: DecodeSpec, image_root: str | Path) -> None:
-        self.max_pixels = spec.max_pixels
+        self.max_pixels, self.mode = spec.max_pixels, spec.mode
         self.image_root = Path(image_root)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -125,7 +146,7 @@ class DecodeStage:
 
     def _decode(self, item: Item) -> None:
         try:
-            image = decode_image(item["path"], self.image_root, self.max_pixels)
+            image = decode_image(item["path"], self.image_root, self.max_pixels, self.mode)
         except DecodeError as exc:
             fail(item, STAGE, str(exc))
             return

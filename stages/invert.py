@@ -46,7 +46,7 @@ class InvertStage:
     def __init__(self, model: torch.nn.Module, spec: InvertSpec, images_per_group: int | None = None) -> None:
         self.spec, self.model = spec, model.eval()
         self.device = next(model.parameters()).device
-        self.frame = ClipFrame.from_cfg(preprocess_cfg(model))
+        self.frame = ClipFrame.from_cfg(preprocess_cfg(model), spec.framing)
         self.images_per_group = images_per_group
 
     def _prepare(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ class InvertStage:
                 raise ValueError(f"CLIP input prepared as {pixels.shape}, the model takes {(side, side, 3)}")
         else:
             pixels = clip_pixels(item["image"], self.frame)
-        masks = item["clip_masks"] if "clip_masks" in item else clip_masks(item, side)
+        masks = item["clip_masks"] if "clip_masks" in item else clip_masks(item, side, self.frame.framing)
         return pixels, masks
 
     def __call__(self, batch: Batch) -> Batch:

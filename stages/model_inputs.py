@@ -10,7 +10,11 @@ bit for bit, or to float rounding after normalising):
 * :func:`sam_pixels`: ``SamPredictor``'s ``ResizeLongestSide.apply_image`` (PIL bilinear, the
   longest side to the encoder's side, each side rounded half up);
 * :func:`clip_pixels` and :func:`clip_masks`: LLaVA-1.5 'pad' (``expand2square`` with the
-  mean colour, PIL bicubic) and the same geometry for soft masks (PIL bilinear).
+  mean colour, PIL bicubic) and the same geometry for soft masks (PIL bilinear); or, with
+  ``invert.framing = "crop"``, the centre crop of CLIP's own image processor, which
+  LLaVA-1.5's release scripts for ScienceQA and MM-Vet used (``image_processor.preprocess``:
+  the shortest side to S, PIL bicubic, the centre S x S; docs/eval.md). A mask's part outside
+  the crop is cut off, as the image's is.
 """
 
 from __future__ import annotations
@@ -25,19 +29,28 @@ from PIL import Image
 from .batch import Item, check_sizes, decode_mask
 
 
+FRAMINGS = ("pad", "crop")
+
+
 @dataclass(frozen=True)
 class ClipFrame:
-    """What LLaVA-1.5 'pad' preprocessing needs of a CLIP: its input side and normalisation."""
+    """What LLaVA-1.5's preprocessing needs of a CLIP: its input side and normalisation, and
+    the framing: "pad" (``expand2square``) or "crop" (the image processor's centre crop)."""
 
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    framing: str = "pad"
 
     @classmethod
-    def from_cfg(cls, cfg: dict) -> ClipFrame:
-        """From open_clip's preprocessing settings (``models.clip.preprocess_cfg``)."""
+    def from_cfg(cls, cfg: dict, framing: str | None = None) -> ClipFrame:
+        """From open_clip's preprocessing settings (``models.clip.preprocess_cfg``); the framing
+        given, else the settings' ``framing`` key (the pipeline adds the job's), else "pad"."""
         size = cfg["size"]
-        return cls(int(size if isinstance(size, int) else size[0]), tuple(cfg["mean"]), tuple(cfg["std"]))
+        framing = framing or cfg.get("framing", "pad")
+        if framing not in FRAMINGS:
+            raise ValueError(f"unknown CLIP framing {framing!r}: use one of {FRAMINGS}")
+        return cls(int(size if isinstance(size, int) else size[0]), tuple(cfg["mean"]), tuple(cfg["std"]), framing)
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -102,14 +115,49 @@ def llava_pad_mask_arrays(masks: Iterable[np.ndarray], size: int) -> np.ndarray:
     return np.clip(np.stack(out), 0.0, 1.0)
 
 
+def crop_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(new width, new height, left, top) of CLIP's image processor: the shortest side resized
+    to ``size``, the other to ``int(size * long / short)``, then the centre ``size`` square."""
+    if width <= height:
+        new_w, new_h = size, int(size * height / width)
+    else:
+        new_w, new_h = int(size * width / height), size
+    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+
+
+def crop_pixels(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 RGB [H, W, 3] -> uint8 [size, size, 3]: PIL bicubic resize, then the centre crop."""
+    height, width = image.shape[:2]
+    new_w, new_h, left, top = crop_geometry(width, height, size)
+    resized = Image.fromarray(np.asarray(image), "RGB").resize((new_w, new_h), Image.BICUBIC)
+    return np.asarray(resized.crop((left, top, left + size, top + size)))
+
+
+def crop_mask_arrays(masks: Iterable[np.ndarray], size: int) -> np.ndarray:
+    """Binary masks [H, W] -> soft masks float32 [K, size, size] in [0, 1], the geometry of
+    :func:`crop_pixels` (PIL bilinear, as the pad framing's masks)."""
+    out = []
+    for mask in masks:
+        height, width = mask.shape
+        new_w, new_h, left, top = crop_geometry(width, height, size)
+        resized = Image.fromarray(np.asarray(mask, dtype=np.float32), "F").resize((new_w, new_h), Image.BILINEAR)
+        out.append(np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32))
+    if not out:
+        return np.zeros((0, size, size), np.float32)
+    return np.clip(np.stack(out), 0.0, 1.0)
+
+
 def clip_pixels(image: np.ndarray, frame: ClipFrame) -> np.ndarray:
-    """uint8 [S, S, 3]: ``image`` (uint8 [H, W, 3] RGB) in the CLIP frame, LLaVA-1.5 'pad'."""
+    """uint8 [S, S, 3]: ``image`` (uint8 [H, W, 3] RGB) in the CLIP frame (``frame.framing``)."""
+    if frame.framing == "crop":
+        return crop_pixels(_rgb(image), frame.size)
     return llava_pad_pixels(_rgb(image), frame.size, frame.mean)
 
 
-def clip_masks(item: Item, side: int) -> np.ndarray:
+def clip_masks(item: Item, side: int, framing: str = "pad") -> np.ndarray:
     """float32 [K, S, S]: the item's K masks (RLE, ``height`` x ``width``) in the CLIP frame,
     soft, in [0, 1]. One full-resolution mask at a time: 101 masks of a 12-megapixel photo
     would be 1.2 GB decoded together."""
     rles = check_sizes(list(item.get("masks", [])), (item["height"], item["width"]))
-    return llava_pad_mask_arrays((decode_mask(rle) for rle in rles), side)
+    arrays = (decode_mask(rle) for rle in rles)
+    return crop_mask_arrays(arrays, side) if framing == "crop" else llava_pad_mask_arrays(arrays, side)

@@ -69,14 +69,15 @@ class PrepareMaskStage:
     drop rows."""
 
     def __init__(self, clip: dict) -> None:
-        self.side = ClipFrame.from_cfg(clip).size
+        frame = ClipFrame.from_cfg(clip)
+        self.side, self.framing = frame.size, frame.framing
 
     def __call__(self, batch: Batch) -> Batch:
         for item in batch:
             if failed(item):
                 continue
             try:
-                item["clip_masks"] = clip_masks(item, self.side)
+                item["clip_masks"] = clip_masks(item, self.side, self.framing)
             except (ValueError, KeyError, TypeError) as exc:
                 fail(item, "invert", exception_reason(exc))
         return batch

@@ -67,12 +67,13 @@ class Group:
 
 def _prepare(spec: JobSpec, root: str, inputs: dict[str, Any]) -> Stage:
     from .prepare import PrepareImageStage
-    return PrepareImageStage(inputs["clip"], inputs.get("detector"), inputs.get("sam"))
+    clip = {**inputs["clip"], "framing": spec.invert.framing}
+    return PrepareImageStage(clip, inputs.get("detector"), inputs.get("sam"))
 
 
 def _prepare_masks(spec: JobSpec, root: str, inputs: dict[str, Any]) -> Stage:
     from .prepare import PrepareMaskStage
-    return PrepareMaskStage(inputs["clip"])
+    return PrepareMaskStage({**inputs["clip"], "framing": spec.invert.framing})
 
 
 def _decode(spec: JobSpec, root: str, _: Any) -> Stage:

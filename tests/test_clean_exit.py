@@ -22,7 +22,7 @@ from small_job import plan_job
 COUNT_THREADS = """
 import os, sys, threading
 import numpy, pyarrow, pyarrow.parquet, zarr  # their import-time threads are not the command's
-from masktok.pipeline.cli import main
+from masktok.cli import main
 def native():
     return len(os.listdir('/proc/self/task')) - threading.active_count()
 before = native()

@@ -80,6 +80,7 @@ def test_fingerprint_is_stable_and_ignores_key_order():
     ("detect.top_k", 50), ("masks.source", "tiles"), ("filter.iou_threshold", 0.5), ("filter.max_objects", 20),
     ("invert.lr", 0.1), ("invert.precision", "bf16"), ("segment.checkpoint", "/other.pth"),
     ("corpus.sample", 10), ("corpus.seed", 3), ("shards.size", 500), ("decode.max_pixels", 1000),
+    ("decode.mode", "llava"),
 ])
 def test_fingerprint_changes_with_every_result_field(key, value):
     changed = spec_from_dict(apply_overrides({}, [f"{key}={value!r}".replace("'", '"')]))
@@ -115,12 +116,23 @@ def test_bundled_specs_are_valid(name):
     assert spec.version == 1
 
 
-def test_corpus_specs_keep_the_papers_models_and_settings():
+def test_corpus_specs_keep_the_papers_models_and_settings_and_decode_as_llava():
+    """The bundled LLaVA specs are the defaults but for the corpus and LLaVA's pixels, which
+    their fingerprint holds."""
     for name, kind in (("llava_pretrain", "llava-pretrain"), ("llava_instruct", "llava-instruct")):
         spec = load_spec(bundled_spec(name))
-        assert spec.corpus.kind == kind
-        assert fingerprint(spec.model_copy(update={"corpus": JobSpec().corpus, "job": JobSpec().job})) == \
+        assert spec.corpus.kind == kind and spec.decode.mode == "llava"
+        careful = spec.model_copy(update={"decode": spec.decode.model_copy(update={"mode": "careful"})})
+        assert fingerprint(careful) != fingerprint(spec)
+        assert fingerprint(careful.model_copy(update={"corpus": JobSpec().corpus, "job": JobSpec().job})) == \
             fingerprint(JobSpec()), f"{name} differs from the paper's defaults"
+    assert load_spec(bundled_spec("demo")).decode.mode == "careful"  # the demo's quirks stay meaningful
+
+
+def test_a_job_planned_before_decode_mode_keeps_its_fingerprint():
+    """decode.mode = "careful" is what every older job ran, so it is left out of the hash: the
+    default spec hashes as it did before the field existed (value computed then)."""
+    assert fingerprint(JobSpec()) == "sha256:dd0a9aa96d767105fad3adb99f19600e1ae049b32c567fe5105f8f9a591962f4"
 
 
 def test_demo_spec_uses_the_tiny_presets():

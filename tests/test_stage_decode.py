@@ -148,3 +148,44 @@ def test_inside_symlinks_are_fine(tmp_path: Path) -> None:
     os.symlink(root / "a", root / "link")
     item = _decode(root, ["link/x.png"])["link/x.png"]
     assert "error" not in item and item["image"].shape == (48, 64, 3)
+
+
+# ---- decode.mode = "llava": LLaVA-1.5's Image.open(p).convert("RGB") ------------------------
+
+def _llava(root: Path, name: str) -> dict:
+    return DecodeStage(DecodeSpec(max_pixels=50_000, mode="llava"), root)(_batch(root, [name]))[0]
+
+
+def _pillow(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@pytest.mark.parametrize("name", ["quirks/rotated_exif.jpg", "quirks/rgba.png", "quirks/deep16.png",
+                                  "quirks/palette.png", "quirks/cmyk.jpg", "quirks/animated.gif"])
+def test_llava_mode_is_pillows_convert_rgb(corpus: Path, name: str) -> None:
+    item = _llava(corpus, name)
+    assert np.array_equal(item["image"], _pillow(corpus / name))
+    assert (item["height"], item["width"]) == item["image"].shape[:2]
+
+
+def test_llava_mode_differs_from_careful_where_llava_does(corpus: Path) -> None:
+    """No EXIF rotation (stored 240x180, orientation 6), the stored colour under transparent
+    pixels (not white), 16-bit grey clipped by Pillow (not scaled by 1/257)."""
+    rotated = _llava(corpus, "quirks/rotated_exif.jpg")
+    assert (rotated["width"], rotated["height"]) == (240, 180)
+    careful = _decode(corpus, ["quirks/rgba.png", "quirks/deep16.png"])
+    with Image.open(corpus / "quirks/rgba.png") as im:
+        rgba = np.asarray(im)
+    transparent = rgba[:, :, 3] == 0
+    llava_rgba = _llava(corpus, "quirks/rgba.png")["image"]
+    assert np.array_equal(llava_rgba, rgba[:, :, :3])  # alpha dropped
+    assert (careful["quirks/rgba.png"]["image"][transparent] == 255).all()
+    assert not np.array_equal(llava_rgba[transparent], careful["quirks/rgba.png"]["image"][transparent])
+    deep = _llava(corpus, "quirks/deep16.png")["image"]
+    assert not np.array_equal(deep, careful["quirks/deep16.png"]["image"])
+
+
+def test_llava_mode_keeps_the_failure_rules(corpus: Path) -> None:
+    for name, reason in (("bad/truncated.jpg", "truncated or corrupt"), ("bad/escape.jpg", "outside image root")):
+        assert reason in _llava(corpus, name)["error"]["reason"]

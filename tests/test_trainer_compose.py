@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from masktok.schemas.errors import TokenSpecError
-from masktok.trainer.compose import compose, reduce_patches, select_objects
+from masktok.trainer.compose import all_rows, compose, object_rows, reduce_patches, select_objects
 from masktok.trainer.position import box_center_embedding, sincos_2d
 from masktok.trainer.scaling import CacheStats, scale_tokens
-from masktok.trainer.token_spec import PAPER_SPECS, parse_spec, prune_indices
+from masktok.trainer.token_spec import DEFAULT_SPEC, FILTERED_SPEC, PAPER_SPECS, paper_budget, parse_spec, prune_indices
 
 D, C = 32, 8
 
@@ -32,22 +32,78 @@ def full_record(objects: int = 100, bg_empty: bool = False) -> dict:
             "keep_rank": rank, "num_objects": k}
 
 
+def filtered_record() -> dict:
+    """101 rows as the filter leaves a real image: 100 detector rows in confidence order, of
+    which only 30 were kept (the others suppressed, rows 40 and 41 empty masks, keep_rank -1
+    too), and an empty background (every pixel covered)."""
+    rec = full_record()
+    rank = np.full(101, -1, np.int16)
+    kept = np.arange(0, 90, 3)  # rows 0, 3, ..., 87: 30 kept, in confidence order
+    rank[kept] = np.arange(30)
+    rec["keep_rank"] = rank
+    rec["object_tokens"] = np.arange(1, 102, dtype=np.float16)[:, None].repeat(D, 1)  # row i holds i + 1
+    return rec
+
+
 @pytest.mark.parametrize("total", sorted(PAPER_SPECS))
 def test_paper_token_counts(total: int) -> None:
     spec = parse_spec(PAPER_SPECS[total])
     assert len(compose(full_record(), spec)) == total == spec.max_tokens(101)
 
 
+def test_training_default_is_all_138_tokens_even_where_the_filter_suppressed_rows() -> None:
+    """Paper 4.3: one model trained on 138 tokens; 3.5: 100 masks + the background. Suppressed
+    rows, empty masks and the empty background all give their token in training."""
+    rec = filtered_record()
+    v = compose(rec, parse_spec(DEFAULT_SPEC))
+    assert DEFAULT_SPEC == PAPER_SPECS[138] == "cls,patch:36,obj:101:all"
+    assert len(v) == 138 and (len(v.glob), len(v.patch), len(v.objects)) == (1, 36, 101)
+    pe = box_center_embedding(torch.from_numpy(rec["boxes"]), 200.0, 100.0, D)
+    assert ((v.objects - pe)[:, 0] == torch.arange(1, 102, dtype=torch.float32)).all()  # stored order, bg last
+    # the filtered composition at the same budget: only the 30 kept objects (empty background dropped)
+    filtered = compose(rec, parse_spec(FILTERED_SPEC))
+    assert len(filtered.objects) == 30 and len(filtered) == 67
+
+
+def test_test_time_obj_k_keeps_the_paper_rule_iou_filter_then_confidence() -> None:
+    rec = filtered_record()
+    rows = object_rows(rec, parse_spec("obj:5"))
+    assert rows.tolist() == [0, 3, 6, 9, 12]  # kept rows by keep_rank; background empty: 5 objects
+    assert len(compose(rec, parse_spec(PAPER_SPECS[57]))) == 57  # 1 + 36 + 20 of the 30 kept
+    # obj:K:all is confidence alone (no IoU filter): the first K-1 rows, then the background
+    assert object_rows(rec, parse_spec("obj:5:all")).tolist() == [0, 1, 2, 3, 100]
+    assert all_rows(0, None).tolist() == [] and all_rows(3, 1).tolist() == [2]
+
+
+def test_paper_budgets_name_only_the_paper_settings() -> None:
+    assert paper_budget("obj:101:all,patch:36,cls") == 138 and paper_budget("cls,patch:9,obj:5") == 15
+    assert paper_budget(FILTERED_SPEC) is None
+
+
 def test_spec_parsing_and_errors() -> None:
     s = parse_spec("obj:5, patch:9 ,cls")
     assert (s.cls, s.patches, s.patch_mode, s.objects) == (True, 9, "pool", 5)
     assert str(s) == "cls,patch:9,obj:5" and str(parse_spec(str(s))) == str(s)
-    assert parse_spec("patch:23").patch_mode == "prune" and str(parse_spec("patch:9:prune")) == "patch:9:prune"
-    assert len(compose(full_record(), parse_spec("patch:23"))) == 23
+    assert parse_spec("patch:23:prune").patch_mode == "prune" and str(parse_spec("patch:9:prune")) == "patch:9:prune"
+    assert str(parse_spec("patch:23:prune")) == "patch:23:prune"
+    assert len(compose(full_record(), parse_spec("patch:23:prune"))) == 23
     assert len(compose(full_record(), parse_spec("cls,obj"))) == 102
-    for bad in ("", "cls,cls", "patch:0", "patch:37", "patch:23:pool", "obj:0", "objs:5", "patch:x", "patch:9:avg"):
+    assert str(parse_spec("obj:all")) == "obj:all" and str(parse_spec("obj:101:all")) == "obj:101:all"
+    assert str(parse_spec("obj:5:filtered")) == "obj:5"
+    for bad in ("", "cls,cls", "patch:0", "patch:37", "patch:23:pool", "obj:0", "objs:5", "patch:x", "patch:9:avg",
+                "obj:5:most", "obj:all:5", "obj:5:all@iou0.5"):
         with pytest.raises(TokenSpecError):
             parse_spec(bad)
+
+
+@pytest.mark.parametrize("n", [16, 23, 25])
+def test_a_count_the_6x6_grid_cannot_pool_to_is_refused_in_one_line(n: int) -> None:
+    """Table 3's 16 patch tokens are 4x4 pooling of the 24x24 grid; the 6x6 cache cannot give
+    them, so patch:16 is refused (never a random prune), naming what it can give."""
+    with pytest.raises(TokenSpecError) as info:
+        parse_spec(f"cls,patch:{n},obj:5")
+    message = str(info.value)
+    assert "\n" not in message and "1, 4, 9 or 36" in message and f"patch:{n}:prune" in message
 
 
 def test_patch_pooling_and_pruning_values() -> None:
@@ -129,6 +185,49 @@ def test_compose_scales_global_and_objects_not_patches() -> None:
     pe = box_center_embedding(torch.from_numpy(rec["boxes"][:3]), 200.0, 100.0, D)
     assert torch.allclose((v.objects - pe).norm(dim=-1), torch.full((3,), 10.0), rtol=1e-5)
     assert torch.all(v.patch == 7.0)
+
+
+def _scaling_record() -> dict:
+    """Hand-made norms (all exact in float16, no ties at a floor or threshold): 18 pooled patch
+    tokens of norm 3 and 18 of norm 5 (mean 4, population std 1); the record's 576-token
+    statistics 10 and 3; object rows of norms 1, 1, 3, 3 (mean 2, std 1), background last."""
+    rec = full_record(objects=3)
+    patch = np.zeros((36, C), np.float16)
+    patch[:18, 0], patch[18:, 1] = 3.0, 5.0
+    objects = np.zeros((4, D), np.float16)
+    objects[0, 0], objects[1, 1], objects[2, 2], objects[3, 3] = 1.0, 1.0, 3.0, 3.0
+    rec.update(patch_tokens=patch, object_tokens=objects, global_token=np.full(D, 0.5, np.float16))
+    return rec
+
+
+def _object_norms(v, rec: dict, rows: list[int]) -> list[float]:
+    pe = box_center_embedding(torch.from_numpy(rec["boxes"][rows]), 200.0, 100.0, D)
+    return [round(float(x), 4) for x in (v.objects - pe).norm(dim=-1)]
+
+
+def test_default_scaling_is_per_image_mean_and_std_of_the_pooled_patch_norms() -> None:
+    """n' = mu_p + sigma_p (n - m_o) / s_o: z = -1, -1, 1, 1 -> 4 - 1 = 3 and 4 + 1 = 5; the
+    global token (one per image, z = 0) gets mu_p = 4. The unpooled variant uses 10 and 3."""
+    from masktok.trainer.train import DEFAULT_SCALING
+
+    rec = _scaling_record()
+    rows = select_objects(rec["keep_rank"], None).tolist()  # [2, 1, 0, 3]: rank order, background last
+    v = compose(rec, parse_spec("cls,patch:36,obj"), DEFAULT_SCALING)
+    assert DEFAULT_SCALING == "per-image-std"
+    assert _object_norms(v, rec, rows) == [5.0, 3.0, 3.0, 5.0] and round(float(v.glob.norm()), 4) == 4.0
+    assert torch.equal(v.patch, torch.from_numpy(rec["patch_tokens"].astype(np.float32)))  # patches untouched
+    u = compose(rec, parse_spec("cls,patch:36,obj"), "per-image-std-unpooled")
+    assert _object_norms(u, rec, rows) == [13.0, 7.0, 7.0, 13.0] and round(float(u.glob.norm()), 4) == 10.0
+    # the object statistics are those of all the image's rows: a pruned spec keeps the tokens' values
+    pruned = compose(rec, parse_spec("cls,patch:9,obj:2"), DEFAULT_SCALING)
+    assert _object_norms(pruned, rec, [2, 3]) == [5.0, 5.0]
+
+
+def test_per_image_std_of_a_single_object_row_is_the_patch_mean() -> None:
+    t = torch.tensor([[3.0, 4.0]])  # one row: no spread of its own, z = 0
+    assert torch.allclose(scale_tokens(t, "object", "per-image-std", 4.0, 1.0, own=(5.0, 0.0)), torch.tensor([[2.4, 3.2]]))
+    low = scale_tokens(t, "object", "per-image-std", 1.0, 1.0, own=(100.0, 1.0))  # z = -95: floored, direction kept
+    assert 0 < low.norm() < 1e-5 and low[0, 1] > low[0, 0] > 0
 
 
 def test_cache_stats_pool_the_per_image_statistics(tmp_path) -> None:

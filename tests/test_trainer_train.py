@@ -108,6 +108,15 @@ def test_generate_with_the_kv_cache_equals_greedy_recomputation(setup) -> None:
             assert top2.values[0] - top2.values[1] > 1e-4, "near-tie: choose another prompt"
             sequence.append(int(top2.indices[0]))
     assert cached == sequence[len(ids):]
+    # an LM folder's generation_config.json must not turn LLaVA's greedy decoding into sampling or
+    # beam search: transformers fills every setting left unset (None) from it, so LLaVA's explicit
+    # ones (do_sample, num_beams, ...) must be set on the config generate receives
+    model.llm.generation_config.update(do_sample=True, temperature=50.0, num_beams=2, repetition_penalty=3.0)
+    passed, generate = [], model.llm.generate
+    model.llm.generate = lambda **kw: passed.append(kw["generation_config"]) or generate(**kw)
+    assert model.generate(ids, visual, max_new_tokens=6) == cached
+    (config,) = passed
+    assert (config.do_sample, config.num_beams, config.repetition_penalty, config.max_new_tokens) == (False, 1, 1.0, 6)
 
 
 @pytest.mark.parametrize("reader", ["zarr", "wds"])

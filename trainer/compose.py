@@ -5,12 +5,21 @@ trainer/token_spec.py), then the object tokens. The result keeps the two widths 
 (``patch`` is [p, C], ``glob``/``objects`` are [., D]) because they go through different
 projectors (trainer/model.py).
 
-Objects (``obj:K``): the rows ``0 .. num_objects-1`` of the record, background last. The
-kept rows (``keep_rank >= 0``) other than the background are sorted by keep_rank; the
-first ``K - 1`` of them are taken, then the background; suppressed rows are never used.
-An empty background (``keep_rank == -1``: every pixel is covered by some mask) has no
-token worth spending and is dropped; then up to ``K`` objects are taken instead, so
-``obj:K`` always means "at most K object tokens". ``obj`` alone takes every kept row.
+Objects: the rows ``0 .. num_objects-1`` of the record, background last.
+
+- ``obj:K`` (filtered, the paper's test-time rule, 3.5): the kept rows (``keep_rank >= 0``)
+  other than the background are sorted by keep_rank (IoU filter, then confidence); the
+  first ``K - 1`` of them are taken, then the background; suppressed rows are never used.
+  An empty background (``keep_rank == -1``: every pixel is covered by some mask) has no
+  token worth spending and is dropped; then up to ``K`` objects are taken instead, so
+  ``obj:K`` always means "at most K object tokens". ``obj`` alone takes every kept row.
+- ``obj:K:all`` (the paper's training input, 4.3): every row in stored order (detector
+  confidence order; the first ``K - 1`` when K is given), then the background, whatever
+  keep_rank says. Suppressed and empty masks are included: the invert stage optimises a
+  token for every row, an empty mask's towards an all-zero map, so an empty mask gives
+  its MaskInversion token plus its box's centre embedding, and an empty background its
+  token plus the image centre's. So ``cls,patch:36,obj:101:all`` is 138 tokens for every
+  image with 101 rows (a cache planned with ``filter.max_objects`` stores fewer rows).
 
 Each object token is first norm-scaled (trainer/scaling.py), then the fixed sinusoidal
 embedding of its box centre is added (trainer/position.py), so the position signal has
@@ -29,7 +38,7 @@ import torch.nn.functional as F
 from ..schemas.record import POOLED_GRID, POOLED_PATCHES
 from .position import box_center_embedding
 from .refilter import refiltered_keep_rank
-from .scaling import CacheStats, scale_tokens
+from .scaling import CacheStats, image_norms, scale_tokens
 from .token_spec import TokenSpec, pool_kernel, prune_indices
 
 
@@ -62,6 +71,25 @@ def select_objects(keep_rank: np.ndarray, k: int | None) -> np.ndarray:
     return np.asarray(objects + ([bg] if has_bg else []), dtype=np.int64)
 
 
+def all_rows(n: int, k: int | None) -> np.ndarray:
+    """``obj[:K]:all``: the first ``K - 1`` of the ``n - 1`` object rows in stored order, then
+    the background (row ``n - 1``); every row when ``k`` is None."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    objects = list(range(n - 1))
+    if k is not None:
+        objects = objects[: max(k - 1, 0)]
+    return np.asarray(objects + [n - 1], dtype=np.int64)
+
+
+def object_rows(record: dict[str, Any], spec: TokenSpec) -> np.ndarray:
+    """The record's object rows ``spec`` takes, in token order (see the module docstring)."""
+    if spec.object_mode == "all":
+        return all_rows(len(record["keep_rank"]), spec.objects)
+    keep = record["keep_rank"] if spec.iou is None else refiltered_keep_rank(record, spec.iou)
+    return select_objects(np.asarray(keep), spec.objects)
+
+
 def reduce_patches(patch: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     """[36, C] raster-order patch tokens -> [n, C] (pool / max / prune, see trainer/token_spec.py)."""
     if n == POOLED_PATCHES and mode != "prune":
@@ -78,7 +106,8 @@ def compose(record: dict[str, Any], spec: TokenSpec, scaling: str = "none",
             stats: CacheStats | None = None) -> VisualTokens:
     """Compose an image's tokens from its record (numpy arrays, object axis trimmed to
     ``num_objects``, as the readers in trainer/readers.py return them)."""
-    mu_p, sigma_p = float(record["patch_norm_mean"]), float(record["patch_norm_std"])
+    norms = image_norms(record, scaling)
+    mu_p, sigma_p, own = norms.patch_mean, norms.patch_std, (norms.object_mean, norms.object_std)
     d = record["global_token"].shape[-1]
     c = record["patch_tokens"].shape[-1]
     if spec.cls:
@@ -93,11 +122,10 @@ def compose(record: dict[str, Any], spec: TokenSpec, scaling: str = "none",
         patch = torch.zeros(0, c)
     objects = torch.zeros(0, d)
     if spec.use_objects:
-        keep = record["keep_rank"] if spec.iou is None else refiltered_keep_rank(record, spec.iou)
-        rows = select_objects(np.asarray(keep), spec.objects)
+        rows = object_rows(record, spec)
         if len(rows):
             tokens = torch.from_numpy(np.asarray(record["object_tokens"], dtype=np.float32)[rows])
-            tokens = scale_tokens(tokens, "object", scaling, mu_p, sigma_p, stats)
+            tokens = scale_tokens(tokens, "object", scaling, mu_p, sigma_p, stats, own)
             boxes = torch.from_numpy(np.asarray(record["boxes"], dtype=np.float32)[rows])
             objects = tokens + box_center_embedding(boxes, float(record["width"]), float(record["height"]), d)
     return VisualTokens(glob=glob, patch=patch, objects=objects)

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..schemas.errors import CheckpointError
 from . import checkpoint as ckpt
+from .llama_text import save_tokenizer
 from .model import MaskLlava
 from .runtime import build_model, load_llm, load_tokenizer
 
@@ -38,7 +39,7 @@ def write_llm_files(llm: nn.Module, tokenizer: Any, folder: Path) -> None:
     llm.config.save_pretrained(folder)
     if getattr(llm, "generation_config", None) is not None:
         llm.generation_config.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tokenizer(tokenizer, folder)
 
 
 def write_consolidated(folder: Path, full: dict[str, torch.Tensor], llm: nn.Module, tokenizer: Any,
@@ -51,7 +52,7 @@ def write_consolidated(folder: Path, full: dict[str, torch.Tensor], llm: nn.Modu
         if dtype is not None:
             llm_sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in llm_sd.items()}
         llm.save_pretrained(Path(folder) / "llm", state_dict=llm_sd)  # weights, config, generation config
-        tokenizer.save_pretrained(Path(folder) / "llm")
+        save_tokenizer(tokenizer, Path(folder) / "llm")
 
 
 def llm_for(path: Path, state: dict[str, Any], dtype: torch.dtype = torch.float32) -> nn.Module:

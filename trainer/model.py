@@ -134,7 +134,10 @@ class MaskLlava(nn.Module):
         embeds, mask, _ = self.embed(padded, lengths, visual)
         embeds, mask = left_padded(embeds, mask)
         sample = temperature > 0
-        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample,
+        # every decoding choice explicit, as LLaVA's eval scripts pass them: transformers fills the
+        # settings left None from the LM folder's generation_config.json (beams, penalties)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, num_beams=1,
+                                  repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0,
                                   temperature=temperature if sample else None, top_p=None, top_k=None,
                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                                   output_scores=not sample, return_dict_in_generate=True)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from ..schemas.errors import DataError
 from .data import ConversationDataset, ItemBuilder, StreamingConversations, collate
 from .distributed import DistEnv, ResumableSampler
+from .llama_text import attach
 from .model import MaskLlava, Projector
 from .order import example_lengths
 from .readers import WdsImages, ZarrImages
@@ -28,7 +29,7 @@ STAGE_LR = {1: 1e-3, 2: 2e-5}  # paper 4.2 (LLaVA-1.5's values)
 
 @dataclass
 class TrainConfig:
-    """Everything ``masktok train`` takes (see trainer/cli.py for the meaning of each)."""
+    """Everything ``masktok train`` takes (see cli/train.py for the meaning of each)."""
 
     stage: int
     cache: Path
@@ -64,13 +65,14 @@ class TrainConfig:
 
 
 def load_tokenizer(path: Path) -> Any:
-    """The LM folder's tokenizer, with a pad token (unk or eos when it has none)."""
+    """The LM folder's tokenizer, with a pad token (unk or eos when it has none) and, for a
+    Llama SentencePiece folder, LLaVA-1.5's slow text encoding attached (trainer/llama_text.py)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
-    return tok
+    return attach(tok, Path(path))
 
 
 def load_llm(path: Path, dtype: torch.dtype = torch.float32) -> Any:

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .llama_text import text_ids
+
 IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_INDEX = -200
 IGNORE_INDEX = -100
@@ -48,13 +50,14 @@ ROLES = ("USER", "ASSISTANT")
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text``, each ``<image>`` replaced by the sentinel (no special tokens)."""
+    """Token ids of ``text``, each ``<image>`` replaced by the sentinel (no special tokens);
+    LLaVA's slow Llama encoding where the tokenizer carries it (trainer/llama_text.py)."""
     ids: list[int] = []
     for i, chunk in enumerate(text.split(IMAGE_TOKEN)):
         if i:
             ids.append(IMAGE_TOKEN_INDEX)
         if chunk:
-            ids.extend(tokenizer(chunk, add_special_tokens=False)["input_ids"])
+            ids.extend(text_ids(tokenizer, chunk))
     return ids
 
 
@@ -63,8 +66,10 @@ def _bos(tokenizer: Any) -> list[int]:
 
 
 def plain(turns: list[dict[str, str]], tokenizer: Any) -> tuple[list[int], list[int]]:
-    """Stage-1 ids and labels: bos, image, then the caption (the second turn) and "\\n"."""
-    caption = turns[1]["value"].replace(IMAGE_TOKEN, "").strip()
+    """Stage-1 ids and labels: bos, image, then the caption (the second turn) and "\\n". The
+    caption is kept as LLaVA keeps it (its spaces and newlines); only a stray ``<image>`` in it
+    is removed (LLaVA would put a second image sentinel there, for an image it does not have)."""
+    caption = turns[1]["value"].replace(IMAGE_TOKEN, "")
     prefix = _bos(tokenizer) + [IMAGE_TOKEN_INDEX]
     target = encode(tokenizer, caption + "\n")
     return prefix + target, [IGNORE_INDEX] * len(prefix) + target

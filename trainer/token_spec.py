@@ -3,11 +3,16 @@
 Grammar (comma-separated items, each at most once; the tokens always come out in the order
 global, patch, objects, whatever the order written)::
 
-    cls                 the global token (CLIP image embedding)
-    patch[:N[:MODE]]    N of the 36 cached patch tokens (6x6 grid, raster order); default 36
-    obj[:K][@iouX]      at most K object tokens, the background counting as one; default all;
-                        @iouX re-filters the objects at IoU threshold X (0 < X <= 1) from the
-                        stored mask IoUs instead of the plan's keep_rank (trainer/refilter.py)
+    cls                    the global token (CLIP image embedding)
+    patch[:N[:MODE]]       N of the 36 cached patch tokens (6x6 grid, raster order); default 36.
+                           N = 1, 4, 9, 36 pool; any other N needs ``:prune`` written out
+    obj[:K][:all][@iouX]   at most K object tokens, the background counting as one; default all
+                           rows. Without ``:all`` the objects are those the IoU filter kept, by
+                           keep_rank (trainer/compose.py); ``:all`` takes every stored row in
+                           stored order, suppressed and empty masks included (paper 3.5, 4.3:
+                           the model is trained on all 101). @iouX re-filters the objects at
+                           IoU threshold X (0 < X <= 1) from the stored mask IoUs instead of the
+                           plan's keep_rank (trainer/refilter.py); not with ``:all``
 
 Patch reduction (paper 3.5 and C.6), from the cached 6x6 grid:
 
@@ -18,10 +23,16 @@ Patch reduction (paper 3.5 and C.6), from the cached 6x6 grid:
 - ``prune``: keep N of the 36 tokens: a random subset drawn once with a fixed seed
   (``numpy.random.default_rng(0)``), the same positions for every image and every run,
   returned in raster order (the paper "randomly samples" the tokens it keeps, C.6 row 2).
-  This is the default for every other N (patch:23 of the paper's 29-token setting).
+  It must be asked for by name (``patch:23:prune``, the paper's 29-token setting): a count
+  the 6x6 grid cannot pool to exactly (``patch:16``, the 4x4 pooling of Table 3, needs the
+  24x24 grid) is refused in one line naming the counts it can give, never silently pruned.
 
-So the paper's test-time settings are ``cls,patch:36,obj:101`` (138), ``cls,patch:36,obj:20``
-(57), ``cls,patch:36,obj:5`` (42), ``cls,patch:23,obj:5`` (29) and ``cls,patch:9,obj:5`` (15).
+The paper's settings (``PAPER_SPECS``): the model is trained on ``cls,patch:36,obj:101:all``
+(138 tokens, every mask; the training default) and tested on that spec (138) and on
+``cls,patch:36,obj:20`` (57), ``cls,patch:36,obj:5`` (42), ``cls,patch:23:prune,obj:5`` (29) and
+``cls,patch:9,obj:5`` (15): the IoU filter, then confidence (3.5). ``cls,patch:36,obj:101``
+is the filtered composition (every kept object, at most 101 tokens: fewer wherever the
+filter suppressed masks), masktok's default before issue 38.
 """
 
 from __future__ import annotations
@@ -34,19 +45,22 @@ from ..schemas.errors import TokenSpecError
 from ..schemas.record import POOLED_GRID, POOLED_PATCHES
 PATCH_MODES = ("pool", "max", "prune")
 PRUNE_SEED = 0
+OBJECT_MODES = ("filtered", "all")
 PAPER_SPECS = {
-    138: "cls,patch:36,obj:101",
+    138: "cls,patch:36,obj:101:all",
     57: "cls,patch:36,obj:20",
     42: "cls,patch:36,obj:5",
-    29: "cls,patch:23,obj:5",
+    29: "cls,patch:23:prune,obj:5",
     15: "cls,patch:9,obj:5",
 }
-DEFAULT_SPEC = PAPER_SPECS[138]
+DEFAULT_SPEC = PAPER_SPECS[138]  # training: every mask (paper 4.3, "the backbone trained on 138 tokens")
+FILTERED_SPEC = "cls,patch:36,obj:101"  # the IoU-filtered composition at the same budget
 
 
 @dataclass(frozen=True)
 class TokenSpec:
-    """Parsed spec: ``patches`` 0 means no patch tokens, ``objects`` None means all."""
+    """Parsed spec: ``patches`` 0 means no patch tokens, ``objects`` None means all;
+    ``object_mode`` "filtered" (kept rows by keep_rank) or "all" (every stored row)."""
 
     cls: bool = True
     patches: int = POOLED_PATCHES
@@ -54,14 +68,15 @@ class TokenSpec:
     use_objects: bool = True
     objects: int | None = None
     iou: float | None = None
+    object_mode: str = "filtered"
 
     def __str__(self) -> str:
         items = ["cls"] if self.cls else []
         if self.patches:
-            default = "pool" if self.patches in _POOLABLE else "prune"
-            items.append(f"patch:{self.patches}" + ("" if self.patch_mode == default else f":{self.patch_mode}"))
+            items.append(f"patch:{self.patches}" + ("" if self.patch_mode == "pool" else f":{self.patch_mode}"))
         if self.use_objects:
             items.append(("obj" if self.objects is None else f"obj:{self.objects}")
+                         + (":all" if self.object_mode == "all" else "")
                          + ("" if self.iou is None else f"@iou{self.iou:g}"))
         return ",".join(items)
 
@@ -95,20 +110,26 @@ def parse_spec(text: str) -> TokenSpec:
             n = _int(args[0], item, text) if args else POOLED_PATCHES
             if not 1 <= n <= POOLED_PATCHES:
                 raise TokenSpecError(f"token spec {text!r}: {item!r} needs 1..{POOLED_PATCHES} patch tokens")
-            mode = args[1] if len(args) == 2 else ("pool" if n in _POOLABLE else "prune")
+            mode = args[1] if len(args) == 2 else "pool"
             if mode not in PATCH_MODES:
                 raise TokenSpecError(f"token spec {text!r}: patch mode {mode!r} is not one of {PATCH_MODES}")
             if mode != "prune" and n not in _POOLABLE:
-                raise TokenSpecError(f"token spec {text!r}: {item!r}: pooling gives 1, 4, 9 or 36 tokens; "
-                                     f"use patch:{n}:prune")
+                raise TokenSpecError(f"token spec {text!r}: {item!r}: the cached 6x6 grid pools exactly to 1, 4, 9 "
+                                     f"or 36 tokens, not {n}; patch:{n}:prune keeps a random {n} of the 36")
             fields.update(patches=n, patch_mode=mode)
-        elif name == "obj" and len(args) <= 1:
+        elif name == "obj" and len(args) <= 2:
+            mode = args.pop() if args and args[-1] in OBJECT_MODES else "filtered"
+            if len(args) > 1:
+                raise TokenSpecError(f"token spec {text!r}: {item!r}: use obj[:K][:all]")
             k = _int(args[0], item, text) if args else None
             if k is not None and k < 1:
                 raise TokenSpecError(f"token spec {text!r}: {item!r} needs at least one object token")
-            fields.update(use_objects=True, objects=k, iou=_iou(iou, text) if iou else None)
+            if mode == "all" and iou:
+                raise TokenSpecError(f"token spec {text!r}: @{iou} re-filters objects; obj:all takes every row "
+                                     "unfiltered, so the two do not combine")
+            fields.update(use_objects=True, objects=k, iou=_iou(iou, text) if iou else None, object_mode=mode)
         else:
-            raise TokenSpecError(f"token spec {text!r}: unknown item {item!r} (use cls, patch[:N[:pool|max|prune]], obj[:K])")
+            raise TokenSpecError(f"token spec {text!r}: unknown item {item!r} (use cls, patch[:N[:pool|max|prune]], obj[:K][:all])")
     return TokenSpec(**fields)  # type: ignore[arg-type]
 
 
@@ -129,6 +150,12 @@ def _int(value: str, item: str, text: str) -> int:
         return int(value)
     except ValueError:
         raise TokenSpecError(f"token spec {text!r}: {item!r} needs an integer") from None
+
+
+def paper_budget(spec: "TokenSpec | str") -> int | None:
+    """The paper's token count of ``spec`` when it is one of ``PAPER_SPECS``, else None."""
+    text = str(parse_spec(spec) if isinstance(spec, str) else spec)
+    return next((n for n, s in PAPER_SPECS.items() if str(parse_spec(s)) == text), None)
 
 
 def prune_indices(n: int) -> np.ndarray:

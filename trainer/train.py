@@ -34,12 +34,12 @@ from .records import join_records, load_records
 from .runtime import (STAGE_LR, TrainConfig, build_model, load_llm, load_tokenizer, make_loader,
                       micro_batches_per_epoch, scheduler)
 from .refilter import require_refilterable
-from .scaling import MODES, CacheStats
+from .scaling import DEFAULT_MODE, MODES, CacheStats
 from .sharding import autocast, frozen_llm_dtype, gradient_sync, resolve_strategy, use_bf16, wrap
 from .stats import cache_stats
 from .token_spec import DEFAULT_SPEC, parse_spec
 
-DEFAULT_SCALING = "per-image"
+DEFAULT_SCALING = DEFAULT_MODE
 
 
 def _resolve_run(cfg: TrainConfig) -> tuple[Path | None, dict[str, Any] | None]:

@@ -130,7 +130,7 @@ def read_image(spec: Any, record: ImageRecord) -> np.ndarray:
     from ...stages.decode import DecodeError, decode_image
 
     try:
-        return decode_image(record.path, spec.corpus.image_root, spec.decode.max_pixels)
+        return decode_image(record.path, spec.corpus.image_root, spec.decode.max_pixels, spec.decode.mode)
     except DecodeError as exc:
         raise InspectError(f"cannot read {record.image_id!r} again: {exc}") from None
 
