@@ -43,7 +43,7 @@ from small_job import JOB_IMAGES, MASKTOK, plan_job, run_masktok, write_job_corp
 def build_fixture(root: Path) -> dict[str, Path]:
     """The finished small job, a trained tiny checkpoint over it and a question file."""
     from masktok.trainer.runtime import TrainConfig
-    from masktok.trainer.tiny_llm import build_tiny_llm
+    from masktok.tiny.llm import build_tiny_llm
     from masktok.trainer.train import train
 
     job = root / "job"

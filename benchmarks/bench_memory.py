@@ -1,6 +1,6 @@
 """Benchmark: what training needs per rank, by accounting and measured.
 
-1. Accounting (trainer/memory.py): Vicuna-7B (and 13B) with the ViT-L projectors, built on
+1. Accounting (trainer/parallel/memory.py): Vicuna-7B (and 13B) with the ViT-L projectors, built on
    the meta device; per-rank GiB of weights, gradients, AdamW state and transient gathers
    for world sizes 1, 2 and 8 under ddp and fsdp, both stages; the activations of one
    sequence of 2048 tokens with and without gradient checkpointing; and the largest
@@ -31,7 +31,7 @@ BUDGET_GIB = 70 * 10**9 / 2**30  # the issue's target: 70 GB per 80 GB GPU
 
 
 def accounting() -> dict:
-    from masktok.trainer.memory import GiB, VICUNA_7B, VICUNA_13B, VIT_L_DIMS, activation_bytes, count, meta_model, table
+    from masktok.trainer.parallel.memory import GiB, VICUNA_7B, VICUNA_13B, VIT_L_DIMS, activation_bytes, count, meta_model, table
 
     out = {}
     for name, config in (("vicuna-7b", VICUNA_7B), ("vicuna-13b", VICUNA_13B)):
@@ -51,7 +51,7 @@ def accounting() -> dict:
 
 def measured(steps: int, tmp: Path) -> dict:
     from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
-    from masktok.trainer.memory import GiB, count, state_bytes
+    from masktok.trainer.parallel.memory import GiB, count, state_bytes
     from masktok.trainer.runtime import build_model, load_llm
     from masktok.tiny.llm import build_tiny_llm
 

@@ -82,7 +82,7 @@ def main() -> None:
 
     from masktok.tiny.cache import tiny_items
     from masktok.stages.write import TokenDims
-    from masktok.trainer.readers import ZarrImages
+    from masktok.trainer.data.readers import ZarrImages
 
     dims = TokenDims(K=101, D=768, C=1024)
     n, size = args.shards * args.shard_size, args.shard_size

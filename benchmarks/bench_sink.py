@@ -11,7 +11,7 @@ D = 768, C = 1024, 60 objects per image, record v2, both sinks), and what the dr
   also runs Ray Data's executor: its per-block cost, not the sink's) and of the writers.
   On a 2-core machine the source, the driver and the writers share two cores: the 1-to-2
   writers ratio is the figure there, 4 writers only shows that more do not help.
-- ``reader``: bench_reader's random rows (trainer.readers.ZarrImages) on the store the
+- ``reader``: bench_reader's random rows (trainer.data.readers.ZarrImages) on the store the
   most writers wrote.
 - ``s3_*``: ``write_shard`` and 1 and 2 writers again with the job directory on the local
   S3 server of the tests (moto in server mode, tests/s3_server.py; ``--s3-shards`` shards):
@@ -135,7 +135,7 @@ def main() -> None:
 
     import ray
 
-    from masktok.trainer.readers import ZarrImages
+    from masktok.trainer.data.readers import ZarrImages
 
     here = Path(__file__).resolve().parent
     sys.path[:0] = [str(here), str(here.parent / "tests")]

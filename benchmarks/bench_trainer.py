@@ -57,14 +57,14 @@ def main() -> None:
     from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
     from masktok.stages.vision import encode_vision
     from masktok.stages.write import TokenDims
-    from masktok.trainer.compose import VisualTokens
-    from masktok.trainer.data import ConversationDataset, ItemBuilder, StreamingConversations, collate
-    from masktok.trainer.distributed import ResumableSampler
-    from masktok.trainer.readers import WdsImages, ZarrImages
-    from masktok.trainer.records import join_records, load_records
+    from masktok.trainer.visual.compose import VisualTokens
+    from masktok.trainer.data.datasets import ConversationDataset, ItemBuilder, StreamingConversations, collate
+    from masktok.trainer.parallel.distributed import ResumableSampler
+    from masktok.trainer.data.readers import WdsImages, ZarrImages
+    from masktok.trainer.data.records import join_records, load_records
     from masktok.trainer.runtime import build_model, load_llm, load_tokenizer
     from masktok.tiny.llm import build_tiny_llm
-    from masktok.trainer.token_spec import parse_spec
+    from masktok.trainer.visual.token_spec import parse_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_trainer_"))
     dims = TokenDims(K=21, D=32, C=64)

@@ -43,7 +43,7 @@ def answer(specs: tuple[str, ...], quiet: bool, **opts: Any) -> None:
 
     from transformers.utils.logging import disable_progress_bar
 
-    from ..trainer.checkpoint import read_state, resolve
+    from ..trainer.model.checkpoint import read_state, resolve
     from ..evaluate.answer import answer as run
 
     disable_progress_bar()

@@ -110,7 +110,7 @@ def export(checkpoint: Path, out: Path, dtype: str) -> None:
     with it. Needs the memory of the whole model in one process (fp32: 27 GB at 7B)."""
     from transformers.utils.logging import disable_progress_bar
 
-    from ..trainer.consolidate import export as run
+    from ..trainer.model.consolidate import export as run
 
     disable_progress_bar()
     click.echo(run(checkpoint, out, dtype))

@@ -15,7 +15,7 @@ answered (answers are appended as they come, then the file is rewritten in quest
 once complete). Answers are keyed by line, not by id: MME and TextVQA repeat ids by design.
 Questions whose image is not in the cache, failed or is pending are reported and get no
 line. Greedy answers (temperature 0) do not depend on the batch size (transformers'
-``generate`` over left-padded prompts, trainer/model.py). ``max_new_tokens`` defaults to
+``generate`` over left-padded prompts, trainer/model/mask_llava.py). ``max_new_tokens`` defaults to
 LLaVA-1.5's for the file's kind (questions.LOADER_MAX_NEW_TOKENS, or the QuestionFormat of the
 benchmark that reads the file).
 """
@@ -33,7 +33,7 @@ import torch
 
 from ..inference.cache import image_status, open_cache
 from ..inference.generation import GenerationModel, Request, generate_answers, load_generation_model
-from ..trainer.token_spec import TokenSpec, parse_spec
+from ..trainer.visual.token_spec import TokenSpec, parse_spec
 from .questions import Question, answer_key, line_key, read_question_file
 
 

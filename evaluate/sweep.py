@@ -6,7 +6,7 @@ Input: answer files of one or more benchmarks, one file per token budget and ben
 token count is the mean of its answers' ``metadata.visual_tokens`` (the tokens the model saw,
 which varies with the number of objects in each image); its spec is ``metadata.tokens``.
 The table's ``paper`` column names the paper's setting a spec is (its token count: 138 for
-``cls,patch:36,obj:101:all``, 57, 42, 29, 15; trainer/token_spec.py ``PAPER_SPECS``), "-" for
+``cls,patch:36,obj:101:all``, 57, 42, 29, 15; trainer/visual/token_spec.py ``PAPER_SPECS``), "-" for
 any other spec: ``cls,patch:36,obj:101`` (the filtered objects) is not the paper's 138.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError, TokenSpecError
-from ..trainer.token_spec import paper_budget
+from ..trainer.visual.token_spec import paper_budget
 from .benchmarks import benchmarks, score_benchmark
 from .scoring import BenchScore, format_rows, read_json_lines
 

@@ -55,7 +55,7 @@ class PictureTokens:
         """One record per path, in order: the cache row's record, or ``{"error": ...}``."""
         from ..stages.chain import run_chain
         from ..stages.write import shard_rows
-        from ..trainer.readers import row_record
+        from ..trainer.data.readers import row_record
 
         items = [{"index": i, "image_id": str(p), "path": str(p.resolve())} for i, p in enumerate(paths)]
         items = sorted(run_chain(self.stages, items), key=lambda item: item["index"])
@@ -86,7 +86,7 @@ class Asker:
                              "spec of the job it was trained from")
         self.spec = self.gm.token_spec(tokens)
         if self.spec.iou is not None:
-            from ..trainer.refilter import require_refilterable
+            from ..trainer.visual.refilter import require_refilterable
 
             require_refilterable(VERSION, spec.filter.model_dump(), "the spec's tokens")
         self.stage = self.gm.stage

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..schemas.errors import CacheError
 from ..schemas.record import Status
-from ..trainer.readers import ZarrImages
-from ..trainer.refilter import require_refilterable
-from ..trainer.token_spec import TokenSpec
+from ..trainer.data.readers import ZarrImages
+from ..trainer.visual.refilter import require_refilterable
+from ..trainer.visual.token_spec import TokenSpec
 
 
 def open_cache(cache: Path, dims: dict[str, int], specs: list[TokenSpec]) -> ZarrImages:

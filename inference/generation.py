@@ -7,7 +7,7 @@ caption and the question is ignored; stage 2: one v1 USER turn), the scaling mod
 cache statistics. Visual tokens are composed from a record (a cache row's, or one computed
 in process by ``ask``) as training composed them; ``spec`` may differ from training's
 (test-time pruning and pooling, paper 3.5). Prompts are decoded together, left-padded
-(trainer/model.py ``generate_batch``): a greedy answer does not depend on its batch-mates.
+(trainer/model/mask_llava.py ``generate_batch``): a greedy answer does not depend on its batch-mates.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..trainer import templates
-from ..trainer.compose import compose
-from ..trainer.consolidate import load_checkpoint_model
-from ..trainer.scaling import CacheStats
-from ..trainer.token_spec import TokenSpec, parse_spec
+from ..trainer.data import templates
+from ..trainer.visual.compose import compose
+from ..trainer.model.consolidate import load_checkpoint_model
+from ..trainer.visual.scaling import CacheStats
+from ..trainer.visual.token_spec import TokenSpec, parse_spec
 
 
 def prompt_ids(stage: int, tokenizer: Any, question: str, has_image: bool = True) -> list[int]:

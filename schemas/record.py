@@ -15,7 +15,7 @@ background. Rows past ``num_objects`` are padding (zeros, keep_rank -1).
 Version 2 adds ``mask_iou``: the pairwise mask IoU of an image's K rows (background
 included), upper triangle without the diagonal, row-major (pairs (0,1), (0,2), ...,
 (1,2), ...), float16, so objects can be re-filtered at any IoU threshold later
-(trainer/refilter.py). A reader's record holds the triangle of its ``num_objects`` real
+(trainer/visual/refilter.py). A reader's record holds the triangle of its ``num_objects`` real
 rows only, as a WebDataset sample stores it. Version-1 stores lack the array.
 """
 

@@ -16,7 +16,7 @@ Rules, applied to the object rows (all rows but the last, the background):
    ``keep_rank`` 0, 1, 2, ... in visiting order; suppressed ones get -1. IoUs are compared
    as float16, the precision the record stores them in (``mask_iou``, steps of 2^-11 near
    1), so re-filtering the stored matrix at this threshold gives exactly this
-   ``keep_rank`` (trainer/refilter.py).
+   ``keep_rank`` (trainer/visual/refilter.py).
 3. The background is never compared and never suppressed: it is kept last, with
    ``keep_rank`` = number of kept objects, unless it is empty (``background_empty``), when
    it gets -1 like every empty mask. It stays the last row either way.

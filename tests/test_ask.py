@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from masktok.stages.checkpoints import token_dims
 from masktok.cli import main
 from masktok.pipeline.run import load_job
-from masktok.trainer.readers import ZarrImages
+from masktok.trainer.data.readers import ZarrImages
 
 # It reads the session's finished job, which the Ray tests' worker builds (tests/test_run.py).
 pytestmark = pytest.mark.xdist_group("ray")

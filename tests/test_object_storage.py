@@ -21,7 +21,7 @@ from masktok.tiny.cache import write_tiny_cache
 from masktok.pipeline.writers import describe_write_error
 from masktok.schemas.errors import LockedError
 from masktok.schemas.jobdir import JobDir
-from masktok.trainer.readers import WdsImages, ZarrImages
+from masktok.trainer.data.readers import WdsImages, ZarrImages
 
 
 def invoke(*args: object):

@@ -15,10 +15,10 @@ from masktok.stages.background import BackgroundStage
 from masktok.stages.filter import FilterStage
 from masktok.stages.masks import box_masks
 from masktok.stages.write import TokenDims, open_store
-from masktok.trainer.compose import compose
-from masktok.trainer.readers import WdsImages, ZarrImages
-from masktok.trainer.refilter import refiltered_keep_rank, require_refilterable
-from masktok.trainer.token_spec import parse_spec
+from masktok.trainer.visual.compose import compose
+from masktok.trainer.data.readers import WdsImages, ZarrImages
+from masktok.trainer.visual.refilter import refiltered_keep_rank, require_refilterable
+from masktok.trainer.visual.token_spec import parse_spec
 
 W, H = 120, 100
 DIMS = TokenDims(K=12, D=8, C=4)

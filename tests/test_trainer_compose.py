@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from masktok.schemas.errors import TokenSpecError
-from masktok.trainer.compose import all_rows, compose, object_rows, reduce_patches, select_objects
-from masktok.trainer.position import box_center_embedding, sincos_2d
-from masktok.trainer.scaling import CacheStats, scale_tokens
-from masktok.trainer.token_spec import DEFAULT_SPEC, FILTERED_SPEC, PAPER_SPECS, paper_budget, parse_spec, prune_indices
+from masktok.trainer.visual.compose import all_rows, compose, object_rows, reduce_patches, select_objects
+from masktok.trainer.visual.compose import box_center_embedding, sincos_2d
+from masktok.trainer.visual.scaling import CacheStats, scale_tokens
+from masktok.trainer.visual.token_spec import DEFAULT_SPEC, FILTERED_SPEC, PAPER_SPECS, paper_budget, parse_spec, prune_indices
 
 D, C = 32, 8
 
@@ -232,7 +232,7 @@ def test_per_image_std_of_a_single_object_row_is_the_patch_mean() -> None:
 
 def test_cache_stats_pool_the_per_image_statistics(tmp_path) -> None:
     from masktok.stages.write import TokenDims
-    from masktok.trainer.stats import cache_stats
+    from masktok.trainer.data.stats import cache_stats
     from masktok.tiny.cache import tiny_items, write_tiny_cache
 
     dims = TokenDims(K=6, D=16, C=24)

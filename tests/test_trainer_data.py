@@ -9,13 +9,13 @@ import torch
 
 from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
 from masktok.schemas.errors import CacheError
-from masktok.trainer import templates
-from masktok.trainer.compose import compose
-from masktok.trainer.data import ConversationDataset, ItemBuilder, StreamingConversations
-from masktok.trainer.distributed import ResumableSampler
-from masktok.trainer.readers import WdsImages, ZarrImages, split_for_worker
-from masktok.trainer.records import join_records, load_records
-from masktok.trainer.token_spec import parse_spec
+from masktok.trainer.data import templates
+from masktok.trainer.visual.compose import compose
+from masktok.trainer.data.datasets import ConversationDataset, ItemBuilder, StreamingConversations
+from masktok.trainer.parallel.distributed import ResumableSampler
+from masktok.trainer.data.readers import WdsImages, ZarrImages, split_for_worker
+from masktok.trainer.data.records import join_records, load_records
+from masktok.trainer.visual.token_spec import parse_spec
 from record_checks import assert_same_record
 
 N = 10
@@ -101,7 +101,7 @@ def test_plain_mask(tokenizer) -> None:
 def test_splice_puts_visual_tokens_at_the_sentinel(job, tokenizer) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from masktok.trainer.data import collate
+    from masktok.trainer.data.datasets import collate
     from masktok.trainer.runtime import build_model
 
     z = ZarrImages(job)
@@ -165,7 +165,7 @@ def test_resumable_sampler() -> None:
 def test_the_streaming_reader_reads_committed_shards_only(tmp_path):
     import shutil
 
-    from masktok.trainer.readers import WdsImages
+    from masktok.trainer.data.readers import WdsImages
 
     job = write_tiny_cache(tmp_path / "job", n=12, shard_size=4)
     assert sorted(r["index"] for r in WdsImages(job)) == list(range(12))

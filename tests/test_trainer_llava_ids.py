@@ -27,8 +27,8 @@ import sentencepiece
 import transformers
 from sentencepiece import sentencepiece_model_pb2
 
-from masktok.trainer import templates
-from masktok.trainer.templates import IMAGE_TOKEN_INDEX, SYSTEM_V1
+from masktok.trainer.data import templates
+from masktok.trainer.data.templates import IMAGE_TOKEN_INDEX, SYSTEM_V1
 
 WORDS = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
          "detailed, and polite answers to the user's questions. USER: What colour is the square? ASSISTANT: Sure, "
@@ -186,7 +186,7 @@ def test_plain_keeps_the_caption_as_llava_preprocess_plain(lm, caption: str) -> 
 def test_a_saved_checkpoint_tokenizer_keeps_llavas_ids(lm, tmp_path: Path) -> None:
     """transformers 5's save_pretrained drops tokenizer.model and legacy; the saved folder (a
     stage-2 checkpoint's llm/) must still give LLaVA's ids."""
-    from masktok.trainer.llama_text import save_tokenizer
+    from masktok.trainer.data.llama_text import save_tokenizer
     from masktok.trainer.runtime import load_tokenizer
 
     folder, proto = lm

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from masktok.tiny.cache import CAPTIONS, write_corpus, write_tiny_cache
-from masktok.trainer.data import ItemBuilder, StreamingConversations
-from masktok.trainer.distributed import ResumableSampler
-from masktok.trainer.order import example_lengths
-from masktok.trainer.readers import WdsImages, ZarrImages
-from masktok.trainer.records import Example, join_records, load_records
-from masktok.trainer.token_spec import parse_spec
+from masktok.trainer.data.datasets import ItemBuilder, StreamingConversations
+from masktok.trainer.parallel.distributed import ResumableSampler
+from masktok.trainer.data.order import example_lengths
+from masktok.trainer.data.readers import WdsImages, ZarrImages
+from masktok.trainer.data.records import Example, join_records, load_records
+from masktok.trainer.visual.token_spec import parse_spec
 
 N = 24
 

@@ -149,7 +149,7 @@ def test_the_last_checkpoint_is_consolidated_and_export_rebuilds_it_from_the_sha
 
 
 def test_stage1_under_fsdp_trains_the_projector_against_the_frozen_lm(runs) -> None:
-    from masktok.trainer.checkpoint import saved_model_keys
+    from masktok.trainer.model.checkpoint import saved_model_keys
 
     for rank in (0, 1):  # the LM bit-identical after the steps, out of the optimizer (tests/sharded_runs.py)
         report = json.loads((runs["root"] / f"frozen.{rank}.json").read_text())
@@ -210,7 +210,7 @@ def test_memory_accounting_of_vicuna_7b() -> None:
     """LLaMA-2-7B's published parameter count, 16 bytes per trained parameter replicated
     under ddp and split W ways under fsdp, and the stage-2 target: within 70 GB on 8 GPUs
     with LLaVA's micro-batch of 16 sequences (at 2048 tokens, the longest)."""
-    from masktok.trainer.memory import GiB, VICUNA_7B, VIT_L_DIMS, activation_bytes, count, meta_model, state_bytes
+    from masktok.trainer.parallel.memory import GiB, VICUNA_7B, VIT_L_DIMS, activation_bytes, count, meta_model, state_bytes
 
     c = count(meta_model(VICUNA_7B, VIT_L_DIMS))
     assert c.llm == 6_738_415_616 and c.layers == 32

@@ -1,4 +1,4 @@
-"""trainer/templates.py against LLaVA's own preprocessing, for a byte-level BPE tokenizer
+"""trainer/data/templates.py against LLaVA's own preprocessing, for a byte-level BPE tokenizer
 (the project's tiny one: no dummy prefix) and Llama-style SentencePiece tokenizers
 (``add_dummy_prefix``, byte fallback) trained here, in legacy and non-legacy mode.
 
@@ -18,8 +18,8 @@ import pytest
 import sentencepiece
 import transformers
 
-from masktok.trainer import templates
-from masktok.trainer.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, SYSTEM_V1
+from masktok.trainer.data import templates
+from masktok.trainer.data.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX, SYSTEM_V1
 
 CAPTION = "A red square on a white background."
 CORPUS = [SYSTEM_V1, "USER: What colour is it? ASSISTANT: Red.", "USER: Why? ASSISTANT: Because it is.",

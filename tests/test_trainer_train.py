@@ -87,11 +87,11 @@ def test_generate_with_the_kv_cache_equals_greedy_recomputation(setup) -> None:
     are apart; the margin is asserted, so a tie would show up as what it is."""
     import torch
 
-    from masktok.trainer import templates
-    from masktok.trainer.compose import compose
-    from masktok.trainer.readers import ZarrImages
+    from masktok.trainer.data import templates
+    from masktok.trainer.visual.compose import compose
+    from masktok.trainer.data.readers import ZarrImages
     from masktok.trainer.runtime import build_model, load_llm, load_tokenizer
-    from masktok.trainer.token_spec import parse_spec
+    from masktok.trainer.visual.token_spec import parse_spec
 
     tokenizer = load_tokenizer(setup["llm"])
     images = ZarrImages(setup["job"])

@@ -17,7 +17,7 @@ from masktok.schemas.errors import CacheError
 from masktok.schemas.jobdir import JobDir
 from masktok.schemas.record import ARRAYS
 from masktok.stages.write import TokenDims, open_store
-from masktok.trainer.readers import ZarrImages
+from masktok.trainer.data.readers import ZarrImages
 from record_checks import assert_same_record
 from test_write_commit import DIMS, shard_items
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from ..trainer.templates import ROLES, SYSTEM_V1
+from ..trainer.data.templates import ROLES, SYSTEM_V1
 
 SPECIAL = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 

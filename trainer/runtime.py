@@ -16,13 +16,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..schemas.errors import DataError
-from .data import ConversationDataset, ItemBuilder, StreamingConversations, collate
-from .distributed import DistEnv, ResumableSampler
-from .llama_text import attach
-from .model import MaskLlava, Projector
-from .order import example_lengths
-from .readers import WdsImages, ZarrImages
-from .records import Example
+from .data.datasets import ConversationDataset, ItemBuilder, StreamingConversations, collate
+from .data.llama_text import attach
+from .data.order import example_lengths
+from .data.readers import WdsImages, ZarrImages
+from .data.records import Example
+from .model.mask_llava import MaskLlava, Projector
+from .parallel.distributed import DistEnv, ResumableSampler
 
 STAGE_LR = {1: 1e-3, 2: 2e-5}  # paper 4.2 (LLaVA-1.5's values)
 
@@ -66,7 +66,7 @@ class TrainConfig:
 
 def load_tokenizer(path: Path) -> Any:
     """The LM folder's tokenizer, with a pad token (unk or eos when it has none) and, for a
-    Llama SentencePiece folder, LLaVA-1.5's slow text encoding attached (trainer/llama_text.py)."""
+    Llama SentencePiece folder, LLaVA-1.5's slow text encoding attached (trainer/data/llama_text.py)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
@@ -77,10 +77,10 @@ def load_tokenizer(path: Path) -> Any:
 
 def load_llm(path: Path, dtype: torch.dtype = torch.float32) -> Any:
     """Any Hugging Face causal LM from a local folder (never the hub), with SDPA attention;
-    fp32 unless told (stage 1's frozen LM is bf16 on CUDA: trainer/sharding.py)."""
+    fp32 unless told (stage 1's frozen LM is bf16 on CUDA: trainer/parallel/sharding.py)."""
     from transformers import AutoModelForCausalLM
 
-    from .checkpoint import has_weights
+    from .model.checkpoint import has_weights
 
     if not (Path(path) / "config.json").is_file() or not has_weights(Path(path)):
         raise DataError(f"no Hugging Face model folder at {path} (config.json or weights missing)")
@@ -113,7 +113,7 @@ def scheduler(optimizer: torch.optim.Optimizer, total: int, warmup_ratio: float,
 def make_loader(cfg: TrainConfig, env: DistEnv, examples: list[Example], images: ZarrImages,
                 build: ItemBuilder, pad_id: int) -> tuple[DataLoader, ResumableSampler | None]:
     """The DataLoader of this rank: Zarr + ResumableSampler, or the streaming WebDataset.
-    Both shuffle with ``cfg.seed`` per epoch (trainer/order.py); with
+    Both shuffle with ``cfg.seed`` per epoch (trainer/data/order.py); with
     ``cfg.group_by_modality_length`` batches hold one modality and similar lengths."""
     fn = partial(collate, pad_id=pad_id)
     if cfg.reader == "wds":

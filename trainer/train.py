@@ -25,19 +25,19 @@ import torch
 
 from ..schemas.errors import DataError, TrainError
 from ..schemas.storage import is_remote
-from . import checkpoint as ckpt
-from .data import ItemBuilder
-from .consolidate import llm_for, load_checkpoint_model, write_consolidated, write_llm_files
-from .distributed import DistEnv, mean_across, peak_memory, setup, teardown
-from .readers import ZarrImages
-from .records import join_records, load_records
+from .data.datasets import ItemBuilder
+from .data.readers import ZarrImages
+from .data.records import join_records, load_records
+from .data.stats import cache_stats
+from .model import checkpoint as ckpt
+from .model.consolidate import llm_for, load_checkpoint_model, write_consolidated, write_llm_files
+from .parallel.distributed import DistEnv, mean_across, peak_memory, setup, teardown
+from .parallel.sharding import autocast, frozen_llm_dtype, gradient_sync, resolve_strategy, use_bf16, wrap
 from .runtime import (STAGE_LR, TrainConfig, build_model, load_llm, load_tokenizer, make_loader,
                       micro_batches_per_epoch, scheduler)
-from .refilter import require_refilterable
-from .scaling import DEFAULT_MODE, MODES, CacheStats
-from .sharding import autocast, frozen_llm_dtype, gradient_sync, resolve_strategy, use_bf16, wrap
-from .stats import cache_stats
-from .token_spec import DEFAULT_SPEC, parse_spec
+from .visual.refilter import require_refilterable
+from .visual.scaling import DEFAULT_MODE, MODES, CacheStats
+from .visual.token_spec import DEFAULT_SPEC, parse_spec
 
 DEFAULT_SCALING = DEFAULT_MODE
 
@@ -219,7 +219,7 @@ def resume_position(state: dict[str, Any], world: int, batch_size: int, n_exampl
 
 def _save(cfg: TrainConfig, env: DistEnv, step: int, state: dict[str, Any], model: Any, optimizer: Any,
           sched: Any, tokenizer: Any, final: bool) -> None:
-    """A checkpoint (all ranks); the run's last one is consolidated (trainer/checkpoint.py)."""
+    """A checkpoint (all ranks); the run's last one is consolidated (trainer/model/checkpoint.py)."""
     trained_llm = cfg.stage == 2
     ckpt.save(cfg.out, step, state, model, optimizer, sched, rank=env.rank, world=env.world,
               # config + tokenizer beside the shards; a consolidated checkpoint writes them with the weights

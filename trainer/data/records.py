@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..schemas.errors import DataError
-from ..schemas.record import Status
+from ...schemas.errors import DataError
+from ...schemas.record import Status
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """A checkpoint as plain files: ``projector.pt`` and, after stage 2, ``llm/`` as a complete
 Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` loads it; no masktok needed).
 
-Training consolidates its last checkpoint itself (trainer/checkpoint.py gathers the full
+Training consolidates its last checkpoint itself (trainer/model/checkpoint.py gathers the full
 state onto rank 0). ``masktok export`` consolidates any checkpoint in one process, reading
 its sharded state whatever world size wrote it; it needs the memory of the whole model
 (fp32: 4 bytes per parameter, 27 GB at 7B). ``masktok generate`` loads either kind.
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..schemas.errors import CheckpointError
+from ...schemas.errors import CheckpointError
+from ..data.llama_text import save_tokenizer
+from ..runtime import build_model, load_llm, load_tokenizer
 from . import checkpoint as ckpt
-from .llama_text import save_tokenizer
-from .model import MaskLlava
-from .runtime import build_model, load_llm, load_tokenizer
+from .mask_llava import MaskLlava
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

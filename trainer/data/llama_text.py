@@ -21,7 +21,7 @@ installed tokenizer to encode text; it encodes as that slow tokenizer did, with 
    not lost); a piece that does not (text right after ``</s>``) gets no "▁".
 5. Not legacy, a lone leading "▁" before a special token is dropped.
 
-No BOS is added here: the templates add it once (trainer/templates.py), as LLaVA's
+No BOS is added here: the templates add it once (trainer/data/templates.py), as LLaVA's
 ``tokenizer_image_token`` keeps only the first chunk's. Other tokenizers (byte-level BPE,
 no ``tokenizer.model``) are used as installed. Decoding stays the installed tokenizer's.
 """

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
+from ..visual.compose import VisualTokens, compose
+from ..visual.scaling import CacheStats
+from ..visual.token_spec import TokenSpec
 from . import templates
-from .compose import VisualTokens, compose
 from .order import epoch_rng, grouped_batches
 from .readers import WdsImages, ZarrImages, consumer, split_for_worker
 from .records import Example
-from .scaling import CacheStats
-from .token_spec import TokenSpec
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class StreamingConversations(IterableDataset):
 
     ``group_batch`` (the per-rank batch size): LLaVA-1.5's ``group_by_modality_length`` for a
     stream: examples wait in a window of ``GROUP_WINDOW`` batches, which is cut into batches
-    of one modality, sorted by length, emitted in a random order (trainer/order.py).
+    of one modality, sorted by length, emitted in a random order (trainer/data/order.py).
     """
 
     GROUP_WINDOW = 16

@@ -74,7 +74,7 @@ def meta_model(llm_config: dict[str, Any], dims: dict[str, int]) -> nn.Module:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from .runtime import build_model
+    from ..runtime import build_model
 
     with torch.device("meta"):
         return build_model(LlamaForCausalLM(LlamaConfig(**llm_config)), dims)

@@ -1,7 +1,7 @@
 """LLaVA's prompt templates as token ids and labels: ``plain`` (stage 1) and ``v1`` (stage 2).
 
 The image is one sentinel id, ``IMAGE_TOKEN_INDEX`` (-200, as in LLaVA), where ``<image>``
-stood; the model splices the visual tokens in there (trainer/model.py). Labels are
+stood; the model splices the visual tokens in there (trainer/model/mask_llava.py). Labels are
 ``IGNORE_INDEX`` (-100) everywhere except the text the model must learn to produce.
 
 plain (LLaVA ``conv_llava_plain``, ``preprocess_plain``)::
@@ -51,7 +51,7 @@ ROLES = ("USER", "ASSISTANT")
 
 def encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of ``text``, each ``<image>`` replaced by the sentinel (no special tokens);
-    LLaVA's slow Llama encoding where the tokenizer carries it (trainer/llama_text.py)."""
+    LLaVA's slow Llama encoding where the tokenizer carries it (trainer/data/llama_text.py)."""
     ids: list[int] = []
     for i, chunk in enumerate(text.split(IMAGE_TOKEN)):
         if i:

@@ -88,7 +88,7 @@ def image_norms(record: dict[str, Any], mode: str) -> ImageNorms:
 
 @dataclass(frozen=True)
 class CacheStats:
-    """Norm statistics over the ok images of a cache (see trainer/stats.py)."""
+    """Norm statistics over the ok images of a cache (see trainer/data/stats.py)."""
 
     patch_norm_mean: float
     patch_norm_std: float
@@ -139,5 +139,5 @@ def scale_tokens(tokens: torch.Tensor, kind: str, mode: str, mu_p: float, sigma_
 
 def _need(stats: CacheStats | None, mode: str) -> CacheStats:
     if stats is None:
-        raise ValueError(f"scaling mode {mode!r} needs the cache statistics (trainer.stats.cache_stats)")
+        raise ValueError(f"scaling mode {mode!r} needs the cache statistics (trainer.data.stats.cache_stats)")
     return stats

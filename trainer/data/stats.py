@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..schemas.errors import CacheError
-from ..schemas.record import Status
-from ..schemas.storage import open_zarr
+from ...schemas.errors import CacheError
+from ...schemas.record import Status
+from ...schemas.storage import open_zarr
+from ..visual.scaling import CacheStats
 from .readers import zarr_path
-from .scaling import CacheStats
 
 
 def _mean_std(total: float, total_sq: float, count: int) -> tuple[float, float]:

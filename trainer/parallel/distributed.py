@@ -87,10 +87,10 @@ class ResumableSampler(Sampler[int]):
     - ``start``: skip the first ``start`` indices of this rank's epoch, so a resumed run
       continues with the very batches an uninterrupted run would have seen next;
     - ``grouped`` (optional: each example's length, whether it has an image, the per-rank
-      batch size): LLaVA-1.5's ``group_by_modality_length`` order (trainer/order.py);
+      batch size): LLaVA-1.5's ``group_by_modality_length`` order (trainer/data/order.py);
     - ``blocks`` (optional, one block id per item): shuffle the blocks, then the items
       within each block, and give each rank a contiguous run of the order, so a rank reads
-      a store whose chunks are whole shards chunk by chunk (trainer/readers.py). A store
+      a store whose chunks are whole shards chunk by chunk (trainer/data/readers.py). A store
       with one-row chunks has no such need: leave it out for a global shuffle.
     """
 
@@ -110,11 +110,11 @@ class ResumableSampler(Sampler[int]):
         """This epoch's permutation of all items (before the rank split)."""
         if not self.shuffle:
             return np.arange(self.n)
-        from .order import epoch_rng
+        from ..data.order import epoch_rng
 
         rng = epoch_rng(self.seed, self.epoch)
         if self.grouped is not None:
-            from .order import modality_length_grouped
+            from ..data.order import modality_length_grouped
 
             lengths, has_image, batch = self.grouped
             return modality_length_grouped(np.asarray(lengths), np.asarray(has_image), batch, self.world, rng)

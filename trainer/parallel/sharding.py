@@ -22,7 +22,7 @@ from typing import Any, ContextManager
 import torch
 from torch import nn
 
-from ..schemas.errors import TrainError
+from ...schemas.errors import TrainError
 from .distributed import DistEnv
 
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -66,7 +66,7 @@ def wrap(model: nn.Module, strategy: str, env: DistEnv, precision: str) -> nn.Mo
     """Shard ``model`` in place (fsdp) or wrap it (ddp; nothing with one process).
 
     Returns the module to call in the training loop. ``model`` itself stays the one to
-    build the optimizer on and to hand to the state-dict functions (trainer/checkpoint.py).
+    build the optimizer on and to hand to the state-dict functions (trainer/model/checkpoint.py).
     """
     if strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh

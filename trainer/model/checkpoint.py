@@ -13,7 +13,7 @@ Contents::
 
 A run's last checkpoint is *consolidated* (``projector.pt``, and ``llm/`` as a complete
 Hugging Face folder in stage 2): ``masktok generate`` and any transformers user load it as
-it is. ``masktok export`` consolidates any other (trainer/consolidate.py). A stage-1
+it is. ``masktok export`` consolidates any other (trainer/model/consolidate.py). A stage-1
 checkpoint never holds an LM: ``state.json`` names the frozen folder it was trained against.
 
 ``dcp/`` holds state dicts by parameter name, not by rank, so a run resumes from it on any
@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..schemas.errors import CheckpointError
+from ...schemas.errors import CheckpointError
 
 LATEST = "latest"
 SHARDED = "dcp"

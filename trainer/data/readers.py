@@ -30,12 +30,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ..schemas.commits import valid_commits
-from ..schemas.errors import CacheError
-from ..schemas.jobdir import JobDir
-from ..schemas.record import OBJECT_ARRAYS, SCALARS, SINCE_VERSION, TENSORS, Status, leading_triangle, tensors_of
-from ..schemas.storage import is_remote, open_zarr
-from ..schemas.versions import RECORD_SCHEMA_VERSIONS, ZARR_LAYOUTS
+from ...schemas.commits import valid_commits
+from ...schemas.errors import CacheError
+from ...schemas.jobdir import JobDir
+from ...schemas.record import OBJECT_ARRAYS, SCALARS, SINCE_VERSION, TENSORS, Status, leading_triangle, tensors_of
+from ...schemas.storage import is_remote, open_zarr
+from ...schemas.versions import RECORD_SCHEMA_VERSIONS, ZARR_LAYOUTS
 
 
 def zarr_path(job_dir: Path) -> Path:
@@ -77,7 +77,7 @@ class ZarrImages(Dataset):
       loop, which caps a record of 7 tensors at ~100/s. Arrays coded otherwise go through zarr.
     - "shard-chunks" (stores written before): one chunk per shard, ``chunk_rows`` = shard
       size. The last decoded chunk of each array is kept, so reading in shard order (the
-      trainer's block shuffle, trainer/distributed.py) decodes each chunk once; random
+      trainer's block shuffle, trainer/parallel/distributed.py) decodes each chunk once; random
       access decodes a whole chunk per row.
     """
 

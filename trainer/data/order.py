@@ -6,7 +6,7 @@ never share a batch, and examples of similar length do (less padding). Its recip
 here from its description: shuffle each modality, cut it into megabatches of ``world x
 batch`` examples, sort each megabatch by length, shuffle the full megabatches of both
 modalities together, and put the two partial ones last, merged. A rank then takes every
-``world``-th example of the order (the split of trainer/distributed.py), which hands each
+``world``-th example of the order (the split of trainer/parallel/distributed.py), which hands each
 rank ``batch`` examples of the same megabatch per step: one modality, similar lengths.
 (LLaVA balances the ranks' total lengths exactly; the strided split balances them roughly.)
 """

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .compose import VisualTokens
-from .templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from ..data.templates import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from ..visual.compose import VisualTokens
 
 
 def mlp2x_gelu(d_in: int, hidden: int) -> nn.Sequential:
@@ -56,7 +56,7 @@ class Projector(nn.Module):
 
 
 class MaskLlava(nn.Module):
-    """Projector + causal LM. ``forward`` takes a collated batch (trainer/data.py)."""
+    """Projector + causal LM. ``forward`` takes a collated batch (trainer/data/datasets.py)."""
 
     def __init__(self, llm: nn.Module, projector: Projector) -> None:
         super().__init__()

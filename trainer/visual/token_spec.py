@@ -8,11 +8,11 @@ global, patch, objects, whatever the order written)::
                            N = 1, 4, 9, 36 pool; any other N needs ``:prune`` written out
     obj[:K][:all][@iouX]   at most K object tokens, the background counting as one; default all
                            rows. Without ``:all`` the objects are those the IoU filter kept, by
-                           keep_rank (trainer/compose.py); ``:all`` takes every stored row in
+                           keep_rank (trainer/visual/compose.py); ``:all`` takes every stored row in
                            stored order, suppressed and empty masks included (paper 3.5, 4.3:
                            the model is trained on all 101). @iouX re-filters the objects at
                            IoU threshold X (0 < X <= 1) from the stored mask IoUs instead of the
-                           plan's keep_rank (trainer/refilter.py); not with ``:all``
+                           plan's keep_rank (trainer/visual/refilter.py); not with ``:all``
 
 Patch reduction (paper 3.5 and C.6), from the cached 6x6 grid:
 
@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..schemas.errors import TokenSpecError
-from ..schemas.record import POOLED_GRID, POOLED_PATCHES
+from ...schemas.errors import TokenSpecError
+from ...schemas.record import POOLED_GRID, POOLED_PATCHES
 PATCH_MODES = ("pool", "max", "prune")
 PRUNE_SEED = 0
 OBJECT_MODES = ("filtered", "all")

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..schemas.errors import TokenSpecError
-from ..schemas.record import from_triangle
-from ..stages.filter import greedy_keep_rank
+from ...schemas.errors import TokenSpecError
+from ...schemas.record import from_triangle
+from ...stages.filter import greedy_keep_rank
 
 
 def refiltered_keep_rank(record: dict[str, Any], threshold: float) -> np.ndarray:

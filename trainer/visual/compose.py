@@ -1,9 +1,9 @@
 """Compose one image's visual tokens from its cached record (docs/trainer.md, "Token spec").
 
 Per image, in this order: the global token, the patch tokens (pooled or pruned, see
-trainer/token_spec.py), then the object tokens. The result keeps the two widths apart
+trainer/visual/token_spec.py), then the object tokens. The result keeps the two widths apart
 (``patch`` is [p, C], ``glob``/``objects`` are [., D]) because they go through different
-projectors (trainer/model.py).
+projectors (trainer/model/mask_llava.py).
 
 Objects: the rows ``0 .. num_objects-1`` of the record, background last.
 
@@ -21,13 +21,14 @@ Objects: the rows ``0 .. num_objects-1`` of the record, background last.
   token plus the image centre's. So ``cls,patch:36,obj:101:all`` is 138 tokens for every
   image with 101 rows (a cache planned with ``filter.max_objects`` stores fewer rows).
 
-Each object token is first norm-scaled (trainer/scaling.py), then the fixed sinusoidal
-embedding of its box centre is added (trainer/position.py), so the position signal has
+Each object token is first norm-scaled (trainer/visual/scaling.py), then the fixed sinusoidal
+embedding of its box centre is added (the end of this module), so the position signal has
 the same size whatever the scaling mode. The global token is scaled, not positioned.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..schemas.record import POOLED_GRID, POOLED_PATCHES
-from .position import box_center_embedding
+from ...schemas.record import POOLED_GRID, POOLED_PATCHES
 from .refilter import refiltered_keep_rank
 from .scaling import CacheStats, image_norms, scale_tokens
 from .token_spec import TokenSpec, pool_kernel, prune_indices
@@ -91,7 +91,7 @@ def object_rows(record: dict[str, Any], spec: TokenSpec) -> np.ndarray:
 
 
 def reduce_patches(patch: torch.Tensor, n: int, mode: str) -> torch.Tensor:
-    """[36, C] raster-order patch tokens -> [n, C] (pool / max / prune, see trainer/token_spec.py)."""
+    """[36, C] raster-order patch tokens -> [n, C] (pool / max / prune, see trainer/visual/token_spec.py)."""
     if n == POOLED_PATCHES and mode != "prune":
         return patch
     if mode == "prune":
@@ -105,7 +105,7 @@ def reduce_patches(patch: torch.Tensor, n: int, mode: str) -> torch.Tensor:
 def compose(record: dict[str, Any], spec: TokenSpec, scaling: str = "none",
             stats: CacheStats | None = None) -> VisualTokens:
     """Compose an image's tokens from its record (numpy arrays, object axis trimmed to
-    ``num_objects``, as the readers in trainer/readers.py return them)."""
+    ``num_objects``, as the readers in trainer/data/readers.py return them)."""
     norms = image_norms(record, scaling)
     mu_p, sigma_p, own = norms.patch_mean, norms.patch_std, (norms.object_mean, norms.object_std)
     d = record["global_token"].shape[-1]
@@ -129,3 +129,46 @@ def compose(record: dict[str, Any], spec: TokenSpec, scaling: str = "none",
             boxes = torch.from_numpy(np.asarray(record["boxes"], dtype=np.float32)[rows])
             objects = tokens + box_center_embedding(boxes, float(record["width"]), float(record["height"]), d)
     return VisualTokens(glob=glob, patch=patch, objects=objects)
+
+
+# The box-centre embedding (paper 3.2)
+#
+# Fixed sinusoidal embedding of an object's box centre (paper 3.2), added to its token.
+#
+# The centre ``(cx, cy)`` is normalised by the original image size, so it lies in [0, 1]
+# whatever the resolution: ``cx = (x0 + x1) / 2 / width``, ``cy = (y0 + y1) / 2 / height``.
+# The background's box is the whole image, so its centre is (0.5, 0.5).
+#
+# DETR's convention (``PositionEmbeddingSine(normalize=True)``), with x first: for a width
+# D (a multiple of 4), ``F = D / 4`` frequencies per coordinate,
+#
+#     w_i  = 2 * pi / 10000 ** (i / F)                         i = 0 .. F-1
+#     PE   = [sin(cx w_0), cos(cx w_0), ..., sin(cx w_{F-1}), cos(cx w_{F-1}),
+#             sin(cy w_0), cos(cy w_0), ..., sin(cy w_{F-1}), cos(cy w_{F-1})]
+#
+# (DETR writes ``10000 ** (2 * (j // 2) / (D / 2))`` for dim j of one half: the same w_i.)
+# Nothing is learnt: the same box always gets the same vector, in training and at test time.
+
+TEMPERATURE = 10000.0
+SCALE = 2 * math.pi
+
+
+def sincos_2d(cx: torch.Tensor, cy: torch.Tensor, dim: int) -> torch.Tensor:
+    """[n] normalised centres -> [n, dim] embeddings (layout in the module docstring)."""
+    if dim % 4:
+        raise ValueError(f"the sinusoidal box embedding needs a width divisible by 4, got {dim}")
+    f = dim // 4
+    omega = SCALE / TEMPERATURE ** (torch.arange(f, dtype=torch.float32) / f)
+
+    def one(c: torch.Tensor) -> torch.Tensor:
+        angles = c.float()[:, None] * omega[None, :]
+        return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # sin, cos interleaved
+
+    return torch.cat([one(cx), one(cy)], dim=-1)
+
+
+def box_center_embedding(boxes: torch.Tensor, width: float, height: float, dim: int) -> torch.Tensor:
+    """[n, 4] xyxy boxes in original pixels -> [n, dim] embeddings of their centres."""
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2 / max(width, 1.0)
+    cy = (boxes[:, 1] + boxes[:, 3]) / 2 / max(height, 1.0)
+    return sincos_2d(cx, cy, dim)
