@@ -219,7 +219,10 @@ def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str,
         return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, echo)
 
 
-def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int, retry_failed: bool) -> tuple[list[int], int]:
+def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int,
+                    retry_failed: bool) -> tuple[list[int], dict[int, dict[str, Any]]]:
+    """The shards this run does, and the commits it keeps (all readable and of this plan;
+    with ``retry_failed``, those with failures are removed from disk and from the dict)."""
     commits = read_commits(jd)
     unreadable = [s for s, c in commits.items() if "unreadable" in c]
     if unreadable:
@@ -234,7 +237,7 @@ def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int, retry_failed:
         for shard in [s for s, c in commits.items() if c["images_failed"]]:
             jd.commit_path(shard).unlink()  # uncommitted first: a kill now loses nothing
             del commits[shard]
-    return [s for s in range(shards) if s not in commits], len(commits)
+    return [s for s in range(shards) if s not in commits], commits
 
 
 def _model_load_error(exc: BaseException) -> str | None:
@@ -259,9 +262,10 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     manifest = read_manifest(jd.manifest, columns=["index", "image_id", "path", "shard"]).to_pydict()
     rows, size = len(manifest["index"]), spec.shards.size
     shards = -(-rows // size)
-    todo, already = _pending_shards(jd, meta, shards, retry_failed)
+    todo, kept = _pending_shards(jd, meta, shards, retry_failed)
+    already = len(kept)
     if not todo:
-        write_failures(jd, valid_commits(jd))
+        write_failures(jd, kept)  # every shard committed: the commits just read are all of them
         return RunSummary(shards, already, 0, 0, 0, 0.0)
 
     from ..stages.write import open_store
