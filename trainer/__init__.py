@@ -15,7 +15,7 @@ Read train.py top to bottom: the loop. What it calls is grouped by role:
     parallel/   torchrun environment and ResumableSampler, ddp/fsdp sharding, memory accounting
 
 Each subpackage's __init__ lists its modules. Inside the trainer, imports flow down:
-train/launch -> runtime, model/, parallel/ -> data/ -> visual/ (pyproject.toml's contracts).
+launch -> train -> runtime, model/, parallel/ -> data/ -> visual/ (pyproject.toml's contracts).
 
 Generation from a checkpoint lives in inference/, the `masktok train` command in cli/train.py,
 a tiny Llama and a small synthetic cache for tests and demos in tiny/.

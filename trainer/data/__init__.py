@@ -1,5 +1,6 @@
 """What the trainer reads: the cache's records, LLaVA's conversations joined to them, the
-order they come in, and the text turned into ids (docs/trainer.md, "Data").
+order they come in, and the text turned into ids (docs/trainer.md: "Readers", "Data order",
+"Model, templates and the two stages").
 
     readers     ZarrImages (map-style) and WdsImages (streaming): one record dict per image
     stats       cache-wide norm statistics (dataset-global and c7 scaling)
