@@ -60,8 +60,10 @@ def score_command(bench: Any) -> click.Command:
     """``masktok score NAME`` for a benchmarks.Benchmark."""
 
     def run(answers_path: Path, as_json: bool, label_paths: Any = None, questions_path: Path | None = None) -> None:
+        from ..evaluate.benchmarks import score_benchmark
+
         labels = list(label_paths) if isinstance(label_paths, tuple) else [] if label_paths is None else [label_paths]
-        result = bench.score(answers_path, labels, questions_path)
+        result = score_benchmark(bench.name, answers_path, labels, questions_path)
         click.echo(json.dumps(result.to_dict()) if as_json else bench.table(result))
         for line in bench.warnings(result):
             click.echo(f"warning: {line}", err=True)

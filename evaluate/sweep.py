@@ -47,10 +47,13 @@ def _metadata(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def mean_visual_tokens(rows: Sequence[tuple[int, dict[str, Any]]], path: Path) -> float:
-    """Mean of ``metadata.visual_tokens`` over the rows; DataError naming the file (and the
-    first line) when the file is empty or a line lacks a numeric count."""
+    """Mean of ``metadata.visual_tokens`` over the rows the model answered (not the empty
+    lines of ``metadata.unanswered``); DataError naming the file (and the first line) when the
+    file has no answer or a line lacks a numeric count."""
     counts = []
     for number, row in rows:
+        if "unanswered" in _metadata(row):
+            continue
         value = _metadata(row).get("visual_tokens")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DataError(f"{path}:{number}: no metadata.visual_tokens (a sweep needs answers "

@@ -149,7 +149,7 @@ def test_cli_pope_json_and_unpaired_report_on_stderr(pope_files) -> None:
     assert data["benchmark"] == "pope" and data["score"] == pytest.approx(50.0)  # mean F1 of one category
     assert data["parts"]["overall"]["n"] == 5 and data["parts"]["overall"]["f1"] == pytest.approx(0.5)
     assert list(data["parts"]["per_category"]) == ["adversarial"]
-    assert data["counts"] == {"scored": 5, "missing": 0, "unpaired": 5}
+    assert data["counts"] == {"scored": 5, "missing": 0, "unpaired": 5, "unanswered": 0}
     assert "5 answer(s) of no question" in result.stderr and "popular/" in result.stderr
 
 
