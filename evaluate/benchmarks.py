@@ -54,6 +54,12 @@ class Benchmark:
     warnings: Callable[[BenchScore], list[str]] = BenchScore.warnings
     #: more lines for stderr after the warnings (a hint), from the result and --questions
     notes: Callable[[BenchScore, Path | None], list[str]] = lambda result, questions: []
+    #: the result's column in the paper's tables (evaluate/paper.py); None: the benchmark's name
+    paper_key: Callable[[BenchScore], str] | None = None
+
+    def paper_column(self, result: BenchScore) -> str:
+        """Which of the paper's benchmarks ``result`` is (evaluate/paper.py's keys)."""
+        return self.name if self.paper_key is None else self.paper_key(result)
 
 
 @dataclass(frozen=True)
