@@ -169,3 +169,24 @@ def test_fraction_keeps_the_same_records_whatever_the_order() -> None:
     assert record_subset(records, 1.0) == records
     with pytest.raises(DataError, match="fraction"):
         record_subset(records, 0.0)
+
+
+def test_a_resume_refuses_another_fraction(tmp_path, monkeypatch) -> None:
+    """The subset is part of the run: resuming it on other data is refused in one line."""
+    from masktok.schemas.errors import TrainError
+    from masktok.trainer import train as train_module
+    from masktok.trainer.runtime import TrainConfig
+
+    state = {"stage": 1, "tokens": "cls,patch:36,obj:101:all", "scaling": "per-image-std", "fraction": 0.9,
+             "fraction_seed": 0}
+    monkeypatch.setattr(train_module.ckpt, "latest", lambda out: tmp_path / "checkpoint-00000010")
+    monkeypatch.setattr(train_module.ckpt, "read_state", lambda found: state)
+    cfg = lambda **kw: TrainConfig(stage=1, cache=tmp_path, data=tmp_path, llm=tmp_path, out=tmp_path,  # noqa: E731
+                                   resume=True, **kw)
+    assert train_module._resolve_run(cfg(fraction=0.9))[1] is state
+    with pytest.raises(TrainError, match="fraction 0.9"):
+        train_module._resolve_run(cfg())
+    with pytest.raises(TrainError, match="seed 0"):
+        train_module._resolve_run(cfg(fraction=0.9, fraction_seed=1))
+    state.pop("fraction"), state.pop("fraction_seed")  # a run from before --fraction: all records
+    assert train_module._resolve_run(cfg())[1] is state
