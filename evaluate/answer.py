@@ -16,8 +16,9 @@ once complete). Answers are keyed by line, not by id: MME and TextVQA repeat ids
 A question whose image is not in the cache, failed or is pending is reported and still gets
 its line, in its place: an empty ``text`` and ``metadata.unanswered`` saying why (LLaVA's
 keys unchanged, ``visual_tokens`` 0), so scorers that pair answers by position (LLaVA's
-eval_pope.py) stay aligned, the answer counts wrong, and ``masktok score`` says how many there
-were. A rerun asks such a question again (its image may be done by then). Greedy answers (temperature 0) do not depend on the batch size (transformers'
+eval_pope.py) stay aligned; it is scored as the empty answer it is, and ``masktok score``
+says how many there were. A rerun asks such a question again (its image may be done by
+then). Greedy answers (temperature 0) do not depend on the batch size (transformers'
 ``generate`` over left-padded prompts, trainer/model.py). ``max_new_tokens`` defaults to
 LLaVA-1.5's for the benchmark (questions.LOADER_MAX_NEW_TOKENS, or the QuestionFormat of the
 benchmark that reads the file: the one ``benchmark`` names, else the one that recognises the
@@ -39,10 +40,7 @@ from ..inference.cache import image_status, open_cache
 from ..inference.generation import GenerationModel, Request, generate_answers, load_generation_model
 from ..trainer.token_spec import TokenSpec, parse_spec
 from .questions import Question, answer_key, line_key, read_question_file
-
-
-#: The ``metadata`` key of an answer line written without asking the model: why (the image's state).
-UNANSWERED = "unanswered"
+from .scoring import UNANSWERED
 
 
 @dataclass

@@ -18,6 +18,11 @@ from typing import Any
 from ..schemas.errors import DataError
 
 
+#: The ``metadata`` key of an answer line ``masktok answer`` wrote without asking the model
+#: (its text empty): why, the state of the question's image.
+UNANSWERED = "unanswered"
+
+
 @dataclass(frozen=True)
 class AnswerLine:
     """One line of a LLaVA answer file (``model_vqa*.py``'s format)."""
@@ -81,7 +86,7 @@ def read_answer_file(path: Path) -> list[AnswerLine]:
 
 def count_unanswered(path: Path) -> int:
     """The answer lines of ``path`` that ``masktok answer`` wrote empty (``metadata.unanswered``)."""
-    return sum(isinstance(row, dict) and isinstance(row.get("metadata"), dict) and "unanswered" in row["metadata"]
+    return sum(isinstance(row, dict) and isinstance(row.get("metadata"), dict) and UNANSWERED in row["metadata"]
                for _, row in read_json_lines(path))
 
 

@@ -25,7 +25,7 @@ from ..schemas.errors import DataError, TokenSpecError
 from ..trainer.token_spec import paper_budget
 from .benchmarks import benchmarks, score_benchmark
 from .paper import PaperFigure, paper_figure
-from .scoring import BenchScore, format_rows, read_json_lines
+from .scoring import UNANSWERED, BenchScore, format_rows, read_json_lines
 
 
 @dataclass
@@ -68,7 +68,7 @@ def mean_visual_tokens(rows: Sequence[tuple[int, dict[str, Any]]], path: Path) -
     file has no answer or a line lacks a numeric count."""
     counts = []
     for number, row in rows:
-        if "unanswered" in _metadata(row):
+        if UNANSWERED in _metadata(row):
             continue
         value = _metadata(row).get("visual_tokens")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
