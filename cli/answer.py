@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ..evaluate.benchmarks import REGISTRY
 from ..schemas.errors import Command
 from ..schemas.jobdir import JobDirPath
 
@@ -27,8 +28,11 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0: greedy.")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
-              help="Default: LLaVA-1.5's for the file: 128 (model_vqa_loader benchmarks), 1024 (MM-Vet, "
+              help="Default: LLaVA-1.5's for the benchmark: 128 (model_vqa_loader benchmarks), 1024 (MM-Vet, "
                    "ScienceQA, MMBench).")
+@click.option("--benchmark", type=click.Choice(REGISTRY), default=None,
+              help="The benchmark the file belongs to: its reader and generation limit, whatever the file "
+                   "is called (default: recognised by the file's content).")
 @click.option("--lang", type=click.Choice(["en", "cn"]), default=None,
               help="MMBench's single-prediction suffix (default: cn for a *_cn* file, else en).")
 @click.option("--model-id", default=None, help="The answers' model_id (default: the name of the folder given to --checkpoint).")
@@ -50,5 +54,6 @@ def answer(specs: tuple[str, ...], quiet: bool, **opts: Any) -> None:
     specs = specs or (read_state(resolve(opts["checkpoint"]))["tokens"],)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
     summary = run(specs=list(specs), echo=echo, progress=not quiet and sys.stderr.isatty(), **opts)
+    empty = sum(len(ids) for ids in summary.skipped.values())
     for spec, path in summary.files.items():
-        click.echo(f"{path}  ({summary.answered[spec]} answered, {summary.kept[spec]} kept)")
+        click.echo(f"{path}  ({summary.answered[spec]} answered, {summary.kept[spec]} kept, {empty} empty: no image)")

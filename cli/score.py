@@ -60,8 +60,10 @@ def score_command(bench: Any) -> click.Command:
     """``masktok score NAME`` for a benchmarks.Benchmark."""
 
     def run(answers_path: Path, as_json: bool, label_paths: Any = None, questions_path: Path | None = None) -> None:
+        from ..evaluate.benchmarks import score_benchmark
+
         labels = list(label_paths) if isinstance(label_paths, tuple) else [] if label_paths is None else [label_paths]
-        result = bench.score(answers_path, labels, questions_path)
+        result = score_benchmark(bench.name, answers_path, labels, questions_path)
         click.echo(json.dumps(result.to_dict()) if as_json else bench.table(result))
         for line in bench.warnings(result):
             click.echo(f"warning: {line}", err=True)
@@ -141,25 +143,31 @@ class SweepCommand(Command):
               help="A benchmark's question file (sqa needs it; pope pairs through it).")
 @click.option("--plot", "plot_path", type=_FILE, default=None,
               help="PNG of score against visual tokens (several benchmarks: <stem>-<bench>.png each).")
+@click.option("--paper-model", type=click.Choice(["7b", "13b"]), default="7b", show_default=True,
+              help="Whose figures of the paper to show beside the scores: Mask-LLaVA-7B (Table 1, Tables 9 "
+                   "and 10) or -13B (Table 4).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[str, ...], plot_path: Path | None,
-          as_json: bool) -> None:
-    """The paper's Table 1: a row per token spec, a column per benchmark.
+          paper_model: str, as_json: bool) -> None:
+    """The paper's Table 1: a row per token spec, a column per benchmark; under it, for every
+    spec and benchmark the paper prints a figure for, that figure and the difference.
 
     Each entry is BENCH=FILE or BENCH=FOLDER (its *.jsonl: one file per budget, as masktok
     answer --out writes them); BENCH is one of {names}."""
-    from ..evaluate.sweep import format_sweep_table, plot_sweep
+    from ..evaluate.sweep import format_paper_table, format_sweep_table, plot_sweep
     from ..evaluate.sweep import sweep as run
 
     parsed = [(name, path) for name, paths in _named(entries, "entry", None).items() for path in paths]
     only = parsed[0][0] if len({n for n, _ in parsed}) == 1 else None
     question_files = {name: paths[-1] for name, paths in _named(questions, "--questions", only).items()}
-    points = run(parsed, _named(labels, "--labels", only), question_files)
+    points = run(parsed, _named(labels, "--labels", only), question_files, paper_model)
     plots = plot_sweep(points, plot_path) if plot_path is not None else []
     if as_json:
         click.echo(json.dumps({"points": [p.to_dict() for p in points], "plots": [str(p) for p in plots]}))
     else:
         click.echo(format_sweep_table(points))
+        if (paper := format_paper_table(points)) is not None:
+            click.echo(f"\nthe paper's figures (Mask-LLaVA-{paper_model.upper()}); diff = masktok - paper\n{paper}")
         for plot in plots:
             click.echo(f"plot: {plot}", err=True)
     for point in points:

@@ -51,8 +51,13 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option("--reader", type=click.Choice(["zarr", "wds"]), default="zarr", show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the per-epoch shuffle (and the model's init).")
-@click.option("--group-by-modality-length", is_flag=True,
-              help="LLaVA-1.5's batching: image and text-only examples in separate batches, lengths grouped.")
+@click.option("--group-by-modality-length/--no-group-by-modality-length", default=None,
+              help="LLaVA-1.5's batching: image and text-only examples in separate batches, lengths grouped. "
+                   "Default: on in stage 2, off in stage 1, as LLaVA-1.5's scripts.")
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Train on this deterministic fraction of --data's records (the paper's stage 1: 0.9 of "
+                   "LLaVA-Pretrain); the same subset on every run (docs/trainer.md).")
+@click.option("--fraction-seed", type=int, default=0, show_default=True, help="Which subset --fraction takes.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
               help="auto: bf16 compute on CUDA when supported (fp32 master weights), fp32 on CPU.")
 @click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]), default="auto", show_default=True,

@@ -13,11 +13,16 @@ the spec, the number of visual tokens the model saw, the question's category and
 A rerun resumes: the questions already answered in ``<spec>.jsonl`` are kept, the others
 answered (answers are appended as they come, then the file is rewritten in question order
 once complete). Answers are keyed by line, not by id: MME and TextVQA repeat ids by design.
-Questions whose image is not in the cache, failed or is pending are reported and get no
-line. Greedy answers (temperature 0) do not depend on the batch size (transformers'
+A question whose image is not in the cache, failed or is pending is reported and still gets
+its line, in its place: an empty ``text`` and ``metadata.unanswered`` saying why (LLaVA's
+keys unchanged, ``visual_tokens`` 0), so scorers that pair answers by position (LLaVA's
+eval_pope.py) stay aligned; it is scored as the empty answer it is, and ``masktok score``
+says how many there were. A rerun asks such a question again (its image may be done by
+then). Greedy answers (temperature 0) do not depend on the batch size (transformers'
 ``generate`` over left-padded prompts, trainer/model/mask_llava.py). ``max_new_tokens`` defaults to
-LLaVA-1.5's for the file's kind (questions.LOADER_MAX_NEW_TOKENS, or the QuestionFormat of the
-benchmark that reads the file).
+LLaVA-1.5's for the benchmark (questions.LOADER_MAX_NEW_TOKENS, or the QuestionFormat of the
+benchmark that reads the file: the one ``benchmark`` names, else the one that recognises the
+file by its content).
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ from ..inference.cache import image_status, open_cache
 from ..inference.generation import GenerationModel, Request, generate_answers, load_generation_model
 from ..trainer.visual.token_spec import TokenSpec, parse_spec
 from .questions import Question, answer_key, line_key, read_question_file
+from .scoring import UNANSWERED
 
 
 @dataclass
 class AnswerSummary:
-    """Per spec: questions answered now and kept from before; the skipped questions."""
+    """Per spec: questions answered now and kept from before; the questions answered empty
+    because of their image (``skipped``: the image's state -> question ids)."""
 
     answered: dict[str, int] = field(default_factory=dict)
     kept: dict[str, int] = field(default_factory=dict)
@@ -63,7 +70,8 @@ def read_answers(path: Path) -> dict[str, dict[str, Any]]:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             answer = json.loads(line)
-            done[line_key(answer["metadata"]["line"], answer["question_id"])] = answer
+            if UNANSWERED not in answer["metadata"]:  # asked again: the image may be there now
+                done[line_key(answer["metadata"]["line"], answer["question_id"])] = answer
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
     return done
@@ -91,25 +99,26 @@ class Decoding:
 
 def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str], out: Path, batch_size: int = 8,
            temperature: float = 0.0, max_new_tokens: int | None = None, device: str = "cpu",
-           model_id: str | None = None, seed: int = 0, lang: str | None = None,
+           model_id: str | None = None, seed: int = 0, lang: str | None = None, benchmark: str | None = None,
            echo: Callable[[str], None] = lambda s: None, progress: bool = False) -> AnswerSummary:
     """Answer ``questions_file`` once per token spec into ``out`` (see the module docstring)."""
     parsed = [parse_spec(s) for s in specs]  # bad specs fail before any model is loaded
-    qfile = read_question_file(questions_file, lang)
+    qfile = read_question_file(questions_file, lang, benchmark)
     questions = qfile.questions
     decoding = Decoding(batch_size, temperature, max_new_tokens or qfile.max_new_tokens,
                         model_id or Path(checkpoint).resolve().name, progress)
     gm = load_generation_model(checkpoint, device)
     summary = AnswerSummary(max_new_tokens=decoding.max_new_tokens)
     images = open_cache(cache, gm.dims, parsed)
-    answerable = []
+    answerable, unanswerable = [], {}
     for q in questions:
         if q.image is None or (why := image_status(images, q.image)) is None:
             answerable.append(q)
         else:
+            unanswerable[answer_key(q)] = (q, f"image {why}")
             summary.skipped.setdefault(f"image {why}", []).append(q.question_id)
     for why, ids in summary.skipped.items():
-        echo(f"skipped {len(ids)} question(s): {why} (e.g. question_id {ids[0]!r})")
+        echo(f"{len(ids)} question(s) answered empty: {why} (e.g. question_id {ids[0]!r})")
     Path(out).mkdir(parents=True, exist_ok=True)
     for spec in parsed:
         target = spec_file(out, str(spec))
@@ -121,17 +130,23 @@ def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str]
         echo(f"{spec}: {len(todo)} to answer, {summary.kept[str(spec)]} already answered -> {target}")
         torch.manual_seed(seed)
         summary.min_margin[str(spec)] = _answer_spec(gm, images, spec, todo, target, done, decoding)
+        for key, (q, why) in unanswerable.items():
+            done[key] = answer_line(q, "", spec, 0, decoding.model_id, unanswered=why)
         _write_in_order(target, questions, done)
         summary.answered[str(spec)], summary.files[str(spec)] = len(todo), str(target)
     return summary
 
 
-def answer_line(q: Question, text: str, spec: Any, visual_tokens: int, model_id: str) -> dict[str, Any]:
+def answer_line(q: Question, text: str, spec: Any, visual_tokens: int, model_id: str,
+                unanswered: str | None = None) -> dict[str, Any]:
     """One line of LLaVA's answer format for ``q`` (the MMBench fields after ``prompt``, as
-    model_vqa_mmbench.py orders them)."""
+    model_vqa_mmbench.py orders them); ``unanswered``: why the model was not asked (the
+    line's ``metadata.unanswered``, its text empty)."""
     meta: dict[str, Any] = {"tokens": str(spec), "visual_tokens": visual_tokens, "line": q.line}
     if q.category is not None:
         meta["category"] = q.category
+    if unanswered is not None:
+        meta[UNANSWERED] = unanswered
     line: dict[str, Any] = {"question_id": q.question_id}
     if "round_id" in q.extra:
         line["round_id"] = q.extra["round_id"]

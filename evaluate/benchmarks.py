@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..schemas.errors import DataError
-from .scoring import BenchScore
+from .scoring import BenchScore, count_unanswered
 
 if TYPE_CHECKING:
     from .questions import Question
@@ -54,6 +54,12 @@ class Benchmark:
     warnings: Callable[[BenchScore], list[str]] = BenchScore.warnings
     #: more lines for stderr after the warnings (a hint), from the result and --questions
     notes: Callable[[BenchScore, Path | None], list[str]] = lambda result, questions: []
+    #: the result's column in the paper's tables (evaluate/paper.py); None: the benchmark's name
+    paper_key: Callable[[BenchScore], str] | None = None
+
+    def paper_column(self, result: BenchScore) -> str:
+        """Which of the paper's benchmarks ``result`` is (evaluate/paper.py's keys)."""
+        return self.name if self.paper_key is None else self.paper_key(result)
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,8 @@ def benchmarks() -> dict[str, Benchmark]:
 
 
 def score_benchmark(name: str, answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
-    """Score ``answers`` with benchmark ``name``; DataError when its inputs are incomplete."""
+    """Score ``answers`` with benchmark ``name`` (with the count of its empty, unanswered lines);
+    DataError when its inputs are incomplete."""
     known = benchmarks()
     if name not in known:
         raise DataError(f"unknown benchmark {name!r}: one of {', '.join(known)}")
@@ -121,5 +128,7 @@ def score_benchmark(name: str, answers: Path, labels: Sequence[Path], questions:
         raise DataError(f"{name} takes one labels path, got {len(labels)}")
     if bench.questions.need == "required" and questions is None:
         raise DataError(f"{name} needs its question file (--questions {name}=PATH)")
-    return bench.score(Path(answers), [Path(p) for p in labels], None if questions is None else Path(questions))
+    result = bench.score(Path(answers), [Path(p) for p in labels], None if questions is None else Path(questions))
+    result.unanswered = count_unanswered(Path(answers))
+    return result
 

@@ -9,6 +9,7 @@ The file is what LLaVA-1.5's ``scripts/convert_mmvet_for_eval.py`` writes: one J
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..schemas.errors import DataError
@@ -43,10 +44,29 @@ def write_mmvet_submission(answers_path: Path, out_path: Path) -> dict[str, str]
     return results
 
 
+#: MM-Vet's image names (``v1_0.png`` ... ``v1_217.png``): how its question file is known,
+#: whatever it is called.
+_MM_VET_IMAGE = re.compile(r"v1_\d+\.\w+")
+
+
 def _is_mm_vet(path: Path) -> bool:
-    """MM-Vet's file (``llava-mm-vet.jsonl``): JSON Lines read by model_vqa.py, with 1024 new tokens."""
-    name = Path(path).name.lower()
-    return ("mm-vet" in name or "mmvet" in name) and file_format(path) == "jsonl"
+    """MM-Vet's file (``llava-mm-vet.jsonl``, JSON Lines read by model_vqa.py with 1024 new
+    tokens), known by its content: every question's image is one of MM-Vet's ``v1_<n>`` images.
+    The file's name plays no part (a renamed copy still gets 1024); ``masktok answer
+    --benchmark mmvet`` names it outright."""
+    if file_format(path) != "jsonl":
+        return False
+    seen = False
+    with Path(path).open(encoding="utf-8-sig", errors="replace") as fh:
+        for line in filter(str.strip, fh):  # stops at the first other image: a VQAv2 file costs one line
+            try:
+                image = json.loads(line).get("image")
+            except (json.JSONDecodeError, AttributeError):
+                return False
+            if not isinstance(image, str) or not _MM_VET_IMAGE.fullmatch(image):
+                return False
+            seen = True
+    return seen
 
 
 ENTRIES = (

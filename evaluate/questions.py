@@ -61,19 +61,26 @@ class QuestionFile:
     max_new_tokens: int = LOADER_MAX_NEW_TOKENS
 
 
-def read_question_file(path: Path, lang: str | None = None) -> QuestionFile:
+def read_question_file(path: Path, lang: str | None = None, benchmark: str | None = None) -> QuestionFile:
     """The questions of a LLaVA-1.5 benchmark file (see the module docstring): read by the
     registered benchmark whose question format claims the file (benchmarks.QuestionFormat;
     the last registered first, so a new format can claim files a broader, older one would
     take: ScienceQA's takes any JSON list), else as model_vqa_loader.py's JSON Lines. ``lang`` picks MMBench's single-prediction
     suffix ("en" or "cn"; default: "cn" when the file name says ``_cn``, as LLaVA's
-    mmbench_cn.sh passes it)."""
-    from .benchmarks import registered
+    mmbench_cn.sh passes it). ``benchmark`` (a module of benchmarks.REGISTRY) names the
+    benchmark outright: its question format reads the file and gives the generation limit
+    (model_vqa_loader.py's JSON Lines and 128 for a benchmark without one)."""
+    from .benchmarks import REGISTRY, registered
 
     path = Path(path)
-    for fmt in reversed(registered().formats):
-        if fmt.claims(path):
-            return _non_empty(QuestionFile(path, fmt.kind, fmt.read(path, lang), fmt.max_new_tokens))
+    if benchmark is not None:
+        if benchmark not in REGISTRY:
+            raise DataError(f"unknown benchmark {benchmark!r}: one of {', '.join(REGISTRY)}")
+        formats = registered([benchmark]).formats
+    else:
+        formats = [next((fmt for fmt in reversed(registered().formats) if fmt.claims(path)), None)]
+    if (fmt := formats[0] if formats else None) is not None:
+        return _non_empty(QuestionFile(path, fmt.kind, fmt.read(path, lang), fmt.max_new_tokens))
     if file_format(path) != "jsonl":  # a format no registered benchmark reads
         raise DataError(f"{path}: no registered benchmark reads this question file")
     return _non_empty(QuestionFile(path, "loader", jsonl_questions(path)))

@@ -18,6 +18,11 @@ from typing import Any
 from ..schemas.errors import DataError
 
 
+#: The ``metadata`` key of an answer line ``masktok answer`` wrote without asking the model
+#: (its text empty): why, the state of the question's image.
+UNANSWERED = "unanswered"
+
+
 @dataclass(frozen=True)
 class AnswerLine:
     """One line of a LLaVA answer file (``model_vqa*.py``'s format)."""
@@ -79,6 +84,12 @@ def read_answer_file(path: Path) -> list[AnswerLine]:
     return answers
 
 
+def count_unanswered(path: Path) -> int:
+    """The answer lines of ``path`` that ``masktok answer`` wrote empty (``metadata.unanswered``)."""
+    return sum(isinstance(row, dict) and isinstance(row.get("metadata"), dict) and UNANSWERED in row["metadata"]
+               for _, row in read_json_lines(path))
+
+
 def id_key(question_id: Any) -> str:
     """A question id as a dict key: 1 and "1" are the same question (LLaVA's files mix both)."""
     return str(question_id)
@@ -92,7 +103,9 @@ class BenchScore:
     perception points); ``extra`` holds other headline numbers (MME's ``cognition``,
     ScienceQA's ``all``); ``parts`` the breakdown (per category, subtask, ability). ``scored``
     counts the questions scored, the ``missing`` ones among them (counted wrong); ``unpaired``
-    lists answers that belong to no question (not scored).
+    lists answers that belong to no question (not scored); ``unanswered`` counts the answer
+    lines ``masktok answer`` wrote empty because the question's image was missing or failed
+    (``metadata.unanswered``; scored as the empty answers they are).
     """
 
     benchmark: str
@@ -102,12 +115,14 @@ class BenchScore:
     missing: list[Any] = field(default_factory=list)
     unpaired: list[Any] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    unanswered: int = 0
 
     def to_dict(self, examples: int = 10) -> dict[str, Any]:
         """JSON-ready: benchmark, score, the extra headline numbers, parts, counts and a few
         example ids of what is missing or unpaired."""
         return {"benchmark": self.benchmark, "score": self.score, **self.extra, "parts": self.parts,
-                "counts": {"scored": self.scored, "missing": len(self.missing), "unpaired": len(self.unpaired)},
+                "counts": {"scored": self.scored, "missing": len(self.missing), "unpaired": len(self.unpaired),
+                           "unanswered": self.unanswered},
                 "missing_examples": [_jsonable(m) for m in self.missing[:examples]],
                 "unpaired_examples": [_jsonable(u) for u in self.unpaired[:examples]]}
 
@@ -117,6 +132,9 @@ class BenchScore:
         if self.missing:
             lines.append(f"{len(self.missing)} question(s) without an answer, counted wrong "
                          f"(e.g. {_examples(self.missing, examples)})")
+        if self.unanswered:
+            lines.append(f"{self.unanswered} answer(s) written empty, their image missing or failed "
+                         "(metadata.unanswered), scored as empty answers")
         if self.unpaired:
             lines.append(f"{len(self.unpaired)} answer(s) of no question, not scored "
                          f"(e.g. {_examples(self.unpaired, examples)})")

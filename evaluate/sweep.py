@@ -8,6 +8,10 @@ which varies with the number of objects in each image); its spec is ``metadata.t
 The table's ``paper`` column names the paper's setting a spec is (its token count: 138 for
 ``cls,patch:36,obj:101:all``, 57, 42, 29, 15; trainer/visual/token_spec.py ``PAPER_SPECS``), "-" for
 any other spec: ``cls,patch:36,obj:101`` (the filtered objects) is not the paper's 138.
+
+Where a point's spec and benchmark match a figure the paper prints (evaluate/paper.py; the 7B
+model's unless told otherwise), the point carries that figure, its table and the difference
+(masktok's score minus the paper's), printed in a second table under the first.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 from ..schemas.errors import DataError, TokenSpecError
 from ..trainer.visual.token_spec import paper_budget
 from .benchmarks import benchmarks, score_benchmark
-from .scoring import BenchScore, format_rows, read_json_lines
+from .paper import PaperFigure, paper_figure
+from .scoring import UNANSWERED, BenchScore, format_rows, read_json_lines
 
 
 @dataclass
@@ -32,13 +37,24 @@ class SweepPoint:
     spec: str
     visual_tokens: float
     result: BenchScore
+    paper: PaperFigure | None = None  # the paper's figure for this spec and benchmark
+
+    @property
+    def difference(self) -> float | None:
+        """masktok's score minus the paper's figure (None without either)."""
+        if self.paper is None or self.result.score is None:
+            return None
+        return self.result.score - self.paper.value
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: benchmark, path, spec, tokens and the scorer's summary."""
+        """JSON-ready: benchmark, path, spec, tokens, the scorer's summary and the paper's figure."""
+        paper = None if self.paper is None else {"figure": self.paper.value, "table": self.paper.table,
+                                                 "difference": self.difference}
         return {"benchmark": self.benchmark, "answers": str(self.answers_path), "spec": self.spec,
                 "visual_tokens": self.visual_tokens, **{k: v for k, v in self.result.to_dict(examples=0).items()
                                                          if k not in ("benchmark", "missing_examples",
-                                                                      "unpaired_examples")}}
+                                                                      "unpaired_examples")},
+                "paper": paper}
 
 
 def _metadata(row: dict[str, Any]) -> dict[str, Any]:
@@ -47,10 +63,13 @@ def _metadata(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def mean_visual_tokens(rows: Sequence[tuple[int, dict[str, Any]]], path: Path) -> float:
-    """Mean of ``metadata.visual_tokens`` over the rows; DataError naming the file (and the
-    first line) when the file is empty or a line lacks a numeric count."""
+    """Mean of ``metadata.visual_tokens`` over the rows the model answered (not the empty
+    lines of ``metadata.unanswered``); DataError naming the file (and the first line) when the
+    file has no answer or a line lacks a numeric count."""
     counts = []
     for number, row in rows:
+        if UNANSWERED in _metadata(row):
+            continue
         value = _metadata(row).get("visual_tokens")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DataError(f"{path}:{number}: no metadata.visual_tokens (a sweep needs answers "
@@ -83,15 +102,18 @@ def answer_files(path: Path) -> list[Path]:
 
 
 def sweep(entries: Sequence[tuple[str, Path]], labels: dict[str, list[Path]],
-          questions: dict[str, Path]) -> list[SweepPoint]:
+          questions: dict[str, Path], paper_model: str = "7b") -> list[SweepPoint]:
     """Score every (benchmark, answer file or folder) entry with that benchmark's labels and
-    question file; points sorted by visual tokens (then spec, then benchmark)."""
+    question file, each beside the paper's figure of ``paper_model`` where it has one;
+    points sorted by visual tokens (then spec, then benchmark)."""
     points = []
     for bench, path in entries:
         for file in answer_files(path):
             rows = read_json_lines(file)
-            points.append(SweepPoint(bench, file, token_spec_of(rows, file), mean_visual_tokens(rows, file),
-                                     score_benchmark(bench, file, labels.get(bench, []), questions.get(bench))))
+            spec = token_spec_of(rows, file)
+            result = score_benchmark(bench, file, labels.get(bench, []), questions.get(bench))
+            figure = paper_figure(paper_model, _budget(spec), benchmarks()[bench].paper_column(result))
+            points.append(SweepPoint(bench, file, spec, mean_visual_tokens(rows, file), result, figure))
     return sorted(points, key=lambda p: (p.visual_tokens, p.spec, p.benchmark))
 
 
@@ -123,12 +145,33 @@ def format_sweep_table(points: Sequence[SweepPoint]) -> str:
     return format_rows(rows, left={1})
 
 
+def format_paper_table(points: Sequence[SweepPoint]) -> str | None:
+    """The points that match a figure of the paper: masktok's score, the paper's, the
+    difference and the table (None when no point matches)."""
+    known = benchmarks()
+    matched = [p for p in points if p.paper is not None]
+    if not matched:
+        return None
+    rows = [("tokens", "spec", "benchmark", "masktok", "paper", "diff", "source")]
+    for p in sorted(matched, key=lambda p: (-_budget(p.spec), list(known).index(p.benchmark))):
+        diff = p.difference
+        rows.append((str(_budget(p.spec)), p.spec, known[p.benchmark].paper_column(p.result),
+                     format_score(p.result.score), format_score(p.paper.value),
+                     "-" if diff is None else f"{diff:+.1f}", p.paper.table))
+    return format_rows(rows, left={1, 2, 6})
+
+
+def _budget(spec: str) -> int | None:
+    """The paper's token count of ``spec`` (None: not one of the paper's settings)."""
+    try:
+        return paper_budget(spec)
+    except TokenSpecError:  # a file stem that is no spec
+        return None
+
+
 def _paper(spec: str) -> str:
     """The paper's token count of ``spec`` ("-": not one of the paper's settings)."""
-    try:
-        budget = paper_budget(spec)
-    except TokenSpecError:  # a file stem that is no spec
-        budget = None
+    budget = _budget(spec)
     return "-" if budget is None else str(budget)
 
 

@@ -300,7 +300,8 @@ ENTRIES = (
               lambda answers, labels, questions: score_vqa(answers, labels[0], questions), format_vqa_table,
               labels=Input("required", "VQAv2 val annotations (v2_mscoco_val2014_annotations.json) or VizWiz's "
                                        "val.json."),
-              questions=Input("optional", "LLaVA's question file (VizWiz: maps question ids to image names).")),
+              questions=Input("optional", "LLaVA's question file (VizWiz: maps question ids to image names)."),
+              paper_key=lambda result: result.benchmark),  # "vqav2" or "vizwiz", by the labels
     Submission("vqav2", "VQAv2 test-dev/test for EvalAI, as LLaVA's convert_vqav2_for_submission.py.",
                "The JSON to upload to EvalAI.", _upload(write_vqav2_submission),
                Input("required", "LLaVA's llava_vqav2_mscoco_test2015.jsonl (every test2015 question id).")),

@@ -107,6 +107,10 @@ InvertPrecision = Literal["fp32", "tf32", "bf16", "bf16-operator"]
 class DetectSpec(_Section):
     checkpoint: str = "${MASKTOK_DETR_CHECKPOINT}"
     top_k: int = Field(100, ge=1)
+    # which top_k (stages/detect.py): "query", masktok's choice, each query once by its best class;
+    # "query-class", Deformable-DETR's own post-processing, the top k query x class pairs (a query may
+    # give several boxes). The paper says "the top 100 boxes" and neither which.
+    selection: Literal["query", "query-class"] = "query"
     precision: Precision = "tf32"
     resources: Resources = Resources(gpus=1.0, batch_size=8)
 
@@ -287,7 +291,7 @@ def _results_view(value: Any) -> Any:
 #: Fields added after jobs were planned without them, with the value those jobs ran with: the
 #: hash leaves such a field out at that value, so an older job's fingerprint (and its resume)
 #: stays valid, while any other value changes the hash.
-_ADDED_LATER = {("decode", "mode"): "careful", ("invert", "framing"): "pad"}
+_ADDED_LATER = {("decode", "mode"): "careful", ("invert", "framing"): "pad", ("detect", "selection"): "query"}
 
 
 def fingerprint(spec: JobSpec) -> str:

@@ -1,11 +1,18 @@
 """Detection stage: Deformable-DETR boxes (paper: the top 100 boxes per image). The model is
 built in ``models/detector.py``.
 
-Class-agnostic top-k: each query is one box, scored by its highest class probability
-(sigmoid, as Deformable-DETR is trained with a sigmoid focal loss; there is no "no object"
-class). The top ``detect.top_k`` queries by that score are kept, with no threshold.
-transformers' ``post_process_object_detection`` instead takes the top-k over
-query x class pairs and so returns the same box several times.
+Which top-k (``detect.selection``; the paper says "the top 100 boxes" and not how):
+
+- ``query`` (the default, masktok's choice): class-agnostic, each query is one box, scored
+  by its highest class probability (sigmoid, as Deformable-DETR is trained with a sigmoid
+  focal loss; there is no "no object" class); the top ``detect.top_k`` queries are kept, so
+  100 distinct boxes.
+- ``query-class``: Deformable-DETR's own post-processing (its ``PostProcess``, and
+  transformers' ``post_process_object_detection``): the top ``top_k`` over all query x class
+  probabilities, so a query confident in two classes gives its box twice (the IoU filter,
+  threshold 0.8, then suppresses the copy's mask).
+
+Neither applies a threshold.
 
 Batching: the processor pads a batch of differently sized images to a common canvas, and
 the padding leaks into the result through the backbone convolutions (on the tiny model the
@@ -48,6 +55,22 @@ def class_agnostic_top_k(
     return scores[order], pred_boxes[order], order
 
 
+def query_class_top_k(
+    logits: torch.Tensor, pred_boxes: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top ``k`` query x class pairs of one image, as Deformable-DETR's post-processing takes
+    them: the same arguments and results as :func:`class_agnostic_top_k`, but a query index
+    may repeat (one row per pair); ties keep (query, class) order."""
+    flat = logits.sigmoid().reshape(-1)
+    order = torch.sort(flat, descending=True, stable=True).indices[: min(k, flat.numel())]
+    queries = torch.div(order, logits.shape[-1], rounding_mode="floor")
+    return flat[order], pred_boxes[queries], queries
+
+
+#: ``detect.selection`` -> how an image's top-k boxes are chosen.
+SELECTIONS = {"query": class_agnostic_top_k, "query-class": query_class_top_k}
+
+
 def to_pixel_xyxy(boxes_cxcywh: torch.Tensor, width: int, height: int) -> np.ndarray:
     """Normalised cxcywh -> float32 xyxy in pixels of a ``width`` x ``height`` image, clipped."""
     cx, cy, w, h = boxes_cxcywh.double().unbind(-1)
@@ -59,13 +82,15 @@ def to_pixel_xyxy(boxes_cxcywh: torch.Tensor, width: int, height: int) -> np.nda
 class DetectStage:
     """Adds ``boxes`` (float32 [M, 4] xyxy pixels, clipped) and ``scores`` (float32 [M]).
 
-    ``M = min(top_k, num_queries)``, rows sorted by descending score. Runs on the model's
+    ``M = min(top_k, num_queries)`` (``query-class``: ``min(top_k, num_queries x classes)``),
+    rows sorted by descending score. Runs on the model's
     device, its forward at ``precision`` (stages/precision.py).
     """
 
     def __init__(self, model: DeformableDetrForObjectDetection, processor: DeformableDetrImageProcessor,
-                 top_k: int = 100, precision: str = "fp32") -> None:
+                 top_k: int = 100, precision: str = "fp32", selection: str = "query") -> None:
         self.model, self.processor, self.top_k, self.precision = model.eval(), processor, top_k, precision
+        self.select = SELECTIONS[selection]
         self.device = next(model.parameters()).device
 
     def _pixels(self, item: Item) -> np.ndarray | None:
@@ -104,7 +129,7 @@ class DetectStage:
                 outputs = self.model(pixel_values=pixel_values, pixel_mask=mask)
             logits, pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
             for i, (item, _) in enumerate(members):
-                scores, boxes, _ = class_agnostic_top_k(logits[i], pred_boxes[i], self.top_k)
+                scores, boxes, _ = self.select(logits[i], pred_boxes[i], self.top_k)
                 item["boxes"] = to_pixel_xyxy(boxes, item["width"], item["height"])
                 item["scores"] = scores.float().cpu().numpy()
         return batch

@@ -83,7 +83,8 @@ def _decode(spec: JobSpec, root: str, _: Any) -> Stage:
 
 def _detect(spec: JobSpec, root: str, built: Any) -> Stage:
     from .detect import DetectStage
-    return DetectStage(*built, top_k=spec.detect.top_k, precision=spec.detect.precision)
+    return DetectStage(*built, top_k=spec.detect.top_k, precision=spec.detect.precision,
+                       selection=spec.detect.selection)
 
 
 def _segment(spec: JobSpec, root: str, sam: Any) -> Stage:

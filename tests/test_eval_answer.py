@@ -51,15 +51,22 @@ def answered(trained) -> tuple[Path, object]:
     return out, summary
 
 
-def test_one_line_per_answerable_question_in_the_question_files_order(trained, answered) -> None:
+def test_one_line_per_question_in_the_question_files_order(trained, answered) -> None:
+    """Every question has its line, in file order; the two without a usable image (5 failed,
+    99 unknown) an empty one marked in metadata, LLaVA's keys unchanged."""
     out, summary = answered
     questions = read_question_file(trained["questions"]).questions
-    answerable = [q for q in questions if q.question_id not in (5, 99)]
     assert summary.skipped == {"image failed": [5], "image not in the cache": [99]}
     assert summary.max_new_tokens == 6
     for spec in SPECS:
         lines = _lines(out / f"{spec}.jsonl")
-        assert [(a["question_id"], a["metadata"]["line"]) for a in lines] == [(q.question_id, q.line) for q in answerable]
+        assert [(a["question_id"], a["metadata"]["line"]) for a in lines] == [(q.question_id, q.line) for q in questions]
+        empty = {a["question_id"]: a for a in lines if "unanswered" in a["metadata"]}
+        assert set(empty) == {5, 99}
+        assert empty[5]["text"] == "" and empty[5]["metadata"]["unanswered"] == "image failed"
+        assert empty[99]["metadata"]["unanswered"] == "image not in the cache"
+        assert set(empty[5]) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
+        assert all(a["text"] for a in lines if "unanswered" not in a["metadata"])
         assert [a["prompt"] for a in lines if a["question_id"] == 7] == ["Is there a thing 7?", "Is it red?"]
         first = lines[0]
         assert set(first) == {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
@@ -68,7 +75,8 @@ def test_one_line_per_answerable_question_in_the_question_files_order(trained, a
         assert "category" not in lines[-1]["metadata"]  # q-extra has none
     small = _lines(out / f"{SPECS[1]}.jsonl")
     assert all(a["metadata"]["visual_tokens"] <= 1 + 1 + 2 for a in small)
-    assert all(a["metadata"]["visual_tokens"] > 4 for a in _lines(out / f"{SPECS[0]}.jsonl"))
+    assert all(a["metadata"]["visual_tokens"] > 4 for a in _lines(out / f"{SPECS[0]}.jsonl")
+               if "unanswered" not in a["metadata"])
 
 
 def test_greedy_answers_do_not_depend_on_the_batch_size(trained, answered) -> None:
@@ -95,7 +103,7 @@ def test_a_rerun_answers_only_what_is_missing_and_keeps_the_order(trained, answe
     (out / f"{spec}.jsonl").write_text("\n".join(kept) + "\n" + lines[8][:20])  # a crash cut the last line
     summary = answer(trained["run"], trained["job"], trained["questions"], [spec], out, batch_size=4,
                      max_new_tokens=6)
-    assert summary.kept[spec] == 5 and summary.answered[spec] == len(lines) - 5
+    assert summary.kept[spec] == 5 and summary.answered[spec] == len(lines) - 5 - 2  # 2 empty: no image
     assert (out / f"{spec}.jsonl").read_text() == full
     again = answer(trained["run"], trained["job"], trained["questions"], [spec], out, max_new_tokens=6)
     assert again.answered[spec] == 0 and (out / f"{spec}.jsonl").read_text() == full
@@ -133,7 +141,7 @@ def test_the_cli_answers_at_the_checkpoints_budget_and_reports_bad_input(trained
         read_question_file(other)
 
 
-def test_questions_on_images_still_pending_are_skipped_and_named(trained, tmp_path) -> None:
+def test_questions_on_images_still_pending_are_answered_empty_then_asked_again(trained, tmp_path) -> None:
     """A job still running: image 2's row is pending (status 0, its shard not yet rewritten)."""
     import shutil
 
@@ -147,4 +155,30 @@ def test_questions_on_images_still_pending_are_skipped_and_named(trained, tmp_pa
                                    for i in (1, 2, 3)) + "\n")
     summary = answer(trained["run"], cache, questions, SPECS[:1], tmp_path / "out", batch_size=2, max_new_tokens=2)
     assert summary.skipped == {"image not processed yet": [2]}
-    assert [a["question_id"] for a in _lines(tmp_path / "out" / f"{SPECS[0]}.jsonl")] == [1, 3]
+    lines = _lines(tmp_path / "out" / f"{SPECS[0]}.jsonl")
+    assert [a["question_id"] for a in lines] == [1, 2, 3]
+    assert lines[1]["text"] == "" and lines[1]["metadata"]["unanswered"] == "image not processed yet"
+    zarr.open_group(cache / "tokens.zarr", mode="r+")["status"][2] = 1  # the job went on
+    again = answer(trained["run"], cache, questions, SPECS[:1], tmp_path / "out", batch_size=2, max_new_tokens=2)
+    assert again.answered[SPECS[0]] == 1 and again.kept[SPECS[0]] == 2 and not again.skipped
+    lines = _lines(tmp_path / "out" / f"{SPECS[0]}.jsonl")
+    assert [a["question_id"] for a in lines] == [1, 2, 3] and lines[1]["text"]
+    assert "unanswered" not in lines[1]["metadata"]
+
+
+def test_the_score_counts_the_empty_answers(trained, answered) -> None:
+    """POPE over the answers of test 1: the two empty lines are counted, said, and wrong."""
+    from masktok.cli import main
+
+    out, _ = answered
+    labels = []
+    for category, parity in (("random", 1), ("popular", 0)):
+        labels += ["--labels", str(trained["root"] / f"coco_pope_{category}.json")]
+        Path(labels[-1]).write_text("".join(json.dumps({"question_id": i, "label": "no"}) + "\n"
+                                            for i in range(12) if i % 2 == parity))
+    answers = trained["root"] / "pope-answers.jsonl"  # without the second question on image 7 (POPE asks once)
+    answers.write_text("".join(json.dumps(a) + "\n" for a in _lines(out / f"{SPECS[0]}.jsonl") if a["prompt"] != "Is it red?"))
+    res = CliRunner().invoke(main, ["score", "pope", "--answers", str(answers), *labels, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.splitlines()[0])["counts"]["unanswered"] == 2
+    assert "2 answer(s) written empty" in res.stderr

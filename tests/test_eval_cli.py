@@ -48,7 +48,7 @@ def test_json_has_the_headline_score_and_counts(tmp_path: Path) -> None:
     result = CliRunner().invoke(score, ["pope", "--answers", str(_answers(tmp_path / "a.jsonl")), "--labels",
                                         str(_pope_labels(tmp_path / "coco_pope_random.json")), "--json"])
     data = json.loads(result.stdout)
-    assert data["score"] == pytest.approx(100.0) and data["counts"] == {"scored": 3, "missing": 0, "unpaired": 0}
+    assert data["score"] == pytest.approx(100.0) and data["counts"] == {"scored": 3, "missing": 0, "unpaired": 0, "unanswered": 0}
 
 
 def test_the_mmvet_submission_is_written_and_named(tmp_path: Path) -> None:

@@ -69,6 +69,14 @@ def test_repeated_question_ids_are_kept_line_for_line(tmp_path: Path) -> None:
     mmvet = tmp_path / "llava-mm-vet.jsonl"
     mmvet.write_text(json.dumps({"image": "v1_0.png", "text": "What is x?", "category": "conv", "question_id": 0}))
     assert read_question_file(mmvet).max_new_tokens == 1024  # model_vqa.py's fixed 1024
+    renamed = tmp_path / "questions.jsonl"  # known by MM-Vet's own images, not by the name
+    renamed.write_text(mmvet.read_text() + "\n" + json.dumps({"image": "v1_17.jpg", "text": "Why?", "question_id": 17}))
+    assert read_question_file(renamed).max_new_tokens == 1024
+    assert read_question_file(renamed).kind == "mm-vet"
+    assert read_question_file(path, benchmark="mmvet").max_new_tokens == 1024  # named outright
+    assert read_question_file(mmvet, benchmark="gqa").max_new_tokens == 128
+    with pytest.raises(DataError, match="unknown benchmark"):
+        read_question_file(mmvet, benchmark="nope")
 
 
 def test_scienceqa_items_are_asked_as_model_vqa_science_asks_them(tmp_path: Path) -> None:

@@ -92,7 +92,7 @@ def test_score_and_submission_come_from_the_registry(toy_registered, tmp_path):
     result = runner.invoke(main, ["score", "toy", "--answers", str(answers), "--labels", str(gold), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["score"] == 50.0 and out["counts"] == {"scored": 4, "missing": 1, "unpaired": 0}
+    assert out["score"] == 50.0 and out["counts"] == {"scored": 4, "missing": 1, "unpaired": 0, "unanswered": 0}
     assert "1 question(s) without an answer" in result.stderr
     assert runner.invoke(main, ["score", "toy", "--answers", str(answers), "--labels", str(gold)]).stdout == \
         "toy accuracy 50.0\n"
@@ -111,8 +111,8 @@ def test_the_sweep_takes_a_registered_benchmark(toy_registered, tmp_path):
     result = CliRunner().invoke(main, ["score", "sweep", f"toy={tmp_path / 'toy'}", "--labels", f"toy={gold}"])
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.stdout.splitlines()]
-    assert rows == [["tokens", "spec", "Toy"], ["138", "cls,patch:36,obj:101", "100.0"],
-                    ["15", "cls,patch:9,obj:5", "50.0"]]
+    assert rows == [["tokens", "spec", "paper", "Toy"], ["138", "cls,patch:36,obj:101", "-", "100.0"],
+                    ["15", "cls,patch:9,obj:5", "15", "50.0"]]  # no figure of the paper for toy: no table under it
     assert "toy" in CliRunner().invoke(main, ["score", "sweep", "--help"]).output
 
 

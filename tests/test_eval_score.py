@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from masktok.evaluate.pope import (category_from_label_file, load_pope_labels, normalize_pope_answer,
                                    pair_answers, score_counts, score_pope, score_pope_file)
 from masktok.cli.score import score
-from masktok.evaluate.sweep import sweep
+from masktok.evaluate.sweep import format_score, sweep
 from masktok.schemas.errors import DataError
 
 
@@ -149,7 +149,7 @@ def test_cli_pope_json_and_unpaired_report_on_stderr(pope_files) -> None:
     assert data["benchmark"] == "pope" and data["score"] == pytest.approx(50.0)  # mean F1 of one category
     assert data["parts"]["overall"]["n"] == 5 and data["parts"]["overall"]["f1"] == pytest.approx(0.5)
     assert list(data["parts"]["per_category"]) == ["adversarial"]
-    assert data["counts"] == {"scored": 5, "missing": 0, "unpaired": 5}
+    assert data["counts"] == {"scored": 5, "missing": 0, "unpaired": 5, "unanswered": 0}
     assert "5 answer(s) of no question" in result.stderr and "popular/" in result.stderr
 
 
@@ -220,11 +220,16 @@ def test_cli_sweep_table_has_a_row_per_spec_and_a_column_per_benchmark(tmp_path:
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["tokens", "spec", "paper", "SQA-IMG", "POPE"]
-    rows = [line.split() for line in lines[1:]]
+    rows = [line.split() for line in lines[1:3]]
     # cls,patch:36,obj:101: POPE files mean 135, SQA file mean 70 -> 102.5 over the two files; the
     # filtered objects are not the paper's 138 (that is obj:101:all), cls,patch:9,obj:5 is its 15
     assert rows == [["102.5", "cls,patch:36,obj:101", "-", "100.0", "100.0"],
                     ["15", "cls,patch:9,obj:5", "15", "-", "66.7"]]
+    # under it, the paper's figure of the one matching point: Table 1, 15 tokens, POPE 82.1
+    assert lines[4] == "the paper's figures (Mask-LLaVA-7B); diff = masktok - paper"
+    assert lines[5].split() == ["tokens", "spec", "benchmark", "masktok", "paper", "diff", "source"]
+    assert lines[6].split() == ["15", "cls,patch:9,obj:5", "pope", "66.7", "82.1", "-15.4", "Table", "1"]
+    assert len(lines) == 7
     for name in ("sweep-pope.png", "sweep-sqa.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -237,6 +242,25 @@ def test_cli_sweep_json_parses(tmp_path: Path) -> None:
     points = json.loads(result.stdout)["points"]
     assert [p["visual_tokens"] for p in points] == [15, 135]
     assert points[1]["parts"]["overall"]["tp"] == 2 and points[0]["parts"]["overall"]["fp"] == 2
+    assert points[0]["paper"] == {"figure": 82.1, "table": "Table 1", "difference": pytest.approx(200 / 3 - 82.1)}
+    assert points[1]["paper"] is None  # the filtered composition is none of the paper's settings
+
+
+def test_the_sweep_shows_the_13b_figures_of_table_4_and_the_paper_s_138(tmp_path: Path) -> None:
+    """At 138 tokens (cls,patch:36,obj:101:all) the 7B model has no POPE figure (Table 1 has no
+    138 row, the appendix none for POPE); the 13B's Table 4 has 85.5."""
+    labels, _, _ = sweep_files(tmp_path)
+    spec = "cls,patch:36,obj:101:all"
+    full = write_jsonl(tmp_path / f"{spec}.jsonl", [answer(q, t, "random", 138, spec)
+                                                    for q, t in [(1, "Yes"), (2, "Yes"), (3, "Yes"), (4, "No")]])
+    assert sweep([("pope", full)], {"pope": [labels]}, {})[0].paper is None
+    (point,) = sweep([("pope", full)], {"pope": [labels]}, {}, paper_model="13b")
+    assert (point.paper.value, point.paper.table) == (85.5, "Table 4")
+    assert point.difference == pytest.approx(point.result.score - 85.5)
+    result = CliRunner().invoke(score, ["sweep", f"pope={full}", "--labels", str(labels), "--paper-model", "13b"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].split()[:6] == ["138", spec, "pope", format_score(point.result.score),
+                                                          "85.5", f"{point.result.score - 85.5:+.1f}"]
 
 
 # LLaVA's POPE layout: one question file whose ids are the label ids + 10,000,000 (random);
@@ -286,3 +310,27 @@ def test_pope_labels_of_another_split_are_refused(tmp_path: Path) -> None:
                             for q in (1, 2, 3, 4)])
     with pytest.raises(DataError, match="is not label 1's"):
         score_pope(answers, [shuffled], questions)
+
+
+def test_the_paper_module_holds_table_1s_57_token_row() -> None:
+    """Issue 38's quotation of Table 1 (7B, 57 tokens), each figure naming its table."""
+    from masktok.evaluate.paper import PAPER_FIGURES, paper_figure
+
+    row = PAPER_FIGURES["7b"][57]
+    assert {k: f.value for k, f in row.items()} == {"vqav2": 74.8, "gqa": 60.6, "pope": 83.7, "mme": 1415.0,
+                                                    "mmbench": 63.1, "sqa": 68.8, "vizwiz": 51.8, "mmvet": 24.9}
+    assert {f.table for f in row.values()} == {"Table 1"}
+    assert paper_figure("7b", None, "pope") is None and paper_figure("7b", 36, "pope") is None
+    assert paper_figure("13b", 57, "vqav2") is None  # Table 4 has no VQAv2 column
+
+
+def test_the_vqa_column_is_vqav2_or_vizwiz_by_its_labels(tmp_path: Path) -> None:
+    """`vqa` scores VQAv2 and VizWiz; the paper's figure is chosen by the labels it scored."""
+    spec = "cls,patch:36,obj:20"  # the paper's 57
+    labels = tmp_path / "v2_mscoco_val2014_annotations.json"
+    labels.write_text(json.dumps({"annotations": [{"question_id": q, "answers": [{"answer": "cat"}] * 10}
+                                                  for q in (1, 2)]}))
+    answers = write_jsonl(tmp_path / f"{spec}.jsonl", [answer(1, "cat", None, 57, spec), answer(2, "dog", None, 57, spec)])
+    (point,) = sweep([("vqa", answers)], {"vqa": [labels]}, {})
+    assert point.result.score == 50.0 and (point.paper.value, point.paper.table) == (74.8, "Table 1")
+    assert point.difference == pytest.approx(50.0 - 74.8)

@@ -11,7 +11,7 @@ from PIL import Image
 from masktok.models import load_model
 from masktok.models.detector import build_tiny_detector
 from masktok.schemas.errors import ModelLoadError
-from masktok.stages.detect import DetectStage, class_agnostic_top_k, to_pixel_xyxy
+from masktok.stages.detect import DetectStage, class_agnostic_top_k, query_class_top_k, to_pixel_xyxy
 
 SIZES = [(320, 240), (240, 320), (320, 240), (500, 200)]  # (width, height); two share a shape
 
@@ -42,6 +42,37 @@ def test_top_k_is_one_box_per_query_by_best_class_probability() -> None:
     assert torch.allclose(scores, torch.sigmoid(torch.tensor([4.0, 3.0, 2.5])))
     assert torch.equal(kept, boxes[[3, 0, 1]])
     assert class_agnostic_top_k(logits, boxes, k=10)[2].tolist() == [3, 0, 1, 2]
+
+
+def test_query_class_top_k_is_deformable_detrs_post_processing_and_repeats_a_query() -> None:
+    """detect.selection = "query-class": the top k over query x class probabilities; query 1
+    is confident in both classes and gives its box twice."""
+    logits = torch.tensor([[0.0, 3.0], [2.0, 2.5], [-1.0, 0.5], [4.0, -9.0]])
+    boxes = torch.arange(16, dtype=torch.float32).reshape(4, 4)
+    scores, kept, queries = query_class_top_k(logits, boxes, k=4)
+    assert queries.tolist() == [3, 0, 1, 1]
+    assert torch.allclose(scores, torch.sigmoid(torch.tensor([4.0, 3.0, 2.5, 2.0])))
+    assert torch.equal(kept, boxes[[3, 0, 1, 1]])
+    prob = logits.sigmoid().reshape(-1)  # Deformable-DETR's PostProcess: topk over prob.view(B, -1)
+    values, index = torch.topk(prob, 4)
+    assert torch.equal(scores, values) and (index // 2).tolist() == queries.tolist()
+
+
+def test_the_stage_takes_the_selection_of_the_spec(tiny_checkpoints) -> None:
+    from masktok.schemas.spec import JobSpec, fingerprint
+
+    built = load_model("detector", tiny_checkpoints["detector"], device="cpu")
+    items = {sel: DetectStage(*built, top_k=100, selection=sel)(_items(_images()[:1]))[0]
+             for sel in ("query", "query-class")}
+    queries, classes = built[0].config.num_queries, built[0].config.num_labels
+    assert len(items["query"]["boxes"]) == min(100, queries)
+    assert len(items["query-class"]["boxes"]) == min(100, queries * classes)
+    assert items["query-class"]["scores"][0] == pytest.approx(items["query"]["scores"][0])
+    assert np.all(np.diff(items["query-class"]["scores"]) <= 0)
+    assert not np.array_equal(items["query-class"]["scores"], items["query"]["scores"])
+    default = fingerprint(JobSpec())  # the default leaves the fingerprint as before the option
+    assert fingerprint(JobSpec(detect={"selection": "query"})) == default
+    assert fingerprint(JobSpec(detect={"selection": "query-class"})) != default
 
 
 def test_stage_returns_unique_queries_unlike_the_library_post_processing(stage) -> None:

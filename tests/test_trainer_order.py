@@ -136,3 +136,57 @@ def test_the_stream_groups_batches_by_modality(stream_setup) -> None:
     assert all(len(set(b)) == 1 for b in batches), batches  # 24 image + 8 text: whole batches
     lengths = [len(it["input_ids"]) for it in items if it["visual"] is None]
     assert lengths[:4] == sorted(lengths[:4], reverse=True)
+
+
+def test_stage_2_groups_by_modality_length_by_default_and_stage_1_does_not(stream_setup) -> None:
+    """LLaVA-1.5's finetune.sh sets group_by_modality_length, pretrain.sh does not; a flag overrides."""
+    from masktok.trainer.distributed import DistEnv
+    from masktok.trainer.runtime import TrainConfig, make_loader
+
+    job, examples, build = stream_setup
+    env = DistEnv(rank=0, world=1, local_rank=0, device="cpu")
+    for stage, asked, grouped in ((2, None, True), (1, None, False), (2, False, False), (1, True, True)):
+        cfg = TrainConfig(stage=stage, cache=job, data=job, llm=job, out=job, group_by_modality_length=asked)
+        _, sampler = make_loader(cfg, env, examples, ZarrImages(job), build, pad_id=0)
+        assert cfg.grouped is grouped and (sampler.grouped is not None) is grouped, (stage, asked)
+
+
+def test_fraction_keeps_the_same_records_whatever_the_order() -> None:
+    """The paper's 90% of LLaVA-Pretrain: round(0.9 N) records, in file order, chosen by a hash of
+    (seed, id, image), so a shuffled file, another run or machine gives the same subset."""
+    from masktok.schemas.errors import DataError
+    from masktok.trainer.records import record_subset
+
+    records = [{"id": f"{i:06d}", "image": f"{i:05d}/{i:09d}.jpg", "conversations": []} for i in range(1000)]
+    kept = record_subset(records, 0.9)
+    assert len(kept) == 900 and kept == [r for r in records if r in kept]  # file order
+    shuffled = list(records)
+    np.random.default_rng(3).shuffle(shuffled)
+    assert sorted(r["id"] for r in record_subset(shuffled, 0.9)) == [r["id"] for r in kept]
+    assert kept != records[:900]  # a spread sample, not the file's head
+    assert {r["id"] for r in record_subset(records, 0.5)} <= {r["id"] for r in kept}  # nested
+    assert {r["id"] for r in record_subset(records, 0.9, seed=1)} != {r["id"] for r in kept}
+    assert record_subset(records, 1.0) == records
+    with pytest.raises(DataError, match="fraction"):
+        record_subset(records, 0.0)
+
+
+def test_a_resume_refuses_another_fraction(tmp_path, monkeypatch) -> None:
+    """The subset is part of the run: resuming it on other data is refused in one line."""
+    from masktok.schemas.errors import TrainError
+    from masktok.trainer import train as train_module
+    from masktok.trainer.runtime import TrainConfig
+
+    state = {"stage": 1, "tokens": "cls,patch:36,obj:101:all", "scaling": "per-image-std", "fraction": 0.9,
+             "fraction_seed": 0}
+    monkeypatch.setattr(train_module.ckpt, "latest", lambda out: tmp_path / "checkpoint-00000010")
+    monkeypatch.setattr(train_module.ckpt, "read_state", lambda found: state)
+    cfg = lambda **kw: TrainConfig(stage=1, cache=tmp_path, data=tmp_path, llm=tmp_path, out=tmp_path,  # noqa: E731
+                                   resume=True, **kw)
+    assert train_module._resolve_run(cfg(fraction=0.9))[1] is state
+    with pytest.raises(TrainError, match="fraction 0.9"):
+        train_module._resolve_run(cfg())
+    with pytest.raises(TrainError, match="seed 0"):
+        train_module._resolve_run(cfg(fraction=0.9, fraction_seed=1))
+    state.pop("fraction"), state.pop("fraction_seed")  # a run from before --fraction: all records
+    assert train_module._resolve_run(cfg())[1] is state

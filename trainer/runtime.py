@@ -56,12 +56,21 @@ class TrainConfig:
     reader: str = "zarr"
     workers: int = 0
     seed: int = 0
-    group_by_modality_length: bool = False
+    group_by_modality_length: bool | None = None  # None: stage 2 only, as LLaVA-1.5's scripts
+    fraction: float = 1.0
+    fraction_seed: int = 0
     precision: str = "auto"
     strategy: str = "auto"
     gradient_checkpointing: bool = False
     device: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def grouped(self) -> bool:
+        """Whether batches are grouped by modality and length: as asked, else LLaVA-1.5's
+        scripts' choice (stage 2's finetune.sh sets ``group_by_modality_length``, stage 1's
+        pretrain.sh does not)."""
+        return self.stage == 2 if self.group_by_modality_length is None else self.group_by_modality_length
 
 
 def load_tokenizer(path: Path) -> Any:
@@ -114,14 +123,14 @@ def make_loader(cfg: TrainConfig, env: DistEnv, examples: list[Example], images:
                 build: ItemBuilder, pad_id: int) -> tuple[DataLoader, ResumableSampler | None]:
     """The DataLoader of this rank: Zarr + ResumableSampler, or the streaming WebDataset.
     Both shuffle with ``cfg.seed`` per epoch (trainer/data/order.py); with
-    ``cfg.group_by_modality_length`` batches hold one modality and similar lengths."""
+    ``cfg.grouped`` batches hold one modality and similar lengths."""
     fn = partial(collate, pad_id=pad_id)
     if cfg.reader == "wds":
         ds = StreamingConversations(examples, WdsImages(cfg.cache, env.rank, env.world, seed=cfg.seed), build,
-                                    group_batch=cfg.batch_size if cfg.group_by_modality_length else None)
+                                    group_batch=cfg.batch_size if cfg.grouped else None)
         return DataLoader(ds, batch_size=cfg.batch_size, collate_fn=fn, num_workers=cfg.workers), None
     ds = ConversationDataset(examples, images, build)
-    grouped = (*example_lengths(examples), cfg.batch_size) if cfg.group_by_modality_length else None
+    grouped = (*example_lengths(examples), cfg.batch_size) if cfg.grouped else None
     blocks = ds.blocks() if images.chunk_rows > 1 else None  # whole-shard chunks: read chunk by chunk
     sampler = ResumableSampler(len(ds), env.rank, env.world, seed=cfg.seed, blocks=blocks, grouped=grouped)
     return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=fn,

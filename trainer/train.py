@@ -27,7 +27,7 @@ from ..schemas.errors import DataError, TrainError
 from ..schemas.storage import is_remote
 from .data.datasets import ItemBuilder
 from .data.readers import ZarrImages
-from .data.records import join_records, load_records
+from .data.records import join_records, load_records, record_subset
 from .data.stats import cache_stats
 from .model import checkpoint as ckpt
 from .model.consolidate import llm_for, load_checkpoint_model, write_consolidated, write_llm_files
@@ -49,6 +49,10 @@ def _resolve_run(cfg: TrainConfig) -> tuple[Path | None, dict[str, Any] | None]:
     if found is None:
         return None, None
     state = ckpt.read_state(found)
+    was = (state.get("fraction", 1.0), state.get("fraction_seed", 0) if state.get("fraction", 1.0) < 1 else 0)
+    if was != (cfg.fraction, cfg.fraction_seed if cfg.fraction < 1 else 0):
+        raise TrainError(f"resume: {found.name} was trained on --fraction {was[0]} (seed {was[1]}), not "
+                         f"{cfg.fraction} (seed {cfg.fraction_seed}): the data would differ")
     for key, asked in (("tokens", cfg.tokens), ("scaling", cfg.scaling)):
         if asked is not None and str(parse_spec(asked) if key == "tokens" else asked) != state[key]:
             raise TrainError(f"resume: {found.name} was trained with {key} {state[key]!r}, not {asked!r} "
@@ -76,7 +80,7 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
     if cfg.tokens is not None:
         parse_spec(cfg.tokens)  # bad inputs are reported before the state of --out
     images = ZarrImages(cfg.cache)
-    records = load_records(cfg.data)
+    records = record_subset(load_records(cfg.data), cfg.fraction, cfg.fraction_seed)
     resumed, state = _resolve_run(cfg)
     spec = parse_spec(state["tokens"] if state else (cfg.tokens or DEFAULT_SPEC))
     scaling = state["scaling"] if state else (cfg.scaling or DEFAULT_SCALING)
@@ -133,7 +137,8 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
             "dims": images.dims, "llm": str(Path(llm_src).resolve()),
             "cache": str(cfg.cache if is_remote(cfg.cache) else Path(cfg.cache).resolve()), "data": str(Path(cfg.data).resolve()),
             "counts": counts.to_dict(), "world_size": env.world, "grad_accum": cfg.grad_accum,
-            "batch_size": cfg.batch_size, "strategy": strategy}
+            "batch_size": cfg.batch_size, "strategy": strategy, "fraction": cfg.fraction,
+            "fraction_seed": cfg.fraction_seed, "grouped": cfg.grouped}
     if env.is_main:
         Path(cfg.out).mkdir(parents=True, exist_ok=True)
         (Path(cfg.out) / "run.json").write_text(json.dumps(

@@ -16,6 +16,7 @@ the corpus names it, which is how ``masktok plan`` builds the manifest):
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +70,29 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of LLaVA records, got {type(data).__name__}")
     return data
+
+
+def record_subset(records: Sequence[Any], fraction: float, seed: int = 0) -> list[Any]:
+    """The deterministic ``fraction`` of ``records`` (``masktok train --fraction``; the paper
+    pretrains on 90% of LLaVA-Pretrain, 4.2, and names no subset: this one is masktok's).
+
+    Each record is ranked by SHA-256 of ``seed`` and its ``id`` and ``image`` (its JSON when it
+    has neither); the ``round(fraction x N)`` first in that ranking are kept, in file order. So
+    the subset is the same on every run and machine, whatever the file's order, and a smaller
+    fraction is a subset of a larger one with the same seed. (558,128 records: 6.5 s.)"""
+    if not 0 < fraction <= 1:
+        raise DataError(f"--fraction must be in (0, 1], not {fraction}")
+    if fraction == 1:
+        return list(records)
+
+    def rank(pos: int) -> tuple[bytes, int]:
+        rec = records[pos]
+        key = [rec.get("id"), rec.get("image")] if isinstance(rec, dict) else None
+        text = json.dumps([seed, key if key and key != [None, None] else rec], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).digest(), pos
+
+    keep = sorted(range(len(records)), key=rank)[:round(fraction * len(records))]
+    return [records[pos] for pos in sorted(keep)]
 
 
 def _valid_turns(rec: Any) -> list[dict[str, str]] | None:
