@@ -140,7 +140,7 @@ def test_the_stream_groups_batches_by_modality(stream_setup) -> None:
 
 def test_stage_2_groups_by_modality_length_by_default_and_stage_1_does_not(stream_setup) -> None:
     """LLaVA-1.5's finetune.sh sets group_by_modality_length, pretrain.sh does not; a flag overrides."""
-    from masktok.trainer.distributed import DistEnv
+    from masktok.trainer.parallel.distributed import DistEnv
     from masktok.trainer.runtime import TrainConfig, make_loader
 
     job, examples, build = stream_setup
@@ -155,7 +155,7 @@ def test_fraction_keeps_the_same_records_whatever_the_order() -> None:
     """The paper's 90% of LLaVA-Pretrain: round(0.9 N) records, in file order, chosen by a hash of
     (seed, id, image), so a shuffled file, another run or machine gives the same subset."""
     from masktok.schemas.errors import DataError
-    from masktok.trainer.records import record_subset
+    from masktok.trainer.data.records import record_subset
 
     records = [{"id": f"{i:06d}", "image": f"{i:05d}/{i:09d}.jpg", "conversations": []} for i in range(1000)]
     kept = record_subset(records, 0.9)
