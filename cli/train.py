@@ -50,7 +50,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
               help="Start from a checkpoint's projector (and LM, if it has one): stage 2 after stage 1.")
 @click.option("--reader", type=click.Choice(["zarr", "wds"]), default="zarr", show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=0, show_default=True, help="DataLoader workers.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the per-epoch shuffle (and the model's init).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the per-epoch shuffle of the examples and the projectors' initialisation.")
 @click.option("--group-by-modality-length", is_flag=True,
               help="LLaVA-1.5's batching: image and text-only examples in separate batches, lengths grouped.")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", show_default=True,
