@@ -185,3 +185,16 @@ def test_the_path_reader_finds_paths_and_names_a_missing_one():
     doc = ROOT / "docs" / "cli.md"
     assert _relative(doc, "jobdir.md") == "docs/jobdir.md" and _relative(doc, "../README.md") == "README.md"
     assert _relative(doc, "../../elsewhere/x.py").endswith("(outside the repository)")
+
+
+GLOSSARY_TERMS = ("commit", "fingerprint", "sink", "k", "obj-101", "keep_rank", "iou", "legrad", "c7")
+
+
+def test_the_glossary_defines_each_term_and_the_docs_link_it():
+    glossary = (ROOT / "docs" / "glossary.md").read_text()
+    anchors = set(re.findall(r'<a id="([^"]+)"></a>', glossary))
+    assert set(GLOSSARY_TERMS) <= anchors
+    assert "background" in glossary.split('id="obj-101"', 1)[1].split("<a id=", 1)[0]
+    linked = {m for doc in DOCS for m in re.findall(r"glossary\.md#([\w-]+)", doc.read_text())}
+    assert set(GLOSSARY_TERMS) <= linked, set(GLOSSARY_TERMS) - linked
+    assert linked <= anchors, linked - anchors  # no link to an anchor the glossary lacks
