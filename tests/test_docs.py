@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 import click
+import click.testing
 import pytest
 
 from masktok.cli import main
@@ -198,3 +199,40 @@ def test_the_glossary_defines_each_term_and_the_docs_link_it():
     linked = {m for doc in DOCS for m in re.findall(r"glossary\.md#([\w-]+)", doc.read_text())}
     assert set(GLOSSARY_TERMS) <= linked, set(GLOSSARY_TERMS) - linked
     assert linked <= anchors, linked - anchors  # no link to an anchor the glossary lacks
+
+
+def _table_defaults(doc: Path) -> list[tuple[str, str, str]]:
+    """(command, flag, default cell) of each `| `--flag` | default | ... |` row, by the `## name` section it is in."""
+    rows, section = [], None
+    for line in doc.read_text().splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        m = re.match(r"\| `(--[\w-]+)` \| ([^|]+) \|", line)
+        if m and section:
+            rows.append((section, m.group(1), m.group(2).strip()))
+    return rows
+
+
+def test_the_defaults_docs_cli_gives_are_clicks():
+    """A numeric default, or none/off, in docs/cli.md's option tables is the option's default."""
+    ctx = click.Context(main, info_name="masktok")
+    checked = 0
+    for section, flag, cell in _table_defaults(ROOT / "docs" / "cli.md"):
+        command = main.get_command(ctx, section)
+        assert command is not None, section
+        param = next((p for p in command.params if flag in p.opts), None)
+        assert param is not None, f"{section} {flag}"
+        if re.fullmatch(r"-?\d[\d.e-]*", cell):
+            assert float(cell) == float(param.default), (section, flag, cell, param.default)
+        elif cell in ("none", "off"):
+            unset = str(param.default).endswith("UNSET")  # click 8.3's default of a flag given none
+            assert unset or param.default in (None, False, ()), (section, flag, cell, param.default)
+        else:
+            continue
+        checked += 1
+    assert checked >= 10
+
+
+def test_inspect_help_shows_the_image_id_optional():
+    out = click.testing.CliRunner().invoke(main, ["inspect", "--help"]).output
+    assert "JOBDIR [IMAGE_ID]" in out
