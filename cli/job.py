@@ -43,13 +43,13 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
 
     \b
     Examples:
-      masktok plan jobs/pretrain --corpus llava-pretrain \\
+      masktok plan runs/pretrain --corpus llava-pretrain \\
           --source blip_laion_cc_sbu_558k.json --image-root images/ --spec llava_pretrain
-      masktok plan jobs/smoke --corpus llava-instruct --source llava_v1_5_mix665k.json \\
+      masktok plan runs/smoke --corpus llava-instruct --source llava_v1_5_mix665k.json \\
           --image-root data/ --spec llava_instruct --sample 200
-      masktok plan jobs/pope --corpus llava-eval --source pope/llava_pope_test.jsonl \\
+      masktok plan runs/pope --corpus llava-eval --source pope/llava_pope_test.jsonl \\
           --image-root coco/val2014/ --spec llava_instruct
-      masktok plan jobs/photos --corpus folder --source ~/photos --spec demo
+      masktok plan runs/photos --corpus folder --source ~/photos --spec demo
     """
     doc, origin = spec_document(spec)
     for key, value in (("corpus.kind", kind), ("corpus.source", source), ("corpus.image_root", image_root),
@@ -110,19 +110,31 @@ def status(jobdir: Path, as_json: bool) -> None:
 @click.command(cls=Command)
 @click.argument("jobdir", type=JobDirPath(exists=True))
 @click.option("--repair", is_flag=True, help="Remove the commits of bad shards, so the next run redoes them.")
-def verify(jobdir: Path, repair: bool) -> None:
+@click.option("--committed-only", is_flag=True,
+              help="Check only what is committed: shards not yet run do not make it fail (e.g. while a run goes on).")
+def verify(jobdir: Path, repair: bool, committed_only: bool) -> None:
     """Check every committed shard against its commit file (checksums, counts, finite
-    values); exit 1 naming the bad shards."""
-    from ..pipeline.status import verify_job
+    values) and that no shard is pending; exit 1 naming the bad shards, or saying how many
+    shards are still pending (--committed-only: pending shards are reported, not an error)."""
+    from ..pipeline.status import pending_shards, verify_job
 
-    bad = verify_job(JobDir(jobdir), repair=repair)
-    if not bad:
-        click.echo("all committed shards match their commit files")
-        return
+    jd = JobDir(jobdir)
+    bad = verify_job(jd, repair=repair)
+    pending, total = pending_shards(jd)
     for shard, problems in bad.items():
         click.echo(f"shard {shard}: {'; '.join(problems)}")
-    action = "their commits were removed: the next run redoes them" if repair else "run with --repair to redo them"
-    raise click.ClickException(f"{len(bad)} bad shard(s): {', '.join(map(str, bad))}; {action}")
+    if bad:
+        action = "their commits were removed: the next run redoes them" if repair else "run with --repair to redo them"
+        raise click.ClickException(f"{len(bad)} bad shard(s): {', '.join(map(str, bad))}; {action}")
+    checked = total - len(pending)
+    click.echo(f"all {checked} committed shard(s) match their commit files" if checked
+               else "no shard is committed yet: nothing to check")
+    if pending:
+        shown = ", ".join(map(str, pending[:10])) + (", ..." if len(pending) > 10 else "")
+        message = f"{len(pending)} of {total} shard(s) pending (no commit yet: {shown}): `masktok run {jobdir}` does them"
+        if not committed_only:
+            raise click.ClickException(f"job not complete: {message}")
+        click.echo(message)
 
 
 @click.command(cls=Command)

@@ -15,7 +15,7 @@ from ..schemas.jobdir import JobDirPath
 
 @click.command("inspect", cls=Command)
 @click.argument("jobdir", type=JobDirPath(exists=True))
-@click.argument("image", required=False, metavar="IMAGE_ID")
+@click.argument("image", required=False, metavar="[IMAGE_ID]")
 @click.option("--index", type=int, help="Manifest index instead of IMAGE_ID (an all-digit IMAGE_ID is one too).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="PNG file to write.")
@@ -26,8 +26,8 @@ def inspect(jobdir: Path, image: str | None, index: int | None, output: Path, ma
     boxes with keep_rank · score labels, suppressed boxes dashed; --maps adds the
     explainability map of every shown object beside its mask.
 
-    IMAGE_ID is the image's path relative to the image root, as the manifest names it,
-    or its manifest index (all digits, or --index N).
+    IMAGE_ID (optional: or --index N) is the image's path relative to the image root, as the
+    manifest names it, or its manifest index (all digits).
     """
     if image is not None and index is not None:
         raise click.ClickException("give IMAGE_ID or --index, not both")

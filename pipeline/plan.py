@@ -24,7 +24,7 @@ from ..schemas.eval_files import carries_pictures
 from ..schemas import manifest as manifest_schema
 from ..schemas.errors import PlanError, SpecError
 from ..schemas.jobdir import JobDir
-from ..schemas.spec import JobSpec, expand_env, fingerprint, fingerprint_diff, read_toml, spec_to_toml
+from ..schemas.spec import CORPUS_KINDS, JobSpec, expand_env, fingerprint, fingerprint_diff, read_toml, spec_to_toml
 from ..schemas.storage import check_bucket, remove_tree
 from ..schemas.versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION
 from .corpus import EXAMPLES_KEPT, CorpusScan, scan_folder, scan_llava, scan_llava_eval
@@ -105,6 +105,9 @@ def resolve_corpus(spec: JobSpec, jobdir: Path) -> JobSpec:
         root = images
     elif c.kind == "folder":
         if not source.is_dir():
+            if source.suffix.lower() in (".json", ".jsonl"):  # corpus.kind's default is folder: say what to pass
+                raise PlanError(f"{source.name} is a JSON corpus, but corpus.kind is 'folder' (the default): pass "
+                                f"--corpus {'|'.join(k for k in CORPUS_KINDS if k != 'folder')}")
             raise PlanError(f"a folder corpus needs a directory, and {source} is a file")
         if c.image_root and Path(c.image_root).expanduser().absolute() != source:
             raise PlanError("a folder corpus is its own image root: leave out --image-root")

@@ -100,6 +100,16 @@ def status_lines(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def pending_shards(jd: JobDir) -> tuple[list[int], int]:
+    """The manifest's shards that have no commit file yet (in order), and the number of shards.
+
+    An unreadable commit file counts as present here: :func:`verify_job` reports it as bad."""
+    shards = read_manifest(jd.manifest, columns=["shard"]).column("shard").to_pylist()
+    total = max(shards) + 1 if shards else 0
+    committed = read_commits(jd)
+    return [shard for shard in range(total) if shard not in committed], total
+
+
 def verify_job(jd: JobDir, repair: bool = False) -> dict[int, list[str]]:
     """Problems of every committed shard; with ``repair``, bad shards lose their commit."""
     commits = read_commits(jd)

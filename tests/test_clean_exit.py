@@ -58,7 +58,7 @@ print('native threads started:', len(os.listdir('/proc/self/task')) - before, fi
     assert _threads_started(code, planned) == 0
 
 
-@pytest.mark.parametrize("command", [["status", "--json"], ["status"], ["verify"]],
+@pytest.mark.parametrize("command", [["status", "--json"], ["status"], ["verify", "--committed-only"]],
                          ids=lambda c: " ".join(c))
 def test_commands_that_read_a_job_leave_no_native_thread_at_exit(planned, command) -> None:
     assert _threads_started(COUNT_THREADS, command[0], planned, *command[1:]) == 0

@@ -251,3 +251,22 @@ def test_a_job_planned_for_an_older_record_version_is_not_run_further(tmp_path, 
     (job / "job.toml").write_text(text.replace("record_schema_version = 2", "record_schema_version = 1"))
     with pytest.raises(RunError, match="older masktok .*record version 1.*--force"):
         load_job(JobDir(job))
+
+
+def test_a_json_source_without_corpus_says_to_pass_corpus(tmp_path, corpus, monkeypatch):
+    """corpus.kind defaults to folder (no --spec, no --corpus): the error says what to pass."""
+    source, root = corpus
+    for name in ("DETR", "SAM", "CLIP"):
+        monkeypatch.setenv(f"MASKTOK_{name}_CHECKPOINT", "/w/x")
+    jsonl = tmp_path / "questions.jsonl"
+    jsonl.write_text("{}\n")
+    for path in (source, jsonl):
+        r = plan(tmp_path / "job", "--source", path)
+        assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+        assert "--corpus llava-pretrain|llava-instruct|llava-eval" in r.output and path.name in r.output
+
+
+def test_plan_help_examples_write_under_runs_not_the_spec_folder():
+    text = CliRunner().invoke(main, ["plan", "--help"]).output
+    examples = re.findall(r"masktok plan (\S+)", text)
+    assert len(examples) == 4 and all(e.startswith("runs/") for e in examples), examples

@@ -169,9 +169,9 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
             skip, epoch = 0, epoch + 1
 
     it = batches()
-    metrics = (Path(cfg.out) / "metrics.jsonl").open("a") if env.is_main else None
+    metrics = _open_metrics(Path(cfg.out) / "metrics.jsonl", step) if env.is_main else None
     loss = float("nan")
-    t0, seen = time.perf_counter(), 0
+    t0, seen, tokens, first = time.perf_counter(), 0, 0, step
     model.train()
     while step < total:
         losses = []
@@ -183,6 +183,7 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
                 micro_loss.backward()
             losses.append(float(micro_loss.detach()) * cfg.grad_accum)
             seen += len(batch["lengths"])
+            tokens += sequence_tokens(batch)
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
@@ -190,13 +191,17 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
         optimizer.zero_grad(set_to_none=True)
         step += 1
         loss = mean_across(sum(losses) / len(losses), env)
-        if metrics and (step % cfg.log_every == 0 or step == total):
-            elapsed = time.perf_counter() - t0
-            rec = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "epoch": where["epoch"],
-                   "samples_per_s": seen * env.world / elapsed, "elapsed_s": round(elapsed, 3)}
-            metrics.write(json.dumps(rec) + "\n")
-            metrics.flush()
-            echo(f"step {step}/{total}  loss {loss:.4f}  lr {rec['lr']:.2e}")
+        if step % cfg.log_every == 0 or step == total:
+            all_tokens = mean_across(float(tokens), env) * env.world  # every rank takes part
+            if metrics:
+                elapsed = time.perf_counter() - t0
+                eta = (total - step) * elapsed / (step - first)  # at this run's pace so far
+                rec = {"step": step, "loss": loss, "lr": sched.get_last_lr()[0], "epoch": where["epoch"],
+                       "samples_per_s": seen * env.world / elapsed, "tokens_per_s": all_tokens / elapsed,
+                       "eta_s": round(eta, 1), "elapsed_s": round(elapsed, 3)}
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                echo(step_line(rec, total))
         if (cfg.save_every and step % cfg.save_every == 0) or step == total:
             _save(cfg, env, step, {**meta, **where}, model, optimizer, sched, tokenizer, final=step == total)
     summary = {"step": step, "loss": loss, "counts": counts.to_dict(), "tokens": str(spec), "scaling": scaling,
@@ -207,6 +212,32 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
         metrics.close()
         (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _open_metrics(path: Path, step: int):
+    """The run's metrics file (JSON lines: step, loss, lr, epoch, samples_per_s, tokens_per_s,
+    eta_s, elapsed_s), opened to append after ``step``: a resumed run first drops what the
+    stopped one logged past its checkpoint, so the file stays one curve."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(kept))
+    return path.open("a")
+
+
+def sequence_tokens(batch: dict[str, Any]) -> int:
+    """The LM positions of a batch, padding excluded: each example's text ids with its image
+    sentinel replaced by the image's visual tokens."""
+    return int(batch["lengths"].sum()) + sum(len(v) - 1 for v in batch["visual"] if v is not None)
+
+
+def step_line(rec: dict[str, Any], total: int) -> str:
+    """The step line people read: step, loss, lr, throughput over all ranks since the run
+    (or the resume) started, and the ETA at that pace (h:mm:ss)."""
+    eta = int(rec["eta_s"])
+    return (f"step {rec['step']}/{total}  loss {rec['loss']:.4f}  lr {rec['lr']:.2e}  "
+            f"{rec['samples_per_s']:.2f} samples/s  {rec['tokens_per_s']:,.0f} tokens/s  "
+            f"ETA {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
 
 
 def resume_position(state: dict[str, Any], world: int, batch_size: int, n_examples: int) -> tuple[int, int]:

@@ -63,11 +63,11 @@ def _one_process() -> Iterator[bool]:
         yield not (dist.is_available() and dist.is_initialized())
 
 
-def _options(full: bool = False) -> Any:
+def _options(full: bool = False, strict: bool = True) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
     # frozen parameters (stage 1's LM) are not the run's to save: they are the source folder
-    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full)
+    return StateDictOptions(ignore_frozen_params=True, full_state_dict=full, cpu_offload=full, strict=strict)
 
 
 def save(out: Path, step: int, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -127,8 +127,16 @@ def restore(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     sd = {"model": model_sd, "optimizer": optim_sd}
     with _one_process() as single:
         dcp.load(sd, checkpoint_id=Path(ckpt) / SHARDED, no_dist=single)
-    set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"],
-                   options=_options())
+    # not strict: the state holds no frozen parameter (stage 1's LM, already loaded from its
+    # source folder), which a strict load reports missing; any other missing key is an error
+    result = set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optimizer"],
+                            options=_options(strict=False))
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    missing = [key for key in getattr(result, "missing_keys", []) if key not in frozen]
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt}: its state does not fit the model (missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]})")
     scheduler.load_state_dict(torch.load(Path(ckpt) / "scheduler.pt", map_location="cpu", weights_only=True))
 
 

@@ -1,0 +1,45 @@
+"""Aten ops per MaskInversion step at ViT-L/14-336 attention shapes (16 heads, 577 tokens),
+one image, K masks: a CPU proxy of GPU kernel launches. Runs in the project's venv.
+The tower is narrow (2 layers, head width 8) so the count is quick; the chunking of the
+relevance loop depends on B, heads and tokens only. Prints one JSON line.
+
+Usage: .venv/bin/python tools/count_invert_ops.py [K]   (cited by docs/scale.md)
+"""
+import json
+import sys
+
+import torch
+from open_clip.model import CLIP
+from torch.profiler import ProfilerActivity, profile
+
+from masktok.stages.maskinversion import invert_masks
+
+K = int(sys.argv[1]) if len(sys.argv) > 1 else 101
+torch.manual_seed(0)
+torch.set_num_threads(2)
+vision = dict(layers=2, width=128, patch_size=14, image_size=336, head_width=8)
+text = dict(context_length=16, vocab_size=100, width=64, heads=2, layers=1)
+model = CLIP(embed_dim=64, vision_cfg=vision, text_cfg=text, quick_gelu=True).eval()
+image = torch.randn(3, 336, 336)
+masks = (torch.rand(K, 336, 336) > 0.7).float()
+
+
+# ops that only make views, reinterpret metadata or allocate: no kernel of their own on a GPU
+NO_KERNEL = {"aten::view", "aten::as_strided", "aten::slice", "aten::reshape", "aten::_reshape_alias",
+             "aten::expand", "aten::permute", "aten::unsqueeze", "aten::squeeze", "aten::flatten",
+             "aten::resolve_conj", "aten::resolve_neg", "aten::detach", "aten::t", "aten::transpose",
+             "aten::select", "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::to",
+             "aten::alias", "aten::unflatten", "aten::split", "aten::chunk", "aten::narrow", "aten::lift_fresh",
+             "aten::_unsafe_view", "aten::unbind", "aten::contiguous", "aten::result_type", "aten::is_nonzero",
+             "aten::item", "aten::_local_scalar_dense", "aten::size", "aten::stride", "aten::numel"}
+
+
+def ops(iterations: int) -> tuple[int, int]:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        invert_masks(model, image, masks, iterations=iterations)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    return sum(e.count for e in events), sum(e.count for e in events if e.key not in NO_KERNEL)
+
+
+(a, ca), (b, cb) = ops(1), ops(3)
+print(json.dumps({"K": K, "aten_ops_per_step": (b - a) / 2, "kernel_ops_per_step": (cb - ca) / 2}))
