@@ -14,6 +14,9 @@ way on imperceptibly changed inputs (one-level noise, JPEG q95, masks optimised 
 ``passes_noise_floor`` says per precision and stage whether no figure is worse than that.
 FLOPs per image per stage are counted on one untimed batch (gpu_flops.py), with the ceiling
 images/s for H100 and H200 per precision and the achieved TFLOP/s of each measured time.
+Estimated from the shapes, never measured: the bytes of one MaskInversion step with the torch
+relevance (``invert_step_gb_estimate``) and the fused Triton one (``..._fused``), and per
+kernel its arithmetic intensity and the invert ceiling per H100 (``invert_roofline_estimate``).
 
 ``--models full`` builds the paper's architectures at full size with random weights and
 saves them in the real formats once (``--model-dir``, default bench-out/full-models:
@@ -41,7 +44,7 @@ from typing import Any
 import torch
 
 from masktok.stages.precision import INVERT_ONLY, INVERT_PRECISIONS, operator_dtype
-from gpu_flops import PEAK_OF_MODE, achieved, ceilings, count_flops, device_peak, invert_step_bytes
+from gpu_flops import PEAK_OF_MODE, achieved, ceilings, count_flops, device_peak, invert_roofline, invert_step_bytes
 from gpu_yardstick import PERTURBATIONS, agreement, masks_alone, noise_floor as floor_of, passes, token_agreement
 
 HERE = Path(__file__).resolve().parent
@@ -257,21 +260,37 @@ def run(models: str, device: torch.device, images: int, iterations: int, batch: 
         result["achieved"] = {mode: achieved(counted, seconds, peak[PEAK_OF_MODE[mode]])
                               for mode, seconds in result["seconds_per_image"].items()}
     result["invert_step_gb_estimate"] = {mode: _step_bytes(bench.clip, mode) for mode in precisions}
+    result["invert_step_gb_estimate_fused"] = {mode: _step_bytes(bench.clip, mode, fused=True) for mode in precisions}
+    result["invert_roofline_estimate"] = {mode: _roofline(bench.clip, mode, iterations) for mode in precisions
+                                          if mode in PEAK_OF_MODE}
     result["wall_seconds"] = round(time.perf_counter() - began, 1)
     return result
 
 
-def _step_bytes(clip: torch.nn.Module, mode: str, masks: int = 101) -> dict[str, float]:
-    """Bytes one MaskInversion step of one image with ``masks`` masks moves at ``mode``
-    (gpu_flops.invert_step_bytes: an estimate from this CLIP's shapes)."""
+def _shapes(clip: torch.nn.Module, mode: str, masks: int) -> tuple[int, ...]:
+    """(D, N, C, H, K, side, operator bytes, relevance bytes) of this CLIP at ``mode``."""
     visual = clip.visual
     side, patch = visual.image_size[0], visual.patch_size[0]
     tokens = (side // patch) ** 2 + 1
     width = visual.transformer.width
     heads = visual.transformer.resblocks[0].attn.num_heads
     relevance = 2 if mode == "bf16" else 4  # autocast runs the relevance in bf16
-    return invert_step_bytes(visual.output_dim, tokens, width, heads, masks, side,
-                             operator_dtype(mode).itemsize, relevance)
+    return visual.output_dim, tokens, width, heads, masks, side, operator_dtype(mode).itemsize, relevance
+
+
+def _step_bytes(clip: torch.nn.Module, mode: str, masks: int = 101, fused: bool = False) -> dict[str, float]:
+    """Bytes one MaskInversion step of one image with ``masks`` masks moves at ``mode``
+    (gpu_flops.invert_step_bytes: an estimate from this CLIP's shapes); ``fused``: with the
+    Triton relevance (``invert.kernel``), which never writes the attention gradients."""
+    return invert_step_bytes(*_shapes(clip, mode, masks), fused=fused)
+
+
+def _roofline(clip: torch.nn.Module, mode: str, iterations: int, masks: int = 101) -> dict[str, dict]:
+    """Per kernel (torch, triton): gpu_flops.invert_roofline on an H100 SXM: an estimate
+    from the shapes and the datasheet, not a measurement."""
+    D, N, C, H, K, side, op_bytes, rel_bytes = _shapes(clip, mode, masks)
+    return {kernel: invert_roofline(D, N, C, H, K, side, iterations, mode, op_bytes, rel_bytes, kernel == "triton")
+            for kernel in ("torch", "triton")}
 
 
 def table(result: dict[str, Any]) -> str:

@@ -113,11 +113,49 @@ def achieved(tflop_per_image: dict[str, float], seconds_per_image: dict[str, flo
 
 
 def invert_step_bytes(D: int, N: int, C: int, H: int, K: int, side: int, operator_bytes: int,
-                      relevance_bytes: int) -> dict[str, float]:
+                      relevance_bytes: int, fused: bool = False) -> dict[str, float]:
     """Bytes one MaskInversion step moves (GB, an estimate from the shapes, one image): the
     operator read twice (t @ P and its transpose), the attention gradients written and read
     four times each way (product, clamp, sums; recomputed product, ReLU backward, product),
-    the cotangents four times, the maps and dice terms about twenty float32 passes."""
-    parts = {"operator": 2 * D * N * C * operator_bytes, "attention_gradients": 8 * K * H * N * N * relevance_bytes,
+    the cotangents four times, the maps and dice terms about twenty float32 passes.
+
+    ``fused``: the Triton relevance (stages/legrad_triton.py), which never writes the
+    attention gradients: their part is 0. Its re-reads of the cotangents (once per tile of
+    key columns) and of the values are counted as served by L2 (one mask's cotangents are
+    2.4 MB at ViT-L, its tiles run side by side), so the cotangents stay at four passes."""
+    attention = 0 if fused else 8 * K * H * N * N * relevance_bytes
+    parts = {"operator": 2 * D * N * C * operator_bytes, "attention_gradients": attention,
              "cotangents": 4 * K * N * C * relevance_bytes, "maps": 20 * K * side * side * 4}
     return {k: float(f"{v / 1e9:.3g}") for k, v in {**parts, "total": sum(parts.values())}.items()}
+
+
+#: HBM bandwidth, TB/s (NVIDIA's H100 and H200 SXM datasheets: HBM3 3.35, HBM3e 4.8).
+HBM_TB_S = {"H100 SXM": 3.35, "H200 SXM": 4.8}
+
+
+def invert_step_flop(D: int, N: int, C: int, K: int) -> float:
+    """FLOP of one step (matmuls only): t @ P and its transpose (2 x 2KDNC), the relevance's
+    product (2KN^2C) and in backward its recomputation and the product back (4KN^2C); the
+    same for both kernels (the torch path recomputes in backward too)."""
+    return 4.0 * K * D * N * C + 6.0 * K * N * N * C
+
+
+def invert_roofline(D: int, N: int, C: int, H: int, K: int, side: int, iterations: int, mode: str,
+                    operator_bytes: int, relevance_bytes: int, fused: bool,
+                    gpu: str = "H100 SXM") -> dict[str, float]:
+    """An estimate, never a measurement: one step's bytes and FLOP, its arithmetic intensity,
+    its time at 100% of ``gpu``'s bandwidth or peak (whichever binds), and the invert stage's
+    ceiling in images/s: the operator's build (D applications of the block's linearisation,
+    10 D N C^2 FLOP) plus ``iterations`` steps; the CLIP forward (about 4% of the work) is
+    left out."""
+    gb = invert_step_bytes(D, N, C, H, K, side, operator_bytes, relevance_bytes, fused)["total"]
+    flop = invert_step_flop(D, N, C, K)
+    peak = PEAK_TFLOPS[gpu][PEAK_OF_MODE[mode]] * 1e12
+    memory_ms, compute_ms = gb * 1e9 / (HBM_TB_S[gpu] * 1e12) * 1e3, flop / peak * 1e3
+    build_ms = 10.0 * D * N * C * C / peak * 1e3
+    step_ms = max(memory_ms, compute_ms)
+    return {"gb_per_step": gb, "tflop_per_step": float(f"{flop / 1e12:.3g}"),
+            "flop_per_byte": float(f"{flop / (gb * 1e9):.3g}"),
+            "step_ms_memory": float(f"{memory_ms:.3g}"), "step_ms_compute": float(f"{compute_ms:.3g}"),
+            "bound": "memory" if memory_ms >= compute_ms else "compute",
+            "invert_ceiling_images_per_s": float(f"{1e3 / (build_ms + iterations * step_ms):.3g}")}

@@ -8,9 +8,12 @@ Checkpoint paths may name environment variables as ``${VAR}``; they are expanded
 job is planned, so ``job.toml`` holds the paths the job really used. The value ``"tiny"``
 selects the project's tiny randomly initialised preset of that model (tests, demo).
 
-Which fields change results: everything except the ``job`` table (name, description) and
-the ``resources`` sub-table of each stage (actors, CPUs, GPUs, batch size), which only
-decide how fast a job runs. Those are left out of the fingerprint.
+Which fields change results: everything except the ``job`` table (name, description), the
+``resources`` sub-table of each stage (actors, CPUs, GPUs, batch size) and ``invert.kernel``
+(which implementation computes LeGrad's relevance: the same sums in another order, a
+difference at the rounding level, as a different batch grouping or GPU gives), which only
+decide how fast a job runs. Those are left out of the fingerprint, so a job planned before
+``invert.kernel`` existed keeps its fingerprint and may resume with any kernel.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ CorpusKind = Literal["llava-pretrain", "llava-instruct", "llava-eval", "folder"]
 CORPUS_KINDS: tuple[str, ...] = get_args(CorpusKind)
 TINY = "tiny"
 _NOT_IN_FINGERPRINT = {"job", "resources", "meta"}
+#: Speed settings inside a section: (section, key) left out of the fingerprint at any value.
+_SPEED_ONLY = {("invert", "kernel")}
 
 
 class _Section(BaseModel):
@@ -145,6 +150,9 @@ class InvertSpec(_Section):
     # how the image meets CLIP's square (stages/model_inputs.py): LLaVA-1.5's "pad" (expand2square),
     # or "crop", the centre crop of LLaVA-1.5's release scripts for ScienceQA and MM-Vet (docs/eval.md)
     framing: Literal["pad", "crop"] = "pad"
+    # LeGrad's clamped relevance (stages/legrad.py relevance_function): "auto" = the fused Triton
+    # kernel on CUDA, the torch path elsewhere; "triton" where it cannot run is refused. Speed only.
+    kernel: Literal["auto", "torch", "triton"] = "auto"
     resources: Resources = Resources(gpus=1.0, batch_size=4)
 
 
@@ -282,9 +290,13 @@ def expand_env(spec: JobSpec, environ: dict[str, str] | None = None) -> JobSpec:
     return spec.model_copy(update=updates)
 
 
-def _results_view(value: Any) -> Any:
+def _results_view(value: Any, top: bool = True) -> Any:
     if isinstance(value, dict):
-        return {k: _results_view(v) for k, v in value.items() if k not in _NOT_IN_FINGERPRINT}
+        view = {k: _results_view(v, False) for k, v in value.items() if k not in _NOT_IN_FINGERPRINT}
+        if top:
+            for section, key in _SPEED_ONLY:
+                view.get(section, {}).pop(key, None)
+        return view
     return value
 
 

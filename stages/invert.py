@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from ..models.clip import preprocess_cfg
+from ..schemas.errors import SpecError
 from ..schemas.spec import InvertSpec
 from .batch import Batch, Item, exception_reason, fail, failed
+from .legrad import triton_unavailable
 from .maskinversion import invert_batch, invert_masks, legrad_maps
 from .precision import at_precision, operator_dtype
 from .model_inputs import ClipFrame, clip_masks, clip_pixels
@@ -40,12 +42,17 @@ class InvertStage:
     ``spec.precision`` (stages/precision.py): ``bf16`` runs the network and the LeGrad
     products under bf16 autocast, ``tf32`` lets CUDA matmuls use TF32, ``bf16-operator``
     stores the LeGrad operator in bf16 and runs the rest in fp32; tokens, optimiser and
-    losses stay fp32.
+    losses stay fp32. ``spec.kernel``: the relevance's implementation (``legrad.py``
+    ``relevance_function``); "triton" on a device it cannot run on is refused here, in one
+    line, before any image is read.
     """
 
     def __init__(self, model: torch.nn.Module, spec: InvertSpec, images_per_group: int | None = None) -> None:
         self.spec, self.model = spec, model.eval()
         self.device = next(model.parameters()).device
+        reason = triton_unavailable(self.device) if spec.kernel == "triton" else None
+        if reason is not None:
+            raise SpecError(f"invert.kernel = \"triton\": {reason}; use \"auto\" or \"torch\"")
         self.frame = ClipFrame.from_cfg(preprocess_cfg(model), spec.framing)
         self.images_per_group = images_per_group
 
@@ -86,7 +93,7 @@ class InvertStage:
             tokens, losses, features = invert_batch(
                 self.model, images, masks, iterations=spec.iterations, lr=spec.lr,
                 alpha=spec.alpha, weight_decay=spec.weight_decay, layer_index=spec.layer_index,
-                operator_dtype=operator_dtype(spec.precision),
+                operator_dtype=operator_dtype(spec.precision), kernel=spec.kernel,
             )
         for b, (item, _, _) in enumerate(group):
             item["object_tokens"] = tokens[b].float().cpu().numpy()

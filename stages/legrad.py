@@ -37,6 +37,7 @@ autograd is used, and never through the network.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -243,6 +244,42 @@ def _chunks(cotangent: Tensor, heads: int):
         rows = slice(start, min(K, start + step))
         part = cotangent[:, rows].reshape(B, -1, N, heads, C // heads).permute(0, 3, 1, 2, 4)
         yield rows, part.reshape(B * heads, -1, C // heads)
+
+
+#: ``invert.kernel`` (schemas/spec.py): which implementation computes the clamped relevance.
+KERNELS = ("auto", "torch", "triton")
+
+
+def triton_unavailable(device: torch.device) -> str | None:
+    """Why the fused Triton relevance cannot run on ``device`` (None when it can): it needs
+    CUDA, or Triton's CPU interpreter (``TRITON_INTERPRET=1``, tests only), and triton."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"the Triton kernel needs a CUDA device (this stage runs on {device.type}; TRITON_INTERPRET is unset)"
+    try:
+        import triton  # noqa: F401  (shipped with CUDA builds of torch)
+    except ImportError:
+        return "the Triton kernel needs the triton package, which is not installed"
+    return None
+
+
+def relevance_function(kernel: str, device: torch.device):
+    """The ``apply`` of the relevance autograd Function ``kernel`` names on ``device``:
+    "auto" is the fused Triton kernel on CUDA (memory-bound there: it never writes the
+    K*H*N*N attention gradients) and this module's torch path elsewhere (a CPU's caches make
+    the chunked products cheap, and Triton does not compile for CPUs); "triton" where it
+    cannot run is a ValueError naming why."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
+    if kernel == "auto":
+        kernel = "triton" if device.type == "cuda" and triton_unavailable(device) is None else "torch"
+    if kernel == "torch":
+        return PositiveGradRelevance.apply
+    reason = triton_unavailable(device)
+    if reason is not None:
+        raise ValueError(reason)
+    from .legrad_triton import FusedPositiveGradRelevance  # imports triton: only when chosen
+
+    return FusedPositiveGradRelevance.apply
 
 
 def relevance_to_map(relevance: Tensor, grid: tuple[int, int], patch: int) -> Tensor:

@@ -24,14 +24,15 @@ by [D, N*C] product, K*N^2*C for the clamped attention gradients, and the revers
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .vision import VisionFeatures, encode_vision
-from .legrad import BlockLinearisation, PositiveGradRelevance, legrad_start_depth, relevance_to_map
+from .legrad import BlockLinearisation, PositiveGradRelevance, legrad_start_depth, relevance_function, relevance_to_map
 
 #: Largest precomputed LeGrad operator (all layers, all images of a group) kept in memory.
 OPERATOR_BUDGET_BYTES = 4 << 30
@@ -56,6 +57,8 @@ class _Explainer:
     operators: list[Tensor | None]  # per layer: P [B, D, N*C] or None (apply lazily)
     grid: tuple[int, int]
     patch: int
+    #: the clamped relevance's autograd ``apply`` (torch path or fused Triton kernel)
+    relevance: Callable[[Tensor, Tensor], Tensor] = field(default=PositiveGradRelevance.apply)
 
     def cotangents(self, unit_tokens: Tensor) -> list[Tensor]:
         """Per LeGrad layer, dO [B, K, N, C] for unit tokens [B, K, D] (linear in them). A
@@ -73,7 +76,7 @@ class _Explainer:
 
     def maps_from(self, cotangents: list[Tensor], size: tuple[int, int]) -> Tensor:
         """Min-max normalised maps [B, K, *size] from the layers' cotangents."""
-        relevance = sum(PositiveGradRelevance.apply(c, layer.values) for c, layer in zip(cotangents, self.layers))
+        relevance = sum(self.relevance(c, layer.values) for c, layer in zip(cotangents, self.layers))
         maps = relevance_to_map(relevance.float(), self.grid, self.patch)
         if maps.shape[-2:] != size:  # the reference resizes the map to the mask, not the reverse
             maps = F.interpolate(maps, size=size, mode="bilinear")
@@ -84,7 +87,8 @@ class _Explainer:
 
 
 def _explainer(model: torch.nn.Module, features: VisionFeatures, start: int, masks_per_image: int,
-               iterations: int, operator: str, operator_dtype: torch.dtype = torch.float32) -> _Explainer:
+               iterations: int, operator: str, operator_dtype: torch.dtype = torch.float32,
+               kernel: str = "auto") -> _Explainer:
     visual = model.visual
     blocks = list(visual.transformer.resblocks)
     layers = [
@@ -100,7 +104,8 @@ def _explainer(model: torch.nn.Module, features: VisionFeatures, start: int, mas
         operator == "auto" and D <= 2 * masks_per_image * iterations and size <= OPERATOR_BUDGET_BYTES
     )
     operators = [layer.materialize(dtype=operator_dtype) if materialize else None for layer in layers]
-    return _Explainer(layers, operators, features.grid, int(visual.patch_size[0]))
+    relevance = relevance_function(kernel, features.global_token.device)
+    return _Explainer(layers, operators, features.grid, int(visual.patch_size[0]), relevance)
 
 
 def _masks_per_slice(images: int, size: tuple[int, int]) -> int:
@@ -123,11 +128,14 @@ def invert_batch(
     operator: str = "auto",
     operator_dtype: torch.dtype = torch.float32,
     features: VisionFeatures | None = None,
+    kernel: str = "auto",
 ) -> tuple[list[Tensor], list[Tensor], VisionFeatures]:
     """MaskInversion for B preprocessed images [B, 3, S, S] with masks[b] [K_b, H, W] (one
     H, W for all). Returns per-image tokens [K_b, D], dice losses [K_b] and the forward's
     :class:`VisionFeatures`. ``operator``: "auto", "materialize" or "lazy" (same result);
-    ``operator_dtype``: what a materialised operator is stored in (bf16: half the traffic)."""
+    ``operator_dtype``: what a materialised operator is stored in (bf16: half the traffic);
+    ``kernel``: the relevance's implementation, "auto" (fused Triton on CUDA, torch
+    elsewhere), "torch" or "triton" (``legrad.relevance_function``)."""
     if operator not in ("auto", "materialize", "lazy"):
         raise ValueError(f"operator must be auto, materialize or lazy, not {operator!r}")
     depth = len(model.visual.transformer.resblocks)
@@ -148,7 +156,7 @@ def invert_batch(
             targets[b, : m.shape[0]] = m.to(targets)
             weights[b, : m.shape[0]] = 1.0 / m.shape[0]
 
-    explainer = _explainer(model, features, start, k_max, iterations, operator, operator_dtype)
+    explainer = _explainer(model, features, start, k_max, iterations, operator, operator_dtype, kernel)
     image_unit = F.normalize(features.global_token, dim=-1)[:, None, :]
     tokens = features.global_token[:, None, :].expand(B, k_max, D).clone().requires_grad_(True)
     optimizer = torch.optim.AdamW([tokens], lr=lr, weight_decay=weight_decay)
@@ -187,13 +195,13 @@ def invert_batch(
 
 
 def legrad_maps(model: torch.nn.Module, images: Tensor, tokens: Tensor, *, layer_index: int = -1,
-                operator: str = "auto") -> Tensor:
+                operator: str = "auto", kernel: str = "auto") -> Tensor:
     """LeGrad maps [B, K, S, S] of tokens [B, K, D] (normalised here, as MaskInversion does)
     for preprocessed images [B, 3, S, S]: the map MaskInversion's first step sees when
     ``tokens`` are the image embeddings."""
     start = legrad_start_depth(len(model.visual.transformer.resblocks), layer_index)
     features = encode_vision(model, images, keep_inputs_from=start)
-    explainer = _explainer(model, features, start, tokens.shape[1], 1, operator)
+    explainer = _explainer(model, features, start, tokens.shape[1], 1, operator, kernel=kernel)
     with torch.no_grad():
         return explainer.maps(F.normalize(tokens.float(), dim=-1), tuple(images.shape[-2:]))
 
