@@ -140,3 +140,24 @@ def test_the_key_is_left_out_of_the_fingerprint_at_6_and_checked() -> None:
     assert fine.write.patch_grid == 12 and fingerprint(fine) != fingerprint(spec)
     with pytest.raises(SpecError, match="patch_grid"):
         spec_from_dict(apply_overrides({}, ["write.patch_grid=16"]))
+
+
+def test_train_refuses_patch_16_on_a_6x6_cache_before_loading_anything(tmp_path: Path) -> None:
+    from masktok.tiny.cache import write_corpus
+    from masktok.trainer.runtime import TrainConfig
+    from masktok.trainer.train import train
+
+    cache = write_tiny_cache(tmp_path / "coarse", n=4, dims=DIMS, failed=())
+    data = write_corpus(tmp_path / "data.json", 4)
+    cfg = TrainConfig(stage=1, cache=cache, data=data, llm=tmp_path / "no-llm", out=tmp_path / "out",
+                      tokens="cls,patch:16,obj:5", device="cpu")
+    with pytest.raises(TokenSpecError, match=r"keeps the 6x6 patch grid.*1, 4, 9 or 36 tokens, not 16"):
+        train(cfg)
+
+
+def test_a_clip_grid_12_does_not_divide_refuses_the_12x12_grid() -> None:
+    from masktok.stages.checkpoints import token_dims
+
+    assert token_dims(spec_from_dict({"write": {"patch_grid": 12}})).C == 1024  # ViT-L/14-336: 24x24
+    with pytest.raises(SpecError, match="7x7 grid, which 12 does not divide"):
+        token_dims(spec_from_dict({"write": {"patch_grid": 12}, "invert": {"model": "ViT-B-32"}}))
