@@ -67,9 +67,10 @@ class PictureTokens:
             if "error" in item:
                 out.append({"error": item["error"]})
                 continue
-            rows = shard_rows([{**item, "index": 0}], 0, 1, self.dims, VERSION)
-            out.append(row_record(item["index"], lambda n: rows[n][0], lambda n: rows[n][0], tensors_of(VERSION),
-                                  self.dims.K))
+            grid = self.spec.write.patch_grid
+            rows = shard_rows([{**item, "index": 0}], 0, 1, self.dims, VERSION, grid)
+            out.append(row_record(item["index"], lambda n: rows[n][0], lambda n: rows[n][0],
+                                  tensors_of(VERSION, grid), self.dims.K))
         return out
 
 
@@ -89,6 +90,9 @@ class Asker:
             from ..trainer.visual.refilter import require_refilterable
 
             require_refilterable(VERSION, spec.filter.model_dump(), "the spec's tokens")
+        from ..trainer.visual.token_spec import require_patches
+
+        require_patches(self.spec, spec.write.patch_grid, "the spec's tokens")
         self.stage = self.gm.stage
 
     def answer(self, record: dict[str, Any], question: str, max_new_tokens: int) -> str:

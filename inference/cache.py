@@ -9,17 +9,20 @@ from ..schemas.errors import CacheError
 from ..schemas.record import Status
 from ..trainer.data.readers import ZarrImages
 from ..trainer.visual.refilter import require_refilterable
-from ..trainer.visual.token_spec import TokenSpec
+from ..trainer.visual.token_spec import TokenSpec, require_patches
 
 
 def open_cache(cache: Path, dims: dict[str, int], specs: list[TokenSpec]) -> ZarrImages:
     """The cache a checkpoint reads: CacheError if its widths differ from ``dims`` (those the
-    projectors were built for); TokenSpecError if a spec re-filters objects it cannot."""
+    projectors were built for); TokenSpecError if a spec re-filters objects it cannot, or asks
+    for a patch count its grids do not pool to exactly."""
     images = ZarrImages(cache)
     if {k: images.dims[k] for k in ("C", "D")} != {k: dims[k] for k in ("C", "D")}:
         raise CacheError(f"the cache {cache} has widths {images.dims}, the checkpoint was trained on {dims}")
     if any(spec.iou is not None for spec in specs):
         require_refilterable(images.version, images.filter, cache)
+    for spec in specs:
+        require_patches(spec, images.patch_grid, cache)
     return images
 
 

@@ -30,8 +30,8 @@ from ..schemas.jobdir import JobDir
 from ..schemas.record import Status, arrays_of
 from ..schemas.versions import COMMIT_VERSION
 from ..schemas.storage import is_remote
-from ..stages.write import (TokenDims, checksum, encode_wds_shard, failures_of, shard_rows, store_version,
-                            write_zarr_rows)
+from ..stages.write import (TokenDims, checksum, encode_wds_shard, failures_of, shard_rows, store_patch_grid,
+                            store_version, write_zarr_rows)
 from .durable import fsync_dir, write_atomic
 
 
@@ -77,7 +77,7 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
                 dims: TokenDims, fingerprint: str, webdataset: bool = True, rle_masks: bool = False,
                 manifest_digest: str | None = None) -> Commit:
     """Write one finished shard to both sinks, then commit it. Returns the commit record."""
-    rows = shard_rows(items, start, end, dims, store_version(group))
+    rows = shard_rows(items, start, end, dims, store_version(group), store_patch_grid(group))
     sums = write_zarr_rows(group, start, rows, flush=lambda names: _fsync_chunks(jd.tokens, shard, names))
     tar = None
     if webdataset:
@@ -105,7 +105,7 @@ def verify_shard(jd: JobDir, group: zarr.Group, commit: Commit) -> list[str]:
     start, end = commit["rows"]
     problems = []
     rows = {}
-    for spec in arrays_of(store_version(group)):
+    for spec in arrays_of(store_version(group), store_patch_grid(group)):
         try:
             rows[spec.name] = group[spec.name][start:end]
         except Exception as exc:  # a corrupt chunk fails to decompress

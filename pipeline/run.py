@@ -276,7 +276,8 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     groups = topology(spec)  # once for the run: checkpoints, Ray's size, the GPU check, the graph
     checkpoints = resolve_checkpoints(spec, jd.models, groups)
     dims = token_dims(spec)
-    open_store(jd.tokens, rows=rows, shard_size=size, dims=dims, filter_settings=spec.filter.model_dump())
+    open_store(jd.tokens, rows=rows, shard_size=size, dims=dims, filter_settings=spec.filter.model_dump(),
+               patch_grid=spec.write.patch_grid)
     wanted = set(todo)
     items = [{"index": i, "image_id": manifest["image_id"][i], "path": manifest["path"][i]}
              for i in range(rows) if manifest["shard"][i] in wanted]

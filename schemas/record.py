@@ -17,6 +17,13 @@ included), upper triangle without the diagonal, row-major (pairs (0,1), (0,2), .
 (1,2), ...), float16, so objects can be re-filtered at any IoU threshold later
 (trainer/visual/refilter.py). A reader's record holds the triangle of its ``num_objects`` real
 rows only, as a WebDataset sample stores it. Version-1 stores lack the array.
+
+The finer patch grid (optional, not a record version: the spec's ``write.patch_grid = 12``):
+``patch_tokens_144`` [N, 144, C] float16 holds the same 24x24 penultimate patch tokens
+average-pooled 2x2 to 12x12 (raster order), from which the trainer pools exactly to 144, 36,
+16 and 9 tokens (Tables 2 and 3 of the paper use 144 and 16). A store that has it says so in
+its group attr ``patch_grid`` (12; absent or 6: the 6x6 grid only); ``arrays_of`` and
+``tensors_of`` take that value. Stores without it are unchanged, byte for byte.
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from .versions import RECORD_SCHEMA_VERSION
 
 POOLED_GRID = 6  # 24x24 ViT-L/14-336 patch grid average-pooled 4x4 -> 6x6
 POOLED_PATCHES = POOLED_GRID * POOLED_GRID  # 36, stored in raster order
+FINE_GRID = 12  # the optional finer grid: 24x24 average-pooled 2x2 -> 12x12
+FINE_PATCHES = FINE_GRID * FINE_GRID  # 144, raster order
+PATCH_GRIDS = (POOLED_GRID, FINE_GRID)  # the values of the spec's write.patch_grid
 VERSION = RECORD_SCHEMA_VERSION
 
 
@@ -49,7 +59,7 @@ class ArraySpec:
 
     def shape(self, n: int, dims: dict[str, int]) -> tuple[int, ...]:
         """Concrete shape for ``n`` rows; ``dims`` gives K, D, C and optionally P."""
-        sizes = {"N": n, "P": POOLED_PATCHES, **dims}
+        sizes = {"N": n, "P": POOLED_PATCHES, "F": FINE_PATCHES, **dims}
         if "K" in dims:
             sizes["K2"] = pairs(dims["K"])
         missing = [a for a in self.axes if a not in sizes and not a.isdigit()]
@@ -81,7 +91,11 @@ ARRAYS: tuple[ArraySpec, ...] = (
 )
 #: Arrays each record version has (readers of an older store skip the others).
 SINCE_VERSION = {"mask_iou": 2}
-BY_NAME = {a.name: a for a in ARRAYS}
+#: The array of the finer patch grid: only in stores whose ``patch_grid`` attr is 12 (any
+#: record version), so it is in neither ``ARRAYS`` nor ``TENSORS``.
+FINE_PATCH_ARRAY = ArraySpec("patch_tokens_144", ("N", "F", "C"), "float16", 0.0,
+                             "penultimate-layer patch tokens pooled 2x2 to 12x12 (write.patch_grid = 12)")
+BY_NAME = {a.name: a for a in (*ARRAYS, FINE_PATCH_ARRAY)}
 
 # Per-image members of a WebDataset sample: scalars go in the sample's .json, the rest
 # are .npy members named after the array.
@@ -102,14 +116,21 @@ def record_shapes(dims: dict[str, int]) -> dict[str, tuple[int, ...]]:
     return {a.name: a.shape(1, dims)[1:] for a in ARRAYS}
 
 
-def arrays_of(version: int) -> tuple[ArraySpec, ...]:
-    """The arrays a store of record ``version`` holds."""
-    return tuple(a for a in ARRAYS if SINCE_VERSION.get(a.name, 1) <= version)
+def _fine(patch_grid: int) -> tuple[ArraySpec, ...]:
+    if patch_grid not in PATCH_GRIDS:
+        raise ValueError(f"patch_grid must be one of {PATCH_GRIDS}, not {patch_grid}")
+    return (FINE_PATCH_ARRAY,) if patch_grid == FINE_GRID else ()
 
 
-def tensors_of(version: int) -> tuple[str, ...]:
-    """The tensor arrays a store of record ``version`` holds."""
-    return tuple(name for name in TENSORS if SINCE_VERSION.get(name, 1) <= version)
+def arrays_of(version: int, patch_grid: int = POOLED_GRID) -> tuple[ArraySpec, ...]:
+    """The arrays a store of record ``version`` and finest patch grid ``patch_grid`` holds."""
+    return tuple(a for a in ARRAYS if SINCE_VERSION.get(a.name, 1) <= version) + _fine(patch_grid)
+
+
+def tensors_of(version: int, patch_grid: int = POOLED_GRID) -> tuple[str, ...]:
+    """The tensor arrays a store of record ``version`` and finest patch grid ``patch_grid`` holds."""
+    return (tuple(name for name in TENSORS if SINCE_VERSION.get(name, 1) <= version)
+            + tuple(a.name for a in _fine(patch_grid)))
 
 
 def pairs(k: int) -> int:

@@ -164,8 +164,13 @@ class WriterResources(Resources):
 
 
 class WriteSpec(_Section):
+    """``patch_grid``: the finest patch grid the cache keeps. 6: the 6x6 grid only (36 tokens,
+    the paper's training input); 12: also the 12x12 grid (``patch_tokens_144``, +288 bytes x C
+    per image raw), from which a token spec pools exactly to 144 and 16 (schemas/record.py)."""
+
     webdataset: bool = True
     rle_masks: bool = False
+    patch_grid: Literal[6, 12] = 6
     resources: WriterResources = WriterResources(cpus=1.0)
 
 
@@ -303,7 +308,8 @@ def _results_view(value: Any, top: bool = True) -> Any:
 #: Fields added after jobs were planned without them, with the value those jobs ran with: the
 #: hash leaves such a field out at that value, so an older job's fingerprint (and its resume)
 #: stays valid, while any other value changes the hash.
-_ADDED_LATER = {("decode", "mode"): "careful", ("invert", "framing"): "pad", ("detect", "selection"): "query"}
+_ADDED_LATER = {("decode", "mode"): "careful", ("invert", "framing"): "pad", ("detect", "selection"): "query",
+                ("write", "patch_grid"): 6}
 
 
 def fingerprint(spec: JobSpec) -> str:

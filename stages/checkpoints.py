@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..models import TINY, materialize_tiny, quiet_model_libraries
 from ..models.clip_config import clip_config
-from ..schemas.errors import CheckpointError
+from ..schemas.errors import CheckpointError, SpecError
+from ..schemas.record import FINE_GRID
 from ..schemas.spec import JobSpec
 from .masks import TILE_GRIDS
 from .write import TokenDims
@@ -38,6 +39,11 @@ def resolve_checkpoints(spec: JobSpec, tiny_home: Path, groups: list[Group] | No
     return wanted
 
 
+def _first(value: object) -> int:
+    """An open_clip size given as an int or as (height, width): its first side."""
+    return int(value[0] if isinstance(value, (list, tuple)) else value)  # type: ignore[index, arg-type]
+
+
 def token_dims(spec: JobSpec) -> TokenDims:
     """K (objects incl. background), D (CLIP embed dim), C (vision width) of this job."""
     objects = sum(n * n for n in TILE_GRIDS) if spec.masks.source == "tiles" else spec.detect.top_k
@@ -46,4 +52,10 @@ def token_dims(spec: JobSpec) -> TokenDims:
     config = clip_config(spec.invert.model)
     if config is None:
         raise CheckpointError(f"unknown open_clip model {spec.invert.model!r}")
+    vision = config["vision_cfg"]
+    size, patch = (vision.get(k, 1) for k in ("image_size", "patch_size"))
+    side = _first(size) // _first(patch)
+    if spec.write.patch_grid == FINE_GRID and side % FINE_GRID:  # the 12x12 grid must pool exactly
+        raise SpecError(f"write.patch_grid = 12 pools the CLIP patch grid to 12x12 exactly; {spec.invert.model} "
+                        f"has a {side}x{side} grid, which 12 does not divide: use write.patch_grid = 6")
     return TokenDims(K=objects + 1, D=int(config["embed_dim"]), C=int(config["vision_cfg"]["width"]))

@@ -11,7 +11,8 @@ last). Items with an ``error`` are passed through untouched; an item whose image
 cannot be used gets a failure record (``stages.batch.fail``, stage "invert"). Every row is
 inverted, suppressed ones (``keep_rank == -1``) included, as the paper does for all masks. Added (float32, names of ``schemas/record.py``):
 ``object_tokens`` [K, D], ``inversion_loss`` [K], ``global_token`` [D], ``patch_tokens``
-[36, C], ``patch_norm_mean``, ``patch_norm_std``.
+[36, C], ``patch_norm_mean``, ``patch_norm_std``, and with ``patch_grid`` 12 (the spec's
+``write.patch_grid``) ``patch_tokens_144`` [144, C].
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 from ..models.clip import preprocess_cfg
 from ..schemas.errors import SpecError
+from ..schemas.record import FINE_GRID, FINE_PATCH_ARRAY, POOLED_GRID
 from ..schemas.spec import InvertSpec
 from .batch import Batch, Item, exception_reason, fail, failed
 from .legrad import triton_unavailable
@@ -44,11 +46,13 @@ class InvertStage:
     stores the LeGrad operator in bf16 and runs the rest in fp32; tokens, optimiser and
     losses stay fp32. ``spec.kernel``: the relevance's implementation (``legrad.py``
     ``relevance_function``); "triton" on a device it cannot run on is refused here, in one
-    line, before any image is read.
+    line, before any image is read. ``patch_grid`` 12 adds the 12x12 pooled patch tokens to each item.
     """
 
-    def __init__(self, model: torch.nn.Module, spec: InvertSpec, images_per_group: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, spec: InvertSpec, images_per_group: int | None = None,
+                 patch_grid: int = POOLED_GRID) -> None:
         self.spec, self.model = spec, model.eval()
+        self.fine = patch_grid == FINE_GRID
         self.device = next(model.parameters()).device
         reason = triton_unavailable(self.device) if spec.kernel == "triton" else None
         if reason is not None:
@@ -100,5 +104,7 @@ class InvertStage:
             item["inversion_loss"] = losses[b].float().cpu().numpy()
             item["global_token"] = features.global_token[b].float().cpu().numpy()
             item["patch_tokens"] = features.patch_tokens[b].float().cpu().numpy()
+            if self.fine:
+                item[FINE_PATCH_ARRAY.name] = features.fine_patch_tokens[b].float().cpu().numpy()
             item["patch_norm_mean"] = float(features.patch_norm_mean[b])
             item["patch_norm_std"] = float(features.patch_norm_std[b])

@@ -114,7 +114,7 @@ def _filter(spec: JobSpec, *_: Any) -> Stage:
 
 def _invert(spec: JobSpec, root: str, clip: Any) -> Stage:
     from .invert import InvertStage
-    return InvertStage(clip, spec.invert)
+    return InvertStage(clip, spec.invert, patch_grid=spec.write.patch_grid)
 
 
 DECODE = StageDef("decode", None, _decode)

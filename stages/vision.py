@@ -13,11 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..schemas.record import POOLED_GRID
+from ..schemas.record import FINE_GRID, POOLED_GRID
 from .model_inputs import ClipFrame, llava_pad_mask_arrays, llava_pad_pixels, pad_offsets
 
 __all__ = ["ClipFrame", "pad_offsets", "llava_pad_image", "llava_pad_masks", "normalise_pixels", "encode_vision",
-           "VisionFeatures"]
+           "VisionFeatures", "pool_patch_grid"]
 
 # --- preprocessing as LLaVA-1.5 ('pad') -----------------------------------------------------
 
@@ -52,10 +52,18 @@ class VisionFeatures:
 
     global_token: torch.Tensor  # [B, D] what open_clip's encode_image returns
     patch_tokens: torch.Tensor  # [B, 36, C] penultimate-block patch tokens, pooled 4x4
+    fine_patch_tokens: torch.Tensor  # [B, 144, C] the same, pooled 2x2 (stored with write.patch_grid = 12)
     patch_norm_mean: torch.Tensor  # [B] over the unpooled patch-token norms
     patch_norm_std: torch.Tensor  # [B] population std (ddof 0)
     block_inputs: dict[int, torch.Tensor]  # residual stream entering block l, batch first
     grid: tuple[int, int]  # patch grid (rows, cols)
+
+
+def pool_patch_grid(patches: torch.Tensor, grid: tuple[int, int], side: int) -> torch.Tensor:
+    """[B, rows * cols, C] raster-order patch tokens -> [B, side * side, C], average-pooled
+    (windows of rows/side when side divides the grid, as 24x24 -> 6x6 or 12x12)."""
+    grid_view = patches.transpose(1, 2).reshape(patches.shape[0], -1, *grid)
+    return F.adaptive_avg_pool2d(grid_view, side).flatten(2).transpose(1, 2)
 
 
 @torch.no_grad()
@@ -65,7 +73,11 @@ def encode_vision(model: torch.nn.Module, images: torch.Tensor, keep_inputs_from
     Uses the tower's own ``_embeds``/blocks/``_pool``, so ``global_token`` is
     ``encode_image`` (to float rounding: under no_grad torch may take its fused MHA path). Patch tokens are the output of the second-to-last block, CLS
     excluded (LLaVA's ``mm_vision_select_layer=-2``), before any norm; they are average
-    pooled to a 6x6 grid (4x4 windows on ViT-L/14-336's 24x24 grid). The inputs of
+    pooled to a 6x6 grid (4x4 windows on ViT-L/14-336's 24x24 grid), and to a 12x12 grid
+    (2x2 windows; a few microseconds beside the forward, so always computed: the invert stage
+    keeps it only when the cache asks for it). Both pool the fp32 tokens of the full grid, so
+    each is exact average pooling of it (a tiny preset's grid that 6 or 12 does not divide is
+    pooled adaptively, windows overlapping). The inputs of
     blocks ``>= keep_inputs_from`` are kept for LeGrad.
     """
     visual = model.visual
@@ -86,11 +98,12 @@ def encode_vision(model: torch.nn.Module, images: torch.Tensor, keep_inputs_from
         pooled = pooled @ visual.proj
     patches = penultimate[:, 1:].float()
     norms = patches.norm(dim=-1)
-    grid_view = patches.transpose(1, 2).reshape(patches.shape[0], -1, *grid)
-    pooled_patches = F.adaptive_avg_pool2d(grid_view, POOLED_GRID).flatten(2).transpose(1, 2)
+    pooled_patches = pool_patch_grid(patches, grid, POOLED_GRID)
+    fine_patches = pool_patch_grid(patches, grid, FINE_GRID)
     return VisionFeatures(
         global_token=pooled.float(),
         patch_tokens=pooled_patches,
+        fine_patch_tokens=fine_patches,
         patch_norm_mean=norms.mean(dim=1),
         patch_norm_std=norms.std(dim=1, unbiased=False),
         block_inputs=kept,

@@ -22,8 +22,8 @@ import numpy as np
 import zarr
 
 from ..schemas import record
-from ..schemas.record import (OBJECT_ARRAYS, SCALARS, Status, arrays_of, leading_triangle, sample_key,
-                              upper_triangle)
+from ..schemas.record import (FINE_PATCH_ARRAY, OBJECT_ARRAYS, POOLED_GRID, SCALARS, Status, arrays_of,
+                              leading_triangle, sample_key, upper_triangle)
 from ..schemas.versions import ZARR_LAYOUT
 from ..schemas.storage import open_zarr
 from . import tarbytes
@@ -50,11 +50,11 @@ class TokenDims:
 #: Arrays whose one-row chunks are zstd-compressed: the big float16 tensors. The rows of
 #: ``object_tokens`` and ``mask_iou`` past ``num_objects`` are zero padding (about 45% of the
 #: bytes of a 60-object image at K = 101). 1-D arrays (one chunk per shard) keep zarr's default.
-COMPRESSED = ("object_tokens", "patch_tokens", "mask_iou")
+COMPRESSED = ("object_tokens", "patch_tokens", "mask_iou", FINE_PATCH_ARRAY.name)
 
 
 def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims, version: int = record.VERSION,
-               filter_settings: dict[str, Any] | None = None) -> zarr.Group:
+               filter_settings: dict[str, Any] | None = None, patch_grid: int = POOLED_GRID) -> zarr.Group:
     """Open ``tokens.zarr``, creating every array of the record schema on first use.
 
     Layout ``ZARR_LAYOUT`` ("sharded-rows"): every array uses Zarr v3's sharding codec with
@@ -73,6 +73,8 @@ def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims, version:
     older job is fine). ``version`` creates a store of an older record version (tests).
     ``filter_settings`` (the spec's ``filter``: ``iou_threshold``, ``max_objects``) go in the
     group attr ``filter``: a reader re-filtering objects needs to know whether rows were cut.
+    ``patch_grid`` (the spec's ``write.patch_grid``) 12 adds ``patch_tokens_144`` and the group
+    attr ``patch_grid``; at 6 the store is as it was before the key existed (no attr).
     """
     if (path / "zarr.json").exists():
         group = open_zarr(path, mode="r+")
@@ -80,11 +82,14 @@ def open_store(path: Path, rows: int, shard_size: int, dims: TokenDims, version:
         if stored != dims.as_dict() or group["status"].shape[0] != rows:
             raise WriteError(f"{path} was created for {stored} x {group['status'].shape[0]} rows, "
                              f"not {dims.as_dict()} x {rows}")
+        if store_patch_grid(group) != patch_grid:
+            raise WriteError(f"{path} was created with patch_grid {store_patch_grid(group)}, not {patch_grid}")
         return group
     group = open_zarr(path, mode="w")
     group.attrs.update({"record_schema_version": version, "dims": dims.as_dict(), "shard_size": shard_size,
-                        "layout": ZARR_LAYOUT, "filter": dict(filter_settings or {})})
-    for spec in arrays_of(version):
+                        "layout": ZARR_LAYOUT, "filter": dict(filter_settings or {}),
+                        **({} if patch_grid == POOLED_GRID else {"patch_grid": patch_grid})})
+    for spec in arrays_of(version, patch_grid):
         shape = spec.shape(rows, dims.as_dict())
         rest = shape[1:]
         group.create_array(spec.name, shape=shape, shards=(shard_size, *rest),
@@ -100,15 +105,21 @@ def store_version(group: zarr.Group) -> int:
     return int(group.attrs.get("record_schema_version", 1))
 
 
+def store_patch_grid(group: zarr.Group) -> int:
+    """The finest patch grid a store keeps: 12 when it has ``patch_tokens_144``, else 6."""
+    return int(group.attrs.get("patch_grid", POOLED_GRID))
+
+
 def shard_rows(items: list[dict[str, Any]], start: int, end: int, dims: TokenDims,
-               version: int = record.VERSION) -> dict[str, np.ndarray]:
-    """The record arrays (those of ``version``) for manifest rows [start, end), from one
-    finished item per row."""
+               version: int = record.VERSION, patch_grid: int = POOLED_GRID) -> dict[str, np.ndarray]:
+    """The record arrays (those of ``version`` and ``patch_grid``) for manifest rows
+    [start, end), from one finished item per row."""
     by_index = {item["index"]: item for item in items}
     if sorted(by_index) != list(range(start, end)):
         raise WriteError(f"shard rows {start}..{end - 1} need one item each, got indices {sorted(by_index)[:5]}...")
     n = end - start
-    rows = {s.name: np.full(s.shape(n, dims.as_dict()), s.fill, dtype=s.numpy_dtype()) for s in arrays_of(version)}
+    rows = {s.name: np.full(s.shape(n, dims.as_dict()), s.fill, dtype=s.numpy_dtype())
+            for s in arrays_of(version, patch_grid)}
     for i in range(n):
         item = by_index[start + i]
         rows["image_id"][i] = item["image_id"]
@@ -131,6 +142,11 @@ def _fill_row(rows: dict[str, np.ndarray], i: int, item: dict[str, Any], dims: T
         rows[name][i, :k] = np.asarray(item[name])
     rows["global_token"][i] = np.asarray(item["global_token"])
     rows["patch_tokens"][i] = np.asarray(item["patch_tokens"])
+    if FINE_PATCH_ARRAY.name in rows:
+        if FINE_PATCH_ARRAY.name not in item:
+            raise WriteError(f"{item['image_id']}: the store keeps the 12x12 patch grid, the item has none "
+                             "(the invert stage was built without patch_grid = 12)")
+        rows[FINE_PATCH_ARRAY.name][i] = np.asarray(item[FINE_PATCH_ARRAY.name])
     if "mask_iou" in rows:  # record v2: the filter stage's IoU matrix, as a padded triangle
         square = np.zeros((dims.K, dims.K), np.float16)
         square[:k, :k] = np.asarray(item["pairwise_iou"], np.float16)

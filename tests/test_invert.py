@@ -75,6 +75,9 @@ def test_one_forward_gives_the_record_features(tiny) -> None:
     last_window = grid[:, 20:, 20:].mean(dim=(1, 2))
     torch.testing.assert_close(features.patch_tokens[:, 0], first_window, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(features.patch_tokens[:, -1], last_window, atol=1e-5, rtol=1e-5)
+    assert features.fine_patch_tokens.shape == (2, 144, 64)  # the 12x12 grid: 2x2 windows
+    torch.testing.assert_close(features.fine_patch_tokens[:, 0], grid[:, :2, :2].mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(features.fine_patch_tokens[:, -1], grid[:, 22:, 22:].mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
     norms = patches.norm(dim=-1)
     torch.testing.assert_close(features.patch_norm_mean, norms.mean(1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(features.patch_norm_std, norms.std(1, unbiased=False), atol=1e-5, rtol=1e-5)
@@ -149,6 +152,15 @@ def test_stage_fills_the_record_fields(tiny_clip) -> None:
     for a, b in zip(again, (batch[0], batch[2])):
         assert F.cosine_similarity(torch.from_numpy(a["object_tokens"]),
                                    torch.from_numpy(b["object_tokens"])).min() > 0.999
+
+
+def test_the_12x12_grid_is_added_only_when_the_cache_keeps_it(tiny_clip) -> None:
+    spec = InvertSpec(model=TINY_CLIP_NAME, iterations=1)
+    coarse, fine = InvertStage(tiny_clip, spec)([_item(1, 70, 110, 3)]), \
+        InvertStage(tiny_clip, spec, patch_grid=12)([_item(1, 70, 110, 3)])
+    assert "patch_tokens_144" not in coarse[0] and fine[0]["patch_tokens_144"].shape == (144, 64)
+    pooled = F.avg_pool2d(torch.from_numpy(fine[0]["patch_tokens_144"]).T.reshape(1, 64, 12, 12), 2)
+    torch.testing.assert_close(pooled.flatten(2)[0].T, torch.from_numpy(fine[0]["patch_tokens"]), atol=1e-5, rtol=1e-5)
 
 
 def test_bf16_tokens_stay_close_to_fp32(tiny_clip) -> None:

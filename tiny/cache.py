@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..schemas.jobdir import JobDir
-from ..schemas.record import POOLED_PATCHES
+from ..schemas.record import FINE_GRID, FINE_PATCH_ARRAY, POOLED_GRID, POOLED_PATCHES
 from ..schemas.versions import RECORD_SCHEMA_VERSION
 from ..stages.write import TokenDims, open_store
 from ..pipeline.commit import write_shard
@@ -25,10 +25,22 @@ from ..pipeline.commit import write_shard
 CAPTIONS = ("a red square on grass", "a blue circle in the sky", "two green boats on a lake")
 
 
+def pooled_grid(grid: np.ndarray, side: int) -> np.ndarray:
+    """[S, S, C] patch grid -> [side * side, C] raster order, average-pooled in float64 with
+    windows of S/side (S divisible by side), as the invert stage pools the 24x24 grid."""
+    s, c = grid.shape[0], grid.shape[-1]
+    w = s // side
+    return grid.astype(np.float64).reshape(side, w, side, w, c).mean(axis=(1, 3)).reshape(side * side, c)
+
+
 def tiny_items(n: int, dims: TokenDims, failed: tuple[int, ...] = (), seed: int = 0,
-               objects: int | None = None) -> list[dict[str, Any]]:
+               objects: int | None = None, patch_grid: int = POOLED_GRID) -> list[dict[str, Any]]:
     """Finished-item dicts as the invert stage hands them to the writer: ``objects`` rows
-    each (background included), or a random number from 2 to K."""
+    each (background included), or a random number from 2 to K. With ``patch_grid`` 12 the
+    patch tokens are pooled from a random 24x24 grid (its own seeded stream, so the other
+    values are those of ``patch_grid`` 6): 4x4 to ``patch_tokens``, 2x2 to
+    ``patch_tokens_144``; the grid itself is kept as ``patch_grid_24`` (tests), which the
+    writer ignores."""
     rng = np.random.default_rng(seed)
     items = []
     for i in range(n):
@@ -57,6 +69,11 @@ def tiny_items(n: int, dims: TokenDims, failed: tuple[int, ...] = (), seed: int 
             patch_tokens=(rng.normal(size=(POOLED_PATCHES, dims.C)) + cls).astype(np.float16),
             pairwise_iou=_symmetric_iou(np.random.default_rng([seed, i]), k),  # own stream: the rest unchanged
         )
+        if patch_grid == FINE_GRID:
+            full = np.random.default_rng([seed, i, 24]).normal(size=(24, 24, dims.C)) + cls
+            item.update(patch_grid_24=full.astype(np.float32),
+                        patch_tokens=pooled_grid(full, POOLED_GRID).astype(np.float16),
+                        **{FINE_PATCH_ARRAY.name: pooled_grid(full, FINE_GRID).astype(np.float16)})
         items.append(item)
     return items
 
@@ -68,12 +85,15 @@ def _symmetric_iou(rng: np.random.Generator, k: int) -> np.ndarray:
 
 
 def write_tiny_cache(job_dir: Path, n: int = 12, shard_size: int = 4, dims: TokenDims = TokenDims(K=6, D=16, C=24),
-                     failed: tuple[int, ...] = (5,), seed: int = 0, record_version: int | None = None) -> Path:
+                     failed: tuple[int, ...] = (5,), seed: int = 0, record_version: int | None = None,
+                     patch_grid: int = POOLED_GRID) -> Path:
     """Write ``n`` images (``failed`` ones with status 2) into ``job_dir``; returns it.
-    ``record_version`` 1 writes a store as masktok wrote them before ``mask_iou``."""
+    ``record_version`` 1 writes a store as masktok wrote them before ``mask_iou``;
+    ``patch_grid`` 12 a store with the 12x12 patch grid too (``write.patch_grid = 12``)."""
     jd = JobDir(job_dir)
-    items = tiny_items(n, dims, failed, seed)
-    group = open_store(jd.tokens, n, shard_size, dims, record_version or RECORD_SCHEMA_VERSION)
+    items = tiny_items(n, dims, failed, seed, patch_grid=patch_grid)
+    group = open_store(jd.tokens, n, shard_size, dims, record_version or RECORD_SCHEMA_VERSION,
+                       patch_grid=patch_grid)
     for s, start in enumerate(range(0, n, shard_size)):
         end = min(start + shard_size, n)
         write_shard(jd, group, s, start, end, items[start:end], dims, "sha256:tiny-cache")

@@ -37,7 +37,7 @@ from .runtime import (STAGE_LR, TrainConfig, build_model, load_llm, load_tokeniz
                       micro_batches_per_epoch, scheduler)
 from .visual.refilter import require_refilterable
 from .visual.scaling import DEFAULT_MODE, MODES, CacheStats
-from .visual.token_spec import DEFAULT_SPEC, parse_spec
+from .visual.token_spec import DEFAULT_SPEC, parse_spec, require_patches
 
 DEFAULT_SCALING = DEFAULT_MODE
 
@@ -88,6 +88,7 @@ def _train(cfg: TrainConfig, env: DistEnv, echo: Callable[[str], None]) -> dict[
         raise TrainError(f"unknown scaling mode {scaling!r}: use one of {', '.join(MODES)}")
     if spec.iou is not None:
         require_refilterable(images.version, images.filter, cfg.cache)
+    require_patches(spec, images.patch_grid, cfg.cache)
 
     examples, counts = join_records(records, images.image_ids, images.status,
                                     keep_text_only=cfg.stage == 2)

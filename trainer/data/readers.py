@@ -7,6 +7,7 @@ which sink it reads:
     object_tokens [k, D] f16, boxes [k, 4] f32, scores [k] f32, keep_rank [k] i16,
     inversion_loss [k] f32, global_token [D] f16, patch_tokens [36, C] f16,
     mask_iou [k(k-1)/2] f16 (record v2 only: the pairwise IoU triangle of the k rows)
+    patch_tokens_144 [144, C] f16 (only from a cache planned with write.patch_grid = 12)
 
 with k = num_objects (Zarr's padding rows dropped, as a WebDataset sample stores them).
 Images that are not ok (status 0 pending, 2 failed) carry the scalars only.
@@ -33,7 +34,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from ...schemas.commits import valid_commits
 from ...schemas.errors import CacheError
 from ...schemas.jobdir import JobDir
-from ...schemas.record import OBJECT_ARRAYS, SCALARS, SINCE_VERSION, TENSORS, Status, leading_triangle, tensors_of
+from ...schemas.record import (FINE_PATCH_ARRAY, OBJECT_ARRAYS, POOLED_GRID, SCALARS, SINCE_VERSION, TENSORS,
+                               Status, leading_triangle, tensors_of)
 from ...schemas.storage import is_remote, open_zarr
 from ...schemas.versions import RECORD_SCHEMA_VERSIONS, ZARR_LAYOUTS
 
@@ -93,7 +95,8 @@ class ZarrImages(Dataset):
         if self.version not in RECORD_SCHEMA_VERSIONS:
             raise CacheError(f"{self.path} has record version {self.version}, written by a newer masktok "
                              f"(this one reads {', '.join(map(str, RECORD_SCHEMA_VERSIONS))})")
-        self.tensors = tensors_of(self.version)
+        self.patch_grid: int = int(group.attrs.get("patch_grid", POOLED_GRID))  # 12: patch_tokens_144 too
+        self.tensors = tensors_of(self.version, self.patch_grid)
         self.filter: dict[str, Any] = dict(group.attrs.get("filter", {}))
         self._scalars: dict[str, np.ndarray] = {name: np.asarray(group[name][:]) for name in SCALARS}
         self.image_ids: list[str] = [str(x) for x in self._scalars["image_id"]]
@@ -210,9 +213,9 @@ def _sample_record(members: dict[str, bytes]) -> dict[str, Any]:
         rec[name] = _scalar(name, meta[name])
     if rec["status"] != Status.OK:
         return rec
-    for name in TENSORS:
-        if name in SINCE_VERSION and f"{name}.npy" not in members:
-            continue  # written with an older record version
+    for name in (*TENSORS, FINE_PATCH_ARRAY.name):
+        if (name in SINCE_VERSION or name == FINE_PATCH_ARRAY.name) and f"{name}.npy" not in members:
+            continue  # written with an older record version, or without the 12x12 grid
         rec[name] = np.load(io.BytesIO(members[f"{name}.npy"]), allow_pickle=False)
     return rec
 

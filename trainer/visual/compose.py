@@ -36,10 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...schemas.record import POOLED_GRID, POOLED_PATCHES
+from ...schemas.errors import TokenSpecError
 from .refilter import refiltered_keep_rank
 from .scaling import CacheStats, image_norms, scale_tokens
-from .token_spec import TokenSpec, pool_kernel, prune_indices
+from .token_spec import TokenSpec, patch_source, prune_indices
 
 
 @dataclass
@@ -91,13 +91,17 @@ def object_rows(record: dict[str, Any], spec: TokenSpec) -> np.ndarray:
 
 
 def reduce_patches(patch: torch.Tensor, n: int, mode: str) -> torch.Tensor:
-    """[36, C] raster-order patch tokens -> [n, C] (pool / max / prune, see trainer/visual/token_spec.py)."""
-    if n == POOLED_PATCHES and mode != "prune":
+    """[g*g, C] raster-order patch tokens of a g x g grid (the 36 of the 6x6 grid; the 144 of
+    the 12x12 grid for the counts only it gives) -> [n, C] (pool / max / prune, see
+    trainer/visual/token_spec.py)."""
+    if n == len(patch) and mode != "prune":
         return patch
     if mode == "prune":
         return patch[torch.as_tensor(prune_indices(n))]
-    grid = patch.T.reshape(1, -1, POOLED_GRID, POOLED_GRID)  # [1, C, 6, 6], row-major like the cache
-    k = pool_kernel(n)
+    _, side, k = patch_source(n)
+    if len(patch) != side * side:
+        raise ValueError(f"patch:{n} pools the {side}x{side} grid, got {len(patch)} tokens")
+    grid = patch.T.reshape(1, -1, side, side)  # [1, C, side, side], row-major like the cache
     pooled = F.avg_pool2d(grid, k) if mode == "pool" else F.max_pool2d(grid, k)
     return pooled.flatten(2)[0].T.contiguous()  # [g*g, C], raster order
 
@@ -116,7 +120,12 @@ def compose(record: dict[str, Any], spec: TokenSpec, scaling: str = "none",
     else:
         glob = torch.zeros(0, d)
     if spec.patches:
-        patch = reduce_patches(torch.from_numpy(np.asarray(record["patch_tokens"], dtype=np.float32)),
+        source = "patch_tokens" if spec.patch_mode == "prune" else patch_source(spec.patches)[0]
+        if source not in record:  # never a silent prune: the cache lacks the 12x12 grid
+            raise TokenSpecError(f"token spec {str(spec)!r}: patch:{spec.patches} needs the 12x12 patch grid, "
+                                 f"which image {record.get('image_id')!r} lacks (the cache was planned without "
+                                 "write.patch_grid = 12); its 6x6 grid pools exactly to 1, 4, 9 or 36")
+        patch = reduce_patches(torch.from_numpy(np.asarray(record[source], dtype=np.float32)),
                                spec.patches, spec.patch_mode)
     else:
         patch = torch.zeros(0, c)

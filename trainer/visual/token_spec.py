@@ -4,8 +4,10 @@ Grammar (comma-separated items, each at most once; the tokens always come out in
 global, patch, objects, whatever the order written)::
 
     cls                    the global token (CLIP image embedding)
-    patch[:N[:MODE]]       N of the 36 cached patch tokens (6x6 grid, raster order); default 36.
-                           N = 1, 4, 9, 36 pool; any other N needs ``:prune`` written out
+    patch[:N[:MODE]]       N patch tokens pooled from the cached grid (raster order); default 36.
+                           N = 1, 4, 9, 36 pool the 6x6 grid; 16 and 144 need the 12x12 grid
+                           (a cache planned with write.patch_grid = 12); any other N needs
+                           ``:prune`` written out (N <= 36)
     obj[:K][:all][@iouX]   at most K object tokens, the background counting as one; default all
                            rows. Without ``:all`` the objects are those the IoU filter kept, by
                            keep_rank (trainer/visual/compose.py); ``:all`` takes every stored row in
@@ -14,18 +16,28 @@ global, patch, objects, whatever the order written)::
                            IoU threshold X (0 < X <= 1) from the stored mask IoUs instead of the
                            plan's keep_rank (trainer/visual/refilter.py); not with ``:all``
 
-Patch reduction (paper 3.5 and C.6), from the cached 6x6 grid:
+Patch reduction (paper 3.5 and C.6), from the cached grids: every store has the 6x6 grid
+(``patch_tokens``), a store planned with ``write.patch_grid = 12`` also the 12x12 grid
+(``patch_tokens_144``; schemas/record.py):
 
-- ``pool`` (avg): N must be g*g with g dividing 6, i.e. 1, 4, 9 or 36: the grid is
-  average-pooled with kernel = stride = 6/g (patch:9 = 2x2 pooling -> 3x3, patch:4 = 3x3
-  pooling -> 2x2, patch:1 = the mean). This is the default for those N.
-- ``max``: the same windows, max-pooled (C.6 row 3).
+- ``pool`` (avg): N must be g*g with g dividing 6 (1, 4, 9, 36: the 6x6 grid, average-pooled
+  with kernel = stride = 6/g: patch:9 = 2x2 pooling -> 3x3, patch:4 = 3x3 pooling -> 2x2,
+  patch:1 = the mean) or g dividing 12 (16, 144: the 12x12 grid pooled 3x3 -> 4x4, or as
+  stored). Both grids are exact average poolings of the 24x24 grid, so each count equals
+  direct average pooling of the 24x24 grid, to float16 rounding. A count both grids give is
+  taken from the 6x6 grid: the tokens of ``patch:36`` (and 9, 4, 1) are then the same
+  whether or not the cache keeps the finer grid, and the 6x6 grid was pooled from the fp32
+  tokens, not from float16-rounded 12x12 ones. This is the default for those N.
+- ``max``: the same windows of the same grid, max-pooled (C.6 row 3; a max over the windows
+  of a pooled grid, not over the 24x24 tokens).
 - ``prune``: keep N of the 36 tokens: a random subset drawn once with a fixed seed
   (``numpy.random.default_rng(0)``), the same positions for every image and every run,
   returned in raster order (the paper "randomly samples" the tokens it keeps, C.6 row 2).
   It must be asked for by name (``patch:23:prune``, the paper's 29-token setting): a count
-  the 6x6 grid cannot pool to exactly (``patch:16``, the 4x4 pooling of Table 3, needs the
-  24x24 grid) is refused in one line naming the counts it can give, never silently pruned.
+  no grid pools to exactly is refused in one line naming the counts there are, never
+  silently pruned; so is ``patch:16`` or ``patch:144`` (Tables 3 and 2) on a cache with the
+  6x6 grid only (:func:`require_patches`, when the trainer or generation opens the cache,
+  and again by compose.py for any record that lacks the 12x12 grid).
 
 The paper's settings (``PAPER_SPECS``): the model is trained on ``cls,patch:36,obj:101:all``
 (138 tokens, every mask; the training default) and tested on that spec (138) and on
@@ -42,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...schemas.errors import TokenSpecError
-from ...schemas.record import POOLED_GRID, POOLED_PATCHES
+from ...schemas.record import FINE_GRID, FINE_PATCH_ARRAY, POOLED_GRID, POOLED_PATCHES
 PATCH_MODES = ("pool", "max", "prune")
 PRUNE_SEED = 0
 OBJECT_MODES = ("filtered", "all")
@@ -86,7 +98,34 @@ class TokenSpec:
         return int(self.cls) + self.patches + k
 
 
-_POOLABLE = {g * g: g for g in (1, 2, 3, 6)}
+_POOLABLE = {g * g: g for g in (1, 2, 3, 6)}  # from the 6x6 grid
+_FINE_ONLY = {g * g: g for g in (4, 12)}  # only from the 12x12 grid (its 1, 2, 3, 6 the 6x6 gives)
+
+
+def patch_counts(patch_grid: int) -> tuple[int, ...]:
+    """The patch counts a cache whose finest grid is ``patch_grid`` pools to exactly."""
+    return tuple(sorted({**_POOLABLE, **(_FINE_ONLY if patch_grid == FINE_GRID else {})}))
+
+
+def _listing(counts: tuple[int, ...]) -> str:
+    return ", ".join(map(str, counts[:-1])) + f" or {counts[-1]}"
+
+
+def require_patches(spec: TokenSpec, patch_grid: int, cache: object) -> None:
+    """Refuse, in one line naming what it can give, a pooled patch count the cache (whose
+    finest grid is ``patch_grid``) cannot give exactly."""
+    n = spec.patches
+    if n and spec.patch_mode != "prune" and n not in patch_counts(patch_grid):
+        raise TokenSpecError(f"token spec {str(spec)!r}: {cache} keeps the {patch_grid}x{patch_grid} patch grid, "
+                             f"which pools exactly to {_listing(patch_counts(patch_grid))} tokens, not {n}; "
+                             f"plan the job with --set write.patch_grid=12 for 16 and 144")
+
+
+def patch_source(n: int) -> tuple[str, int, int]:
+    """Where pooled ``patch:n`` comes from: (record array, its grid side, window side)."""
+    if n in _POOLABLE:
+        return "patch_tokens", POOLED_GRID, POOLED_GRID // _POOLABLE[n]
+    return FINE_PATCH_ARRAY.name, FINE_GRID, FINE_GRID // _FINE_ONLY[n]
 
 
 def parse_spec(text: str) -> TokenSpec:
@@ -108,14 +147,16 @@ def parse_spec(text: str) -> TokenSpec:
             fields["cls"] = True
         elif name == "patch" and len(args) <= 2:
             n = _int(args[0], item, text) if args else POOLED_PATCHES
-            if not 1 <= n <= POOLED_PATCHES:
-                raise TokenSpecError(f"token spec {text!r}: {item!r} needs 1..{POOLED_PATCHES} patch tokens")
             mode = args[1] if len(args) == 2 else "pool"
             if mode not in PATCH_MODES:
                 raise TokenSpecError(f"token spec {text!r}: patch mode {mode!r} is not one of {PATCH_MODES}")
-            if mode != "prune" and n not in _POOLABLE:
+            top = POOLED_PATCHES if mode == "prune" else FINE_GRID * FINE_GRID
+            if not 1 <= n <= top:
+                raise TokenSpecError(f"token spec {text!r}: {item!r} needs 1..{top} patch tokens")
+            if mode != "prune" and n not in patch_counts(FINE_GRID):
                 raise TokenSpecError(f"token spec {text!r}: {item!r}: the cached 6x6 grid pools exactly to 1, 4, 9 "
-                                     f"or 36 tokens, not {n}; patch:{n}:prune keeps a random {n} of the 36")
+                                     f"or 36 tokens (16 or 144 too with write.patch_grid = 12), not {n}"
+                                     + (f"; patch:{n}:prune keeps a random {n} of the 36" if n <= POOLED_PATCHES else ""))
             fields.update(patches=n, patch_mode=mode)
         elif name == "obj" and len(args) <= 2:
             mode = args.pop() if args and args[-1] in OBJECT_MODES else "filtered"
@@ -163,7 +204,3 @@ def prune_indices(n: int) -> np.ndarray:
     rng = np.random.default_rng(PRUNE_SEED)
     return np.sort(rng.permutation(POOLED_PATCHES)[:n])
 
-
-def pool_kernel(n: int) -> int:
-    """Window side for pooling the 6x6 grid down to n = g*g tokens."""
-    return POOLED_GRID // _POOLABLE[n]
