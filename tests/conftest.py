@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     pytest-xdist groups tests by a suffix it appends to each node id; pytest 9.2 made the
     node id a property it does not read, so the group is silently dropped and two local
-    Rays run at once (and the dead-worker test's `ray stop` stops the other one).
+    Rays run at once on 2 cores.
     """
     if getattr(config.option, "loadgroup", False):
         lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]

@@ -9,8 +9,7 @@ from masktok.tiny.corpus import SCENES, write_demo_corpus
 from masktok.schemas.manifest import read_manifest
 
 # The demo starts Ray; every test that starts Ray runs in one pytest-xdist worker, one after the other (`make test`
-# runs two workers): two local Rays at once would fight over 2 cores, and the dead-worker
-# test's `ray stop` stops every Ray of the machine.
+# runs two workers): two local Rays at once would fight over 2 cores.
 pytestmark = pytest.mark.xdist_group("ray")
 
 

@@ -28,8 +28,7 @@ from masktok.pipeline.run import load_job
 from small_job import JOB_IMAGES, manifest_index, plan_job
 
 # Every test that starts Ray runs in one pytest-xdist worker, one after the other (`make test`
-# runs two workers): two local Rays at once would fight over 2 cores, and the dead-worker
-# test's `ray stop` stops every Ray of the machine.
+# runs two workers): two local Rays at once would fight over 2 cores.
 pytestmark = pytest.mark.xdist_group("ray")
 
 

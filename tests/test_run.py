@@ -28,12 +28,13 @@ from masktok.pipeline.run import load_job
 from masktok.schemas.commits import valid_commits
 from masktok.schemas.manifest import read_manifest
 from masktok.schemas.storage import open_zarr
+from ray_cluster import head_node
 from s3_server import free_port
 from small_job import JOB_IMAGES as IMAGES, MASKTOK, RUN_TIMEOUT, plan_job as plan, run_masktok as masktok
 
 # Every test that starts Ray runs in one pytest-xdist worker, one after the other (`make test`
-# runs two workers): two local Rays at once would fight over 2 cores, and the dead-worker
-# test's `ray stop` stops every Ray of the machine.
+# runs two workers): two local Rays at once would fight over 2 cores. The `ray start` cluster
+# is stopped by its own process group (tests/ray_cluster.py), never by `ray stop`.
 pytestmark = pytest.mark.xdist_group("ray")
 
 
@@ -195,15 +196,8 @@ def ray_cluster(s3_endpoint) -> str:
     runs of this module that join one (``--ray-address``); no dashboard (its processes cost
     CPU the other tests need). The S3 server's variables are set first: the cluster's
     workers take the raylet's environment. Yields the address."""
-    ray = str(Path(sys.executable).parent / "ray")
-    gcs = free_port()
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
-                    "--include-dashboard=false", "--disable-usage-stats"],
-                   check=True, capture_output=True, timeout=120, env={**os.environ, **RAY_CLIENT_ENVIRONMENT})
-    try:
-        yield f"127.0.0.1:{gcs}"
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+    with head_node(free_port(), env={**os.environ, **RAY_CLIENT_ENVIRONMENT}) as address:
+        yield address
 
 
 def test_killed_run_resumes_to_the_same_arrays(resumed, finished):

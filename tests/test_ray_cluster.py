@@ -1,0 +1,37 @@
+"""The suite's `ray start` cluster is stopped by its own process group: a Ray that was
+running on the machine before (a real job, another suite) survives it (issue 34 item 6)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from ray_cluster import head_node, stop_group
+from s3_server import free_port
+
+pytestmark = pytest.mark.xdist_group("ray")
+
+
+def test_stopping_the_test_cluster_leaves_another_ray_of_the_machine_running() -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    ray = str(Path(sys.executable).parent / "ray")
+    # a Ray as a user starts one beside the suite (daemonised head, its own session)
+    outside = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+                              "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                             capture_output=True, text=True, timeout=120, env=env, start_new_session=True)
+    assert outside.returncode == 0, outside.stdout + outside.stderr
+    theirs = [p for p in psutil.process_iter(["name", "cmdline"]) if "gcs_server" in (p.info["name"] or "")]
+    try:
+        with head_node(free_port(), env=env, num_cpus=1) as address:
+            ours = [p for p in psutil.process_iter(["name", "cmdline"]) if "gcs_server" in (p.info["name"] or "")
+                    and any(address.split(":")[1] in arg for arg in p.info["cmdline"] or [])]
+            assert len(ours) == 1
+        assert not ours[0].is_running(), "the test's cluster outlived its stop"
+        assert theirs and all(p.is_running() for p in theirs), "stopping the test's cluster stopped another Ray"
+    finally:
+        for pgid in {os.getpgid(p.pid) for p in theirs if p.is_running()}:
+            stop_group(pgid)
