@@ -173,3 +173,17 @@ def test_report_is_one_self_contained_page(job: JobDir, tmp_path: Path) -> None:
     assert "truncated or corrupt" in html and "quirks/broken.jpg" in html
     assert "Mask area from the RLE masks" in html
     assert not re.search(r"https?://|<script|<link", html)
+
+
+def test_report_while_a_run_holds_the_job_says_who(job: JobDir, tmp_path: Path) -> None:
+    """The report of a running job names the run's process (it raised KeyError before: found by
+    `make bench BENCH=exit`, a report beside a `masktok run`)."""
+    import os
+
+    from masktok.pipeline.lock import run_lock
+
+    out = tmp_path / "report.html"
+    with run_lock(job.run_lock):
+        result = invoke(report, job.root, "-o", out, "--images", 0)
+    assert result.exit_code == 0, result.output
+    assert f"yes (pid {os.getpid()} on " in out.read_text()

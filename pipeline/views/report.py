@@ -83,7 +83,7 @@ def build_report(jobdir: Path, images: int = 3) -> str:
                          f"of {s['images_total']:,}"),
               ("shards", f"{s['shards_committed']:,} committed of {s['shards_total']:,}"),
               ("throughput", f"{format_rate(s['images_per_s'])} (from commit times)" if s["images_per_s"] else "n/a"),
-              ("running", "yes" if s["running"] and s["running"]["alive"] else "no")]
+              ("running", f"yes (pid {s['running'].get('pid')} on {s['running'].get('host')})" if s["running"] else "no")]
     page.table(["", ""], counts + spec_highlights(stats.spec, stats.meta), header=False)
     if stats.plan:
         keys = ("records_read", "text_only", "invalid", "rejected", "duplicate_references", "missing", "unique_images")
