@@ -9,10 +9,10 @@ and one `killpg` ends exactly them."""
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,29 +40,26 @@ def head_node(port: int, env: dict[str, str], num_cpus: int = 4, timeout: float 
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float) -> None:
-    output, deadline = [], time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(timeout=1):
-                continue
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                raise RuntimeError(f"ray start exited {proc.returncode}:\n{''.join(output)[-3000:]}")
+    """Wait for READY in the head's output. One thread reads every line to the end (so the head
+    never blocks on a full pipe). No select() on the pipe: a buffered readline() may take
+    several lines at once, and select() then never wakes for the READY line already read
+    into the buffer (what hung CI for 120 s after the '--block' line)."""
+    output: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
             output.append(line)
             if READY in line:
-                # keep draining its output, so the head never blocks on a full pipe
-                proc.stdout = _drain(proc.stdout)
-                return
+                ready.set()
+        ready.set()  # end of output: the head exited
+
+    threading.Thread(target=read, daemon=True).start()
+    if ready.wait(timeout) and proc.poll() is None and any(READY in line for line in output):
+        return
     stop_group(proc.pid)
-    raise RuntimeError(f"ray start did not come up in {timeout} s:\n{''.join(output)[-3000:]}")
-
-
-def _drain(stream):
-    import threading
-
-    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
-    return stream
+    what = f"exited {proc.returncode}" if proc.poll() is not None else f"did not come up in {timeout} s"
+    raise RuntimeError(f"ray start {what}:\n{''.join(output)[-3000:]}")
 
 
 def stop_group(pgid: int, timeout: float = 60) -> None:

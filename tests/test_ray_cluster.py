@@ -35,3 +35,20 @@ def test_stopping_the_test_cluster_leaves_another_ray_of_the_machine_running() -
     finally:
         for pgid in {os.getpgid(p.pid) for p in theirs if p.is_running()}:
             stop_group(pgid)
+
+
+def test_the_ready_line_is_seen_when_it_arrives_in_one_write_with_the_lines_before_it() -> None:
+    """CI hung here once: `ray start` wrote '--block' and the ready line in one chunk; a
+    select()-then-readline() loop read both into its buffer, returned the first, and never
+    woke for the second. A process that prints everything at once and then waits."""
+    from ray_cluster import READY, _wait_ready
+
+    script = f"import sys, time; sys.stdout.write('up\\n--block\\n{READY} until a signal\\n'); sys.stdout.flush(); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        _wait_ready(proc, timeout=20)
+        assert proc.poll() is None
+    finally:
+        stop_group(proc.pid)
+        proc.wait(timeout=10)
