@@ -25,41 +25,11 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 
+from invert_inputs import SHAPES, build, make_image, make_masks
 from masktok.stages.invert import invert_batch
-
-SHAPES = {
-    "issue": dict(embed_dim=384, image_size=224, layers=12, width=768, head_width=64, patch_size=16),
-    "vit-l-14-336": dict(embed_dim=768, image_size=336, layers=24, width=1024, head_width=64, patch_size=14),
-}
-TEXT = dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1)  # unused, kept small
-
-
-def build(shape: str, quick_gelu: bool) -> torch.nn.Module:
-    cfg = dict(SHAPES[shape])
-    embed_dim = cfg.pop("embed_dim")
-    torch.manual_seed(0)
-    return open_clip.CLIP(embed_dim, cfg, TEXT, quick_gelu=quick_gelu).eval()
-
-
-def make_masks(k: int, size: int, seed: int) -> torch.Tensor:
-    """k - 1 random boxes and ellipses, then the background (what none covers)."""
-    rng = np.random.RandomState(seed)
-    yy, xx = np.mgrid[:size, :size]
-    masks = np.zeros((k, size, size), np.float32)
-    for i in range(k - 1):
-        cy, cx = rng.uniform(0, size, 2)
-        hy, hx = rng.uniform(4, size / 3, 2)
-        inside = (np.abs(yy - cy) < hy) & (np.abs(xx - cx) < hx) if i % 2 else \
-            ((yy - cy) / hy) ** 2 + ((xx - cx) / hx) ** 2 < 1
-        masks[i] = inside
-    masks[-1] = 1 - masks[:-1].max(0)
-    return torch.from_numpy(masks)
-
 
 def run(model, images, masks, args, precision: str) -> tuple[float, float, list[torch.Tensor]]:
     """(wall seconds per image, process CPU seconds per image, tokens), after one warm-up group."""
@@ -98,7 +68,7 @@ def main() -> None:
 
     model = build(args.shape, args.quick_gelu).to(args.device)
     size = SHAPES[args.shape]["image_size"]
-    images = torch.randn(len(range(args.images)), 3, size, size, generator=torch.Generator().manual_seed(1))
+    images = make_image(args.shape, args.images)
     masks = [make_masks(args.masks, size, seed=i) for i in range(args.images)]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if args.device.startswith("cuda"):

@@ -44,10 +44,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Bytes of one [B, H, chunk, N, N] block of attention gradients, the one large temporary of
-#: the relevance (reused chunk after chunk): at ViT-L/14-336 (16 heads, 577 tokens, 21 MB per
-#: mask in fp32) 12 masks share each kernel, on every device.
-RELEVANCE_CHUNK_BYTES = 256 << 20
+@dataclass(frozen=True)
+class Budgets:
+    """Bytes of MaskInversion's two large temporaries, per device type (decided per device:
+    docs/scale.md "MaskInversion on a CPU"). ``relevance_chunk``: one chunk's [B*H, k*N, N]
+    attention gradients, in one buffer reused chunk after chunk (the torch relevance path);
+    ``map_slice``: the maps, dice terms and their gradients of one slice of masks. A GPU
+    wants few wide kernels (at ViT-L/14-336, 21 MB per mask in fp32: 12 masks per chunk,
+    113 per slice: 229 kernel ops per step); a CPU wants chunks its caches hold and little
+    memory (one mask per chunk at ViT-L: faster there, and a third of the peak)."""
+
+    relevance_chunk: int
+    map_slice: int
+
+
+#: Per ``torch.device.type``; a device type not named here gets "cuda"'s.
+BUDGETS = {"cuda": Budgets(relevance_chunk=256 << 20, map_slice=512 << 20),
+           "cpu": Budgets(relevance_chunk=16 << 20, map_slice=32 << 20)}
+
+
+def budgets(device: torch.device) -> Budgets:
+    """The temporaries' budgets on ``device`` (:data:`BUDGETS`)."""
+    return BUDGETS.get(device.type, BUDGETS["cuda"])
 
 
 def legrad_start_depth(depth: int, layer_index: int) -> int:
@@ -179,7 +197,7 @@ class PositiveGradRelevance(torch.autograd.Function):
     """r[b,k,j] = mean_{h,i} relu(<dO[b,k,i,head h], V[b,h,j]>): LeGrad's clamp and means.
 
     Works in chunks of masks, all heads in one [B*H, k*N, dh] @ [B*H, dh, N] product, into one
-    scratch buffer of :data:`RELEVANCE_CHUNK_BYTES`. Nothing of size K*H*N*N is kept: backward
+    scratch buffer of the device's ``relevance_chunk`` budget (:func:`budgets`). Nothing of size K*H*N*N is kept: backward
     recomputes each chunk's attention gradients (a cheap product: dh = 64 or less) and applies
     the clamp's derivative (0 at exactly 0) with ReLU's own backward kernel, in place.
     """
@@ -237,9 +255,10 @@ class _Scratch:
 
 def _chunks(cotangent: Tensor, heads: int):
     """(mask slice, [B*H, k*N, dh] view (a copy when B > 1) of those masks' cotangents, heads
-    split), k masks per chunk as :data:`RELEVANCE_CHUNK_BYTES` allows."""
+    split), k masks per chunk as the device's ``relevance_chunk`` budget allows."""
     B, K, N, C = cotangent.shape
-    step = max(1, RELEVANCE_CHUNK_BYTES // (B * heads * N * N * cotangent.element_size()))
+    chunk_bytes = budgets(cotangent.device).relevance_chunk
+    step = max(1, chunk_bytes // (B * heads * N * N * cotangent.element_size()))
     for start in range(0, K, step):
         rows = slice(start, min(K, start + step))
         part = cotangent[:, rows].reshape(B, -1, N, heads, C // heads).permute(0, 3, 1, 2, 4)

@@ -32,14 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .vision import VisionFeatures, encode_vision
-from .legrad import BlockLinearisation, PositiveGradRelevance, legrad_start_depth, relevance_function, relevance_to_map
+from .legrad import (BlockLinearisation, PositiveGradRelevance, budgets, legrad_start_depth, relevance_function,
+                     relevance_to_map)
 
 #: Largest precomputed LeGrad operator (all layers, all images of a group) kept in memory.
 OPERATOR_BUDGET_BYTES = 4 << 30
-#: Maps, dice terms and their gradients of one slice of masks, on every device (so a CPU count
-#: of kernels is a GPU's): at CLIP's 336 x 336, 113 masks per slice. The attention gradients
-#: have their own bound, ``legrad.RELEVANCE_CHUNK_BYTES``.
-SLICE_BYTES = 512 << 20
 
 
 def dice_loss_per_mask(maps: Tensor, targets: Tensor) -> Tensor:
@@ -108,11 +105,11 @@ def _explainer(model: torch.nn.Module, features: VisionFeatures, start: int, mas
     return _Explainer(layers, operators, features.grid, int(visual.patch_size[0]), relevance)
 
 
-def _masks_per_slice(images: int, size: tuple[int, int]) -> int:
-    """Masks per forward/backward slice so one slice's maps stay within :data:`SLICE_BYTES`:
-    wide slices keep a GPU busy with few kernels."""
+def _masks_per_slice(images: int, size: tuple[int, int], device: torch.device) -> int:
+    """Masks per forward/backward slice so one slice's maps stay within the device's
+    ``map_slice`` budget (``legrad.budgets``)."""
     per_mask = images * 40 * size[0] * size[1]  # about ten float32 temporaries per pixel
-    return max(1, SLICE_BYTES // per_mask)
+    return max(1, budgets(device).map_slice // per_mask)
 
 
 def invert_batch(
@@ -163,7 +160,7 @@ def invert_batch(
     # Masks never interact and the loss is a sum over them, so after one product for all
     # masks (cotangents = t @ P), the map, dice and their backward run on slices of masks,
     # accumulating into the cotangents' grad; then one product back to the tokens.
-    step = _masks_per_slice(B, size)
+    step = _masks_per_slice(B, size, targets.device)
     slices = [slice(rows, rows + step) for rows in range(0, k_max, step)]
     for _ in range(iterations):
         optimizer.zero_grad()

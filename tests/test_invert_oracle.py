@@ -185,7 +185,7 @@ def test_relevance_gradient_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """The hand-written backward of the clamp-and-mean (recomputed chunk by chunk)."""
     from masktok.stages import legrad
 
-    monkeypatch.setattr(legrad, "RELEVANCE_CHUNK_BYTES", 2 * 2 * 17 * 17 * 2 * 8)  # 3 chunks (float64)
+    monkeypatch.setitem(legrad.BUDGETS, "cpu", legrad.Budgets(2 * 2 * 17 * 17 * 2 * 8, 1 << 20))  # 3 chunks (float64)
     generator = torch.Generator().manual_seed(0)
     cotangent = torch.randn(2, 5, 17, 8, dtype=torch.float64, generator=generator, requires_grad=True)
     values = torch.randn(2, 2, 17, 4, dtype=torch.float64, generator=generator)
@@ -197,7 +197,7 @@ def test_a_masks_relevance_does_not_depend_on_its_chunk(monkeypatch: pytest.Monk
     gradient are bit-equal (a lone mask in its chunk once summed in another order)."""
     from masktok.stages import legrad
 
-    monkeypatch.setattr(legrad, "RELEVANCE_CHUNK_BYTES", 2 * 3 * 37 * 37 * 4)
+    monkeypatch.setitem(legrad.BUDGETS, "cpu", legrad.Budgets(2 * 3 * 37 * 37 * 4, 1 << 20))
     generator = torch.Generator().manual_seed(0)
     row = torch.randn(1, 1, 37, 16, generator=generator)
     cotangent = row.expand(1, 7, 37, 16).clone().requires_grad_(True)

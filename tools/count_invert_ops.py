@@ -3,18 +3,28 @@ one image, K masks: a CPU proxy of GPU kernel launches. Runs in the project's ve
 The tower is narrow (2 layers, head width 8) so the count is quick; the chunking of the
 relevance loop depends on B, heads and tokens only. Prints one JSON line.
 
-Usage: .venv/bin/python tools/count_invert_ops.py [K]   (cited by docs/scale.md)
+The temporaries' budgets are chosen per device (``legrad.BUDGETS``): by default this counts
+the GPU path (the "cuda" budgets applied to the CPU tensors); ``--budgets cpu`` counts the
+CPU's own path (smaller chunks: more, cheaper ops).
+
+Usage: .venv/bin/python tools/count_invert_ops.py [K] [--budgets cuda|cpu]   (cited by docs/scale.md)
 """
+import argparse
 import json
-import sys
 
 import torch
 from open_clip.model import CLIP
 from torch.profiler import ProfilerActivity, profile
 
+from masktok.stages import legrad
 from masktok.stages.maskinversion import invert_masks
 
-K = int(sys.argv[1]) if len(sys.argv) > 1 else 101
+parser = argparse.ArgumentParser(description="Aten ops per MaskInversion step (ViT-L/14-336 attention shapes)")
+parser.add_argument("K", type=int, nargs="?", default=101)
+parser.add_argument("--budgets", choices=sorted(legrad.BUDGETS), default="cuda")
+args = parser.parse_args()
+K = args.K
+legrad.BUDGETS["cpu"] = legrad.BUDGETS[args.budgets]  # the CPU tensors below use these budgets
 torch.manual_seed(0)
 torch.set_num_threads(2)
 vision = dict(layers=2, width=128, patch_size=14, image_size=336, head_width=8)
@@ -42,4 +52,4 @@ def ops(iterations: int) -> tuple[int, int]:
 
 
 (a, ca), (b, cb) = ops(1), ops(3)
-print(json.dumps({"K": K, "aten_ops_per_step": (b - a) / 2, "kernel_ops_per_step": (cb - ca) / 2}))
+print(json.dumps({"K": K, "budgets": args.budgets, "aten_ops_per_step": (b - a) / 2, "kernel_ops_per_step": (cb - ca) / 2}))
