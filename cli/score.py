@@ -146,26 +146,38 @@ class SweepCommand(Command):
 @click.option("--paper-model", type=click.Choice(["7b", "13b"]), default="7b", show_default=True,
               help="Whose figures of the paper to show beside the scores: Mask-LLaVA-7B (Table 1, Tables 9 "
                    "and 10) or -13B (Table 4).")
+@click.option("--lm-config", type=_PATH, default=None,
+              help="The LM's config.json (or a folder holding it) for the TFLOP column; default: the paper's LM "
+                   "of --paper-model (Vicuna v1.5).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[str, ...], plot_path: Path | None,
-          paper_model: str, as_json: bool) -> None:
+          paper_model: str, lm_config: Path | None, as_json: bool) -> None:
     """The paper's Table 1: a row per token spec, a column per benchmark; under it, for every
-    spec and benchmark the paper prints a figure for, that figure and the difference.
+    spec and benchmark the paper prints a figure for, that figure and the difference. Each row
+    also shows the LM's prefill TFLOP per answer (2 x parameters x prompt tokens) and the
+    questions/s of the runs that wrote its files (their <spec>.run.json).
 
     Each entry is BENCH=FILE or BENCH=FOLDER (its *.jsonl: one file per budget, as masktok
     answer --out writes them); BENCH is one of {names}."""
+    from ..evaluate.efficiency import lm_config as read_lm_config
+    from ..evaluate.efficiency import prefill_parameters
     from ..evaluate.sweep import format_paper_table, format_sweep_table, plot_sweep
     from ..evaluate.sweep import sweep as run
 
     parsed = [(name, path) for name, paths in _named(entries, "entry", None).items() for path in paths]
     only = parsed[0][0] if len({n for n, _ in parsed}) == 1 else None
     question_files = {name: paths[-1] for name, paths in _named(questions, "--questions", only).items()}
-    points = run(parsed, _named(labels, "--labels", only), question_files, paper_model)
+    config, lm_name = read_lm_config(lm_config, paper_model)
+    parameters = prefill_parameters(config)
+    points = run(parsed, _named(labels, "--labels", only), question_files, paper_model, parameters)
     plots = plot_sweep(points, plot_path) if plot_path is not None else []
     if as_json:
-        click.echo(json.dumps({"points": [p.to_dict() for p in points], "plots": [str(p) for p in plots]}))
+        click.echo(json.dumps({"points": [p.to_dict() for p in points], "plots": [str(p) for p in plots],
+                               "lm": {"config": lm_name, "prefill_parameters": parameters}}))
     else:
         click.echo(format_sweep_table(points))
+        click.echo(f"TFLOP: the LM's prefill per answer, 2 x {parameters / 1e9:.2f}e9 parameters ({lm_name}) "
+                   "x prompt tokens; q/s: measured by the run (<spec>.run.json)")
         if (paper := format_paper_table(points)) is not None:
             click.echo(f"\nthe paper's figures (Mask-LLaVA-{paper_model.upper()}); diff = masktok - paper\n{paper}")
         for plot in plots:
