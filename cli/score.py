@@ -56,14 +56,22 @@ def _input(flag: str, dest: str, spec: Any) -> list[click.Option]:
                          required=spec.need == "required", help=spec.help)]
 
 
+def _settings(settings: Any) -> list[click.Option]:
+    """The options of benchmarks.Setting s."""
+    return [click.Option([s.flag, s.dest], type=click.Choice(s.choices), default=s.default, show_default=True,
+                         help=s.help) for s in settings]
+
+
 def score_command(bench: Any) -> click.Command:
     """``masktok score NAME`` for a benchmarks.Benchmark."""
 
-    def run(answers_path: Path, as_json: bool, label_paths: Any = None, questions_path: Path | None = None) -> None:
+    def run(answers_path: Path, as_json: bool, label_paths: Any = None, questions_path: Path | None = None,
+            **chosen: str) -> None:
         from ..evaluate.benchmarks import score_benchmark
 
         labels = list(label_paths) if isinstance(label_paths, tuple) else [] if label_paths is None else [label_paths]
-        result = score_benchmark(bench.name, answers_path, labels, questions_path)
+        settings = {s.name: chosen[s.dest] for s in bench.settings}
+        result = score_benchmark(bench.name, answers_path, labels, questions_path, settings)
         click.echo(json.dumps(result.to_dict()) if as_json else bench.table(result))
         for line in bench.warnings(result):
             click.echo(f"warning: {line}", err=True)
@@ -71,7 +79,7 @@ def score_command(bench: Any) -> click.Command:
             click.echo(line, err=True)
 
     params = [_answers(), *_input("--labels", "label_paths", bench.labels),
-              *_input("--questions", "questions_path", bench.questions),
+              *_input("--questions", "questions_path", bench.questions), *_settings(bench.settings),
               click.Option(["--json", "as_json"], is_flag=True, help="Print one JSON object instead of the table.")]
     return Command(bench.name, params=params, callback=run, help=bench.help)
 
@@ -128,7 +136,17 @@ def _named(values: tuple[str, ...], option: str, default: str | None) -> dict[st
 
 
 class SweepCommand(Command):
-    """``score sweep``, its help naming the registered benchmarks (``{names}`` in the text)."""
+    """``score sweep``, its help naming the registered benchmarks (``{names}`` in the text), with
+    the rule options (benchmarks.Setting) of every registered benchmark."""
+
+    settings_added = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self.settings_added:  # made from the registry when first asked, as RegistryGroup's commands
+            settings = {s.flag: s for bench in _benchmarks().values() for s in bench.settings}
+            self.params[-1:-1] = _settings(settings.values())  # before --json
+            self.settings_added = True
+        return super().get_params(ctx)
 
     def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         self.help = (self.help or "").replace("{names}", ", ".join(_benchmarks()))
@@ -151,7 +169,7 @@ class SweepCommand(Command):
                    "of --paper-model (Vicuna v1.5).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
 def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[str, ...], plot_path: Path | None,
-          paper_model: str, lm_config: Path | None, as_json: bool) -> None:
+          paper_model: str, lm_config: Path | None, as_json: bool, **chosen: str) -> None:
     """The paper's Table 1: a row per token spec, a column per benchmark; under it, for every
     spec and benchmark the paper prints a figure for, that figure and the difference. Each row
     also shows the LM's prefill TFLOP per answer (2 x parameters x prompt tokens) and the
@@ -169,7 +187,8 @@ def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[st
     question_files = {name: paths[-1] for name, paths in _named(questions, "--questions", only).items()}
     config, lm_name = read_lm_config(lm_config, paper_model)
     parameters = prefill_parameters(config)
-    points = run(parsed, _named(labels, "--labels", only), question_files, paper_model, parameters)
+    settings = {name: {s.name: chosen[s.dest] for s in bench.settings} for name, bench in _benchmarks().items()}
+    points = run(parsed, _named(labels, "--labels", only), question_files, paper_model, parameters, settings)
     plots = plot_sweep(points, plot_path) if plot_path is not None else []
     if as_json:
         click.echo(json.dumps({"points": [p.to_dict() for p in points], "plots": [str(p) for p in plots],
@@ -182,6 +201,8 @@ def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[st
             click.echo(f"\nthe paper's figures (Mask-LLaVA-{paper_model.upper()}); diff = masktok - paper\n{paper}")
         for plot in plots:
             click.echo(f"plot: {plot}", err=True)
+    known = _benchmarks()
     for point in points:
-        for line in point.result.warnings():
+        warnings = known[point.benchmark].warnings if point.benchmark in known else type(point.result).warnings
+        for line in warnings(point.result):
             click.echo(f"warning: {point.answers_path}: {line}", err=True)

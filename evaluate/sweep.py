@@ -20,7 +20,7 @@ that wrote the files (their ``<spec>.run.json``), "not recorded" without one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,17 +119,20 @@ def answer_files(path: Path) -> list[Path]:
 
 
 def sweep(entries: Sequence[tuple[str, Path]], labels: dict[str, list[Path]],
-          questions: dict[str, Path], paper_model: str = "7b", lm_parameters: int = 0) -> list[SweepPoint]:
+          questions: dict[str, Path], paper_model: str = "7b", lm_parameters: int = 0,
+          settings: Mapping[str, Mapping[str, str]] | None = None) -> list[SweepPoint]:
     """Score every (benchmark, answer file or folder) entry with that benchmark's labels and
     question file, each beside the paper's figure of ``paper_model`` where it has one, its
-    prompt tokens and run record (``lm_parameters``: efficiency.prefill_parameters of the LM);
+    prompt tokens and run record (``lm_parameters``: efficiency.prefill_parameters of the LM;
+    ``settings``: each benchmark's rule choices, benchmarks.score_benchmark's);
     points sorted by visual tokens (then spec, then benchmark)."""
     points = []
     for bench, path in entries:
         for file in answer_files(path):
             rows = read_json_lines(file)
             spec = token_spec_of(rows, file)
-            result = score_benchmark(bench, file, labels.get(bench, []), questions.get(bench))
+            result = score_benchmark(bench, file, labels.get(bench, []), questions.get(bench),
+                                     (settings or {}).get(bench))
             figure = paper_figure(paper_model, _budget(spec), benchmarks()[bench].paper_column(result))
             points.append(SweepPoint(bench, file, spec, mean_visual_tokens(rows, file), result, figure,
                                      mean_prompt_tokens(rows), read_run_record(file), lm_parameters))
