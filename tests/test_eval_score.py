@@ -367,8 +367,9 @@ def test_the_vqa_column_is_vqav2_or_vizwiz_by_its_labels(tmp_path: Path) -> None
     """`vqa` scores VQAv2 and VizWiz; the paper's figure is chosen by the labels it scored."""
     spec = "cls,patch:36,obj:20"  # the paper's 57
     labels = tmp_path / "v2_mscoco_val2014_annotations.json"
-    labels.write_text(json.dumps({"annotations": [{"question_id": q, "answers": [{"answer": "cat"}] * 10}
-                                                  for q in (1, 2)]}))
+    # answer dicts with VQAv2's distinct answer_ids (vqaEval leaves equal dicts out together)
+    labels.write_text(json.dumps({"annotations": [
+        {"question_id": q, "answers": [{"answer": "cat", "answer_id": i} for i in range(1, 11)]} for q in (1, 2)]}))
     answers = write_jsonl(tmp_path / f"{spec}.jsonl", [answer(1, "cat", None, 57, spec), answer(2, "dog", None, 57, spec)])
     (point,) = sweep([("vqa", answers)], {"vqa": [labels]}, {})
     assert point.result.score == 50.0 and (point.paper.value, point.paper.table) == (74.8, "Table 1")
