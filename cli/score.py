@@ -87,15 +87,19 @@ def score_command(bench: Any) -> click.Command:
 def submission_command(upload: Any) -> click.Command:
     """``masktok submission NAME`` for a benchmarks.Submission."""
 
-    def run(answers_path: Path, out_path: Path, questions_path: Path | None = None) -> None:
-        rows, missing, unpaired = upload.write(answers_path, questions_path, out_path)
+    def run(answers_path: Path, out_path: Path, questions_path: Path | None = None,
+            split_path: Path | None = None) -> None:
+        split = () if upload.split.need == "none" else (split_path,)
+        rows, missing, unpaired = upload.write(answers_path, questions_path, out_path, *split)
         click.echo(f"wrote {out_path} ({rows} questions)")
         if missing:
-            click.echo(f"warning: {missing} question(s) without an answer, submitted empty", err=True)
+            where = "" if split_path is None else f" of {split_path.name}"
+            click.echo(f"warning: {missing} question(s){where} without an answer, {upload.missing}", err=True)
         if unpaired:
             click.echo(f"warning: {unpaired} answer(s) of no question, left out", err=True)
 
     params = [_answers(), *_input("--questions", "questions_path", upload.questions),
+              *_input("--split", "split_path", upload.split),
               click.Option(["--out", "out_path"], type=_FILE, required=True, help=upload.out_help)]
     return Command(upload.name, params=params, callback=run, help=upload.help)
 

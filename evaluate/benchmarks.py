@@ -83,14 +83,20 @@ class Benchmark:
 
 @dataclass(frozen=True)
 class Submission:
-    """A server-scored upload: ``write(answers, questions, out)`` returns (rows written,
-    questions without an answer, answers of no question)."""
+    """A server-scored upload: ``write(answers, questions, out)`` (``write(answers, questions,
+    out, split)`` when it takes ``--split``) returns (rows written, questions without an answer,
+    answers of no question). ``missing``: what becomes of a question without an answer, the
+    end of the warning line."""
 
     name: str
     help: str
     out_help: str
-    write: Callable[[Path, Path | None, Path], tuple[int, int, int]]
+    write: Callable[..., tuple[int, int, int]]
     questions: Input = Input()
+    #: the question file of the split uploaded, where it is a subset of ``questions``: the
+    #: questions that need an answer (VQAv2 test-dev among test2015)
+    split: Input = Input()
+    missing: str = "submitted empty"
 
 
 @dataclass(frozen=True)

@@ -180,28 +180,40 @@ def _write_submission(entries: list[dict[str, Any]], out_path: Path) -> None:
     out_path.write_text(json.dumps(entries), encoding="utf-8")
 
 
-def _write_upload(answers_path: Path, questions_path: Path, out_path: Path, key: str) -> tuple[int, int]:
+def _write_upload(answers_path: Path, questions_path: Path, out_path: Path, key: str,
+                  split_path: Path | None = None) -> tuple[int, int]:
     """One ``{key: <the question's key>, "answer": normalised text}`` per question of a LLaVA
-    question file, in its order, "" where it has no answer; (written, missing). DataError when
-    no answer is of these questions."""
+    question file, in its order, "" where it has no answer; (written, missing): the questions
+    without an answer, of the split file ``split_path`` when given (every one of its questions
+    must be in the question file). DataError when no answer is of these questions."""
     texts = _answers_by_id(answers_path)
-    entries, missing = [], 0
-    for q in read_question_file(questions_path).questions:
-        text = texts.get(id_key(q.question_id))
-        missing += text is None
-        entries.append({key: q.question_id if key == "question_id" else q.image,
-                        "answer": "" if text is None else normalize_vqa_answer(text)})
-    require_pairs(len(entries) - missing, answers_path, str(questions_path))
+    questions = read_question_file(questions_path).questions
+    entries = [{key: q.question_id if key == "question_id" else q.image,
+                "answer": normalize_vqa_answer(texts[id_key(q.question_id)]) if id_key(q.question_id) in texts else ""}
+               for q in questions]
+    require_pairs(sum(id_key(q.question_id) in texts for q in questions), answers_path, str(questions_path))
+    needed = questions
+    if split_path is not None:
+        needed = read_question_file(split_path).questions
+        known = {id_key(q.question_id) for q in questions}
+        stray = next((q.question_id for q in needed if id_key(q.question_id) not in known), None)
+        if stray is not None:
+            raise DataError(f"{split_path}: question {stray!r} is not in {questions_path} (--split must be a "
+                            "subset of --questions: test-dev of test2015)")
     _write_submission(entries, out_path)
-    return len(entries), missing
+    return len(entries), sum(id_key(q.question_id) not in texts for q in needed)
 
 
-def write_vqav2_submission(answers_path: Path, test_questions_path: Path, out_path: Path) -> tuple[int, int]:
+def write_vqav2_submission(answers_path: Path, test_questions_path: Path, out_path: Path,
+                           split_path: Path | None = None) -> tuple[int, int]:
     """The VQAv2 test-dev/test upload, as LLaVA's convert_vqav2_for_submission.py: one
     {"question_id", "answer"} per question of ``test_questions_path``
-    (``llava_vqav2_mscoco_test2015.jsonl``), in its order, answers normalised, "" where there is
-    none. Returns (written, missing); DataError when no answer is of these questions."""
-    return _write_upload(answers_path, test_questions_path, out_path, "question_id")
+    (``llava_vqav2_mscoco_test2015.jsonl``, every id EvalAI takes), in its order, answers
+    normalised, "" where there is none. Returns (written, missing), missing counted over the
+    questions of ``split_path`` (the split uploaded: ``llava_vqav2_mscoco_test-dev2015.jsonl``
+    for test-dev, the test2015 file for test-std), all of them by default; DataError when no
+    answer is of these questions."""
+    return _write_upload(answers_path, test_questions_path, out_path, "question_id", split_path)
 
 
 def write_vizwiz_submission(answers_path: Path, questions_path: Path, out_path: Path) -> tuple[int, int]:
@@ -226,7 +238,7 @@ def _pct(value: float | None) -> str:
 
 def _upload(write: Any) -> Any:
     """An upload writer as the registry calls it: (rows, missing, unpaired)."""
-    return lambda answers, questions, out: (*write(answers, questions, out), 0)
+    return lambda answers, questions, out, *split: (*write(answers, questions, out, *split), 0)
 
 
 ENTRIES = (
@@ -244,7 +256,10 @@ ENTRIES = (
                                 "m4c_evaluator.py, both sides normalised."),)),
     Submission("vqav2", "VQAv2 test-dev/test for EvalAI, as LLaVA's convert_vqav2_for_submission.py.",
                "The JSON to upload to EvalAI.", _upload(write_vqav2_submission),
-               Input("required", "LLaVA's llava_vqav2_mscoco_test2015.jsonl (every test2015 question id).")),
+               Input("required", "LLaVA's llava_vqav2_mscoco_test2015.jsonl (every test2015 question id)."),
+               split=Input("required", "The split uploaded, whose questions need an answer: LLaVA's "
+                                       "llava_vqav2_mscoco_test-dev2015.jsonl (test-dev), or the test2015 file "
+                                       "(test-std).")),
     Submission("vizwiz", "VizWiz test for EvalAI, as LLaVA's convert_vizwiz_for_submission.py.",
                "The JSON to upload to EvalAI.", _upload(write_vizwiz_submission),
                Input("required", "LLaVA's vizwiz llava_test.jsonl.")),

@@ -252,8 +252,8 @@ def test_submission_is_llavas_upload_readable_by_pandas(tmp_path: Path, bench):
 def test_mmvet_results_file_is_llavas(tmp_path: Path):
     answers = write_answers(tmp_path / "mmvet.jsonl", [(0, "x = 3"), (2, "It says \"stop\"."), (1, "é")])
     out = tmp_path / "results" / "model.json"
-    written = write_mmvet_submission(answers, out)
-    assert list(written) == ["v1_0", "v1_2", "v1_1"]  # answer-file order
+    written, missing, unpaired = write_mmvet_submission(answers, out)
+    assert list(written) == ["v1_0", "v1_2", "v1_1"] and missing == unpaired == []  # answer-file order
     assert json.loads(out.read_text()) == {"v1_0": "x = 3", "v1_2": 'It says "stop".', "v1_1": "é"}
     assert out.read_text() == json.dumps(written, indent=2)  # json.dump(..., indent=2), ASCII escapes
     with pytest.raises(DataError, match="second answer"):
