@@ -201,6 +201,10 @@ def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[st
         click.echo(format_sweep_table(points))
         click.echo(f"TFLOP: the LM's prefill per answer, 2 x {parameters / 1e9:.2f}e9 parameters ({lm_name}) "
                    "x prompt tokens; q/s: measured by the run (<spec>.run.json)")
+        swept = dict.fromkeys(p.benchmark for p in points)
+        rules = [f"{s.flag} {chosen[s.dest]}" for name in swept for s in getattr(_benchmarks().get(name), "settings", ())]
+        if rules:
+            click.echo(f"rules: {', '.join(rules)}")
         if (paper := format_paper_table(points)) is not None:
             click.echo(f"\nthe paper's figures (Mask-LLaVA-{paper_model.upper()}); diff = masktok - paper\n{paper}")
         for plot in plots:

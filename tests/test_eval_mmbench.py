@@ -278,3 +278,5 @@ def test_the_sweep_passes_mmbench_rules_and_warns_of_unparsable_answers(tmp_path
     assert [(p["rules"], p["score"]) for p in json.loads(default.stdout)["points"]] == [("2023", 100.0)]
     assert [(p["rules"], p["score"]) for p in json.loads(strict.stdout)["points"]] == [("2025", 0.0)]
     assert "2 answer(s) name no option" in strict.stderr and "2025 rules" in strict.stderr
+    table = CliRunner().invoke(score, args[:-1] + ["--mmbench-rules", "2025"])
+    assert "rules: --mmbench-rules 2025" in table.stdout.splitlines()
