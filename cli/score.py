@@ -191,7 +191,8 @@ def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[st
     question_files = {name: paths[-1] for name, paths in _named(questions, "--questions", only).items()}
     config, lm_name = read_lm_config(lm_config, paper_model)
     parameters = prefill_parameters(config)
-    settings = {name: {s.name: chosen[s.dest] for s in bench.settings} for name, bench in _benchmarks().items()}
+    known = _benchmarks()
+    settings = {name: {s.name: chosen[s.dest] for s in bench.settings} for name, bench in known.items()}
     points = run(parsed, _named(labels, "--labels", only), question_files, paper_model, parameters, settings)
     plots = plot_sweep(points, plot_path) if plot_path is not None else []
     if as_json:
@@ -201,16 +202,14 @@ def sweep(entries: tuple[str, ...], labels: tuple[str, ...], questions: tuple[st
         click.echo(format_sweep_table(points))
         click.echo(f"TFLOP: the LM's prefill per answer, 2 x {parameters / 1e9:.2f}e9 parameters ({lm_name}) "
                    "x prompt tokens; q/s: measured by the run (<spec>.run.json)")
-        swept = dict.fromkeys(p.benchmark for p in points)
-        rules = [f"{s.flag} {chosen[s.dest]}" for name in swept for s in getattr(_benchmarks().get(name), "settings", ())]
+        swept = dict.fromkeys(p.benchmark for p in points)  # registered, all of them (score_benchmark's check)
+        rules = [f"{s.flag} {chosen[s.dest]}" for name in swept for s in known[name].settings]
         if rules:
             click.echo(f"rules: {', '.join(rules)}")
         if (paper := format_paper_table(points)) is not None:
             click.echo(f"\nthe paper's figures (Mask-LLaVA-{paper_model.upper()}); diff = masktok - paper\n{paper}")
         for plot in plots:
             click.echo(f"plot: {plot}", err=True)
-    known = _benchmarks()
     for point in points:
-        warnings = known[point.benchmark].warnings if point.benchmark in known else type(point.result).warnings
-        for line in warnings(point.result):
+        for line in known[point.benchmark].warnings(point.result):
             click.echo(f"warning: {point.answers_path}: {line}", err=True)

@@ -19,8 +19,7 @@ from pathlib import Path
 from ..schemas.errors import DataError
 from ..schemas.eval_files import file_format
 from .benchmarks import Input, QuestionFormat, Submission
-from .questions import jsonl_questions
-from .questions import read_question_file
+from .questions import jsonl_questions, read_question_file
 from .scoring import id_key, read_answer_file, require_pairs
 
 
@@ -100,4 +99,3 @@ ENTRIES = (
                                           "an answer, or MM-Vet's grader stops."),
                missing="written empty (MM-Vet's grader stops at a missing one)"),
 )
-

@@ -21,14 +21,15 @@ that wrote the files (their ``<spec>.run.json``), "not recorded" without one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError, TokenSpecError
 from ..trainer.visual.token_spec import paper_budget
 from .benchmarks import benchmarks, score_benchmark
-from .efficiency import NOT_RECORDED, RunRecord, mean_prompt_tokens, prefill_tflop, read_run_record
+from .efficiency import (NOT_RECORDED, RunRecord, lm_config, mean_prompt_tokens, prefill_parameters, prefill_tflop,
+                         read_run_record)
 from .paper import PaperFigure, paper_figure
 from .scoring import UNANSWERED, BenchScore, format_rows, read_json_lines
 
@@ -71,7 +72,7 @@ class SweepPoint:
                 "paper": paper, "prefill_tflop": self.prefill_tflop,
                 "prefill_tokens": "visual" if self.prompt_tokens is None else "prompt",
                 "questions_per_s": None if self.run is None else self.run.questions_per_s,
-                "run": None if self.run is None else vars(self.run)}
+                "run": None if self.run is None else asdict(self.run)}
 
 
 def _metadata(row: dict[str, Any]) -> dict[str, Any]:
@@ -119,13 +120,16 @@ def answer_files(path: Path) -> list[Path]:
 
 
 def sweep(entries: Sequence[tuple[str, Path]], labels: dict[str, list[Path]],
-          questions: dict[str, Path], paper_model: str = "7b", lm_parameters: int = 0,
+          questions: dict[str, Path], paper_model: str = "7b", lm_parameters: int | None = None,
           settings: Mapping[str, Mapping[str, str]] | None = None) -> list[SweepPoint]:
     """Score every (benchmark, answer file or folder) entry with that benchmark's labels and
     question file, each beside the paper's figure of ``paper_model`` where it has one, its
-    prompt tokens and run record (``lm_parameters``: efficiency.prefill_parameters of the LM;
+    prompt tokens and run record (``lm_parameters``: efficiency.prefill_parameters of the LM,
+    by default of the paper's LM of ``paper_model``;
     ``settings``: each benchmark's rule choices, benchmarks.score_benchmark's);
     points sorted by visual tokens (then spec, then benchmark)."""
+    if lm_parameters is None:
+        lm_parameters = prefill_parameters(lm_config(None, paper_model)[0])
     points = []
     for bench, path in entries:
         for file in answer_files(path):
