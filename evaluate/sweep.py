@@ -182,14 +182,16 @@ def _tflop(points: Sequence[SweepPoint]) -> str:
 
 
 def _rate(points: Sequence[SweepPoint]) -> str:
-    """Questions/s of a spec's runs: their questions over their seconds ("not recorded" without
-    a run record; the mean of the recorded rates where seconds are missing)."""
+    """Questions/s of a spec's runs, over the files that have a run record: their questions over
+    their seconds (the mean of the recorded rates where seconds are missing); "not recorded"
+    when none has one."""
     runs = [p.run for p in points if p.run is not None]
     if not runs:
         return NOT_RECORDED
     seconds = sum(r.seconds for r in runs)
-    value = sum(r.questions for r in runs) / seconds if seconds > 0 else sum(r.questions_per_s for r in runs) / len(runs)
-    return f"{value:.1f}"
+    if seconds > 0:
+        return f"{sum(r.questions for r in runs) / seconds:.1f}"
+    return f"{sum(r.questions_per_s for r in runs) / len(runs):.1f}"
 
 
 def format_paper_table(points: Sequence[SweepPoint]) -> str | None:

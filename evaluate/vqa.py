@@ -24,8 +24,7 @@ from .benchmarks import Benchmark, Input, Setting, Submission
 from .questions import read_question_file
 from .scoring import (AnswerLine, BenchScore, format_rows, id_key, load_json, read_answer_file, read_json_lines,
                       require_pairs)
-from .vqa_rules import (RULES, _process_punctuation, normalize_vqa_answer, official_prediction,  # noqa: F401
-                        vizwiz_accuracy, vqa_accuracy, vqaeval_accuracy)
+from .vqa_rules import RULES, normalize_vqa_answer, official_prediction, vizwiz_accuracy, vqa_accuracy, vqaeval_accuracy
 
 #: ``masktok score vqa --vqa-rule``: the benchmark's official evaluator (masktok's default: the
 #: number EvalAI would give the upload) or LLaVA's m4c rule (the number named m4c-style).

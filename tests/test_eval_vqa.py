@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from masktok.evaluate.textvqa import score_textvqa, textvqa_question
-from masktok.evaluate.vqa import (_process_punctuation, format_vqa_table, normalize_vqa_answer,
-                                  score_vqa, vqa_accuracy, write_vizwiz_submission,
-                                  write_vqav2_submission)
-from masktok.evaluate.vqa_rules import VIZWIZ_CONTRACTIONS, vizwiz_accuracy, vqaeval_accuracy
+from masktok.evaluate.vqa import (format_vqa_table, normalize_vqa_answer, score_vqa, vqa_accuracy,
+                                  write_vizwiz_submission, write_vqav2_submission)
+from masktok.evaluate.vqa_rules import VIZWIZ_CONTRACTIONS, _process_punctuation, vizwiz_accuracy, vqaeval_accuracy
 from masktok.schemas.errors import DataError
 
 INSTRUCTION = "Answer the question using a single word or phrase."
