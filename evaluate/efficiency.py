@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from ..schemas.lm_shapes import VICUNA_7B, VICUNA_13B
 from .scoring import load_json
 
 NOT_RECORDED = "not recorded"
@@ -49,8 +50,6 @@ def lm_config(path: Path | None, paper_model: str) -> tuple[dict[str, Any], str]
     """(config, its name): the ``config.json`` at ``path`` (a file, or a folder holding one),
     else the paper's LM for ``paper_model``."""
     if path is None:
-        from ..trainer.parallel.memory import VICUNA_7B, VICUNA_13B  # imports torch: only when needed
-
         return dict({"7b": VICUNA_7B, "13b": VICUNA_13B}[paper_model]), f"Vicuna-{paper_model.upper()} v1.5"
     path = Path(path)
     file = path / "config.json" if path.is_dir() else path
