@@ -48,6 +48,8 @@ PART_COLUMNS = ("category", "l2-category")
 #: "2023": as MMBench's team released it in 2023 and kept it until July 2025 (the rule of
 #: commits bc4b28be-aca64dbb, read at c6bdffd3): an option letter standing alone anywhere in
 #: the answer, when it is the only one, else the one option whose text the answer contains.
+#: (Its first release, 2023-11/12, differed only in looking for the letters A-E whatever the
+#: question's options and in naming a refusal "E"; masktok follows the 2024-25 code.)
 #: "2025": since c3371551 (2025-08) with a67ace50's "answer is X" (2026-06), as at e8e78f05:
 #: the letter must be among the last four words, a text match is refused for an answer over
 #: twice the options' length. LLaVA-1.5's 67.7 (MMBench's server, 2023, whose own code is not
