@@ -13,7 +13,7 @@ question reader of ``masktok answer`` (questions.py) are made from it and name n
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,14 +39,31 @@ class Input:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """A choice of rule a scorer offers: ``--FLAG`` of ``masktok score NAME`` and of ``score
+    sweep``; the scorer receives it as the keyword ``name``."""
+
+    flag: str  # "--mmbench-rules"
+    name: str  # the scorer's keyword: "rules"
+    choices: tuple[str, ...]
+    default: str
+    help: str = ""
+
+    @property
+    def dest(self) -> str:
+        """The click parameter name of ``flag`` ("--mmbench-rules" -> "mmbench_rules")."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
 class Benchmark:
-    """A scored benchmark: ``score(answers, labels, questions)`` returns the scoring.BenchScore
-    whose ``score`` is the number the paper reports; ``table`` prints it."""
+    """A scored benchmark: ``score(answers, labels, questions, **settings)`` returns the
+    scoring.BenchScore whose ``score`` is the number the paper reports; ``table`` prints it."""
 
     name: str
     title: str  # the column header of the paper's Table 1
     help: str  # the help of `masktok score NAME`
-    score: Callable[[Path, Sequence[Path], Path | None], BenchScore]
+    score: Callable[..., BenchScore]
     table: Callable[[BenchScore], str]
     labels: Input = Input()
     questions: Input = Input()
@@ -56,6 +73,8 @@ class Benchmark:
     notes: Callable[[BenchScore, Path | None], list[str]] = lambda result, questions: []
     #: the result's column in the paper's tables (evaluate/paper.py); None: the benchmark's name
     paper_key: Callable[[BenchScore], str] | None = None
+    #: rule choices, passed to ``score`` as keywords (``Setting.name``)
+    settings: tuple[Setting, ...] = ()
 
     def paper_column(self, result: BenchScore) -> str:
         """Which of the paper's benchmarks ``result`` is (evaluate/paper.py's keys)."""
@@ -64,14 +83,20 @@ class Benchmark:
 
 @dataclass(frozen=True)
 class Submission:
-    """A server-scored upload: ``write(answers, questions, out)`` returns (rows written,
-    questions without an answer, answers of no question)."""
+    """A server-scored upload: ``write(answers, questions, out)`` (``write(answers, questions,
+    out, split)`` when it takes ``--split``) returns (rows written, questions without an answer,
+    answers of no question). ``missing``: what becomes of a question without an answer, the
+    end of the warning line."""
 
     name: str
     help: str
     out_help: str
-    write: Callable[[Path, Path | None, Path], tuple[int, int, int]]
+    write: Callable[..., tuple[int, int, int]]
     questions: Input = Input()
+    #: the question file of the split uploaded, where it is a subset of ``questions``: the
+    #: questions that need an answer (VQAv2 test-dev among test2015)
+    split: Input = Input()
+    missing: str = "submitted empty"
 
 
 @dataclass(frozen=True)
@@ -115,9 +140,11 @@ def benchmarks() -> dict[str, Benchmark]:
     return registered().benchmarks
 
 
-def score_benchmark(name: str, answers: Path, labels: Sequence[Path], questions: Path | None) -> BenchScore:
+def score_benchmark(name: str, answers: Path, labels: Sequence[Path], questions: Path | None,
+                    settings: Mapping[str, str] | None = None) -> BenchScore:
     """Score ``answers`` with benchmark ``name`` (with the count of its empty, unanswered lines);
-    DataError when its inputs are incomplete."""
+    ``settings``: choices of the benchmark's :class:`Setting` s by name (the defaults for the
+    others). DataError when its inputs are incomplete or a setting is unknown."""
     known = benchmarks()
     if name not in known:
         raise DataError(f"unknown benchmark {name!r}: one of {', '.join(known)}")
@@ -128,7 +155,14 @@ def score_benchmark(name: str, answers: Path, labels: Sequence[Path], questions:
         raise DataError(f"{name} takes one labels path, got {len(labels)}")
     if bench.questions.need == "required" and questions is None:
         raise DataError(f"{name} needs its question file (--questions {name}=PATH)")
-    result = bench.score(Path(answers), [Path(p) for p in labels], None if questions is None else Path(questions))
+    chosen = {}
+    for setting in bench.settings:
+        value = (settings or {}).get(setting.name) or setting.default
+        if value not in setting.choices:
+            raise DataError(f"{setting.flag} {value!r}: one of {', '.join(setting.choices)}")
+        chosen[setting.name] = value
+    result = bench.score(Path(answers), [Path(p) for p in labels], None if questions is None else Path(questions),
+                         **chosen)
     result.unanswered = count_unanswered(Path(answers))
     return result
 

@@ -8,7 +8,7 @@ OpenCompass upload.
   single-prediction suffix (:data:`SINGLE_PREDICTION_SUFFIX`). An answer's question_id is the
   row's ``index``.
 - Scoring follows VLMEvalKit's MMBench CircularEval with exact matching (its ``can_infer``,
-  without the GPT fallback; rules as of open-compass/VLMEvalKit e8e78f05): the TSV holds every
+  without the GPT fallback; the rule set of an era, :data:`MMBENCH_RULES`): the TSV holds every
   question several times with its options rotated, the copies at ``index + k x 1,000,000``; a
   question counts right only when the option read from every copy's answer is that copy's
   ``answer``. A prediction no option can be read from is reported and counts wrong, as is a
@@ -29,7 +29,7 @@ from typing import Any
 
 from ..schemas.errors import DataError
 from ..schemas.eval_files import carries_pictures, is_none, iter_mmbench_images, plain, read_mmbench_table
-from .benchmarks import Benchmark, Input, QuestionFormat, Submission
+from .benchmarks import Benchmark, Input, QuestionFormat, Setting, Submission
 from .questions import Question
 from .scoring import AnswerLine, BenchScore, format_rows, id_key, read_answer_file, require_pairs
 
@@ -43,6 +43,23 @@ COPY_STRIDE = 1_000_000
 UPLOAD_DROPPED_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
 UPLOAD_PREDICTION_POSITION = 6
 PART_COLUMNS = ("category", "l2-category")
+
+#: The answer-extraction rules of VLMEvalKit's exact matching (open-compass/VLMEvalKit), by era.
+#: "2023": as MMBench's team released it in 2023 and kept it until July 2025 (the rule of
+#: commits bc4b28be-aca64dbb, read at c6bdffd3): an option letter standing alone anywhere in
+#: the answer, when it is the only one, else the one option whose text the answer contains.
+#: (Its first release, 2023-11/12, differed only in looking for the letters A-E whatever the
+#: question's options and in naming a refusal "E"; masktok follows the 2024-25 code.)
+#: "2025": since c3371551 (2025-08) with a67ace50's "answer is X" (2026-06), as at e8e78f05:
+#: the letter must be among the last four words, a text match is refused for an answer over
+#: twice the options' length. LLaVA-1.5's 67.7 (MMBench's server, 2023, whose own code is not
+#: public) and the paper's figures were scored before 2025.
+MMBENCH_RULES = {"2023": "VLMEvalKit 2023: a lone option letter anywhere, else the one option text inside",
+                 "2025": "VLMEvalKit 2025: a lone letter among the last four words, or 'answer is X', else "
+                         "the one option text inside an answer at most twice the options' length"}
+#: masktok's choice: the rules the published MMBench numbers (LLaVA-1.5's, the paper's) were
+#: read with, so that `score sweep` compares like with like.
+DEFAULT_MMBENCH_RULES = "2023"
 
 # VLMEvalKit's can_infer_option: answers that refuse (read as "Z", no option), and the
 # characters that count as spaces when looking for a bare option letter.
@@ -85,11 +102,12 @@ def choices_of(row: Mapping[str, Any]) -> dict[str, str]:
     return {letter: str(row[letter]) for letter in OPTIONS if letter in row and not pd.isna(row[letter])}
 
 
-def can_infer_option(text: str, choices: Mapping[str, str]) -> str | None:
+def can_infer_option(text: str, choices: Mapping[str, str], rules: str = DEFAULT_MMBENCH_RULES) -> str | None:
     """VLMEvalKit's can_infer_option: the option letter an answer names, "Z" for a refusal or a
     bare "Z", None when none can be read. With ``.()[],:;!*#{}`` read as spaces, a letter of
-    ``choices`` standing alone as a word counts when it is the only such letter and its first
-    occurrence is among the last four words; failing that, "answer is X" names X."""
+    ``choices`` standing alone as a word counts when it is the only such letter (``rules``
+    "2025": and its first occurrence is among the last four words; failing that, "answer is
+    X" names X)."""
     if _API_FAILURE in text:
         return None
     if any(refusal in text for refusal in _REFUSALS):
@@ -97,30 +115,36 @@ def can_infer_option(text: str, choices: Mapping[str, str]) -> str | None:
     words = text.translate(_AS_SPACE).split()
     named = [letter for letter in choices if letter in words]
     if len(named) == 1:
-        if words.index(named[0]) > len(words) - 5:
+        if rules == "2023" or words.index(named[0]) > len(words) - 5:
             return named[0]
     elif not named and "Z" in words:
         return "Z"
+    if rules == "2023":
+        return None
     match = _ANSWER_IS.search(text)
     if match and match.group(1).upper() in choices:
         return match.group(1).upper()
     return None
 
 
-def can_infer_text(text: str, choices: Mapping[str, str]) -> str | None:
+def can_infer_text(text: str, choices: Mapping[str, str], rules: str = DEFAULT_MMBENCH_RULES) -> str | None:
     """VLMEvalKit's can_infer_text: the one option whose text (case-insensitive) the answer
-    contains; None when none or several do, or the answer is over twice the options' length."""
+    contains; None when none or several do, or (``rules`` "2025") the answer is over twice the
+    options' length."""
     text = text.lower()
-    if len(text) > 2 * sum(len(option) for option in choices.values()):
+    if rules == "2025" and len(text) > 2 * sum(len(option) for option in choices.values()):
         return None
     found = [letter for letter, option in choices.items() if option.lower() in text]
     return found[0] if len(found) == 1 else None
 
 
-def can_infer(text: str, choices: Mapping[str, str]) -> str | None:
-    """VLMEvalKit's can_infer: :func:`can_infer_option`, else :func:`can_infer_text`."""
+def can_infer(text: str, choices: Mapping[str, str], rules: str = DEFAULT_MMBENCH_RULES) -> str | None:
+    """VLMEvalKit's can_infer under ``rules`` (:data:`MMBENCH_RULES`): :func:`can_infer_option`,
+    else :func:`can_infer_text`."""
+    if rules not in MMBENCH_RULES:
+        raise DataError(f"MMBench rules {rules!r}: one of {', '.join(MMBENCH_RULES)}")
     text = str(text)
-    return can_infer_option(text, choices) or can_infer_text(text, choices)
+    return can_infer_option(text, choices, rules) or can_infer_text(text, choices, rules)
 
 
 def _answers_by_id(answers: list[AnswerLine], path: Path) -> dict[str, AnswerLine]:
@@ -143,15 +167,17 @@ def _part_names(rows: list[Any], column: str) -> list[str] | None:
     return None if all(n is None for n in names) else [n or "(none)" for n in names]
 
 
-def score_mmbench(answers_path: Path, labels_path: Path) -> BenchScore:
+def score_mmbench(answers_path: Path, labels_path: Path, rules: str = DEFAULT_MMBENCH_RULES) -> BenchScore:
     """CircularEval accuracy (%) of an answer file on the labelled rows of an MMBench TSV.
 
     ``parts``: ``{"category"|"l2-category": {name: {"score": %, "questions": n}}}`` for the
     columns the TSV fills (from each question's first row, index < 1,000,000). ``scored``:
     questions (circular groups); ``missing``: indexes of labelled rows without an answer;
     ``unpaired``: question ids of answers to no labelled row. ``extra``: ``rows`` (labelled
-    rows), ``vanilla`` (% of rows right on their own, no circular rule), ``unparsable`` (answers
-    no option could be read from) and ``unparsable_examples`` ({index, text}, up to 10).
+    rows), ``vanilla`` (% of rows right on their own, no circular rule), ``rules`` (the answer
+    extraction, :data:`MMBENCH_RULES`), ``answered`` (rows with an answer), ``unparsable``
+    (answers no option could be read from), ``unparsable_share`` (% of ``answered``) and
+    ``unparsable_examples`` ({index, text}, up to 10).
     DataError for labels that are no MMBench TSV with answers, a copy without its question's
     first row, or an answer file none of whose answers pairs."""
     table = read_mmbench_table(labels_path)
@@ -183,6 +209,8 @@ def score_mmbench(answers_path: Path, labels_path: Path) -> BenchScore:
                                 f"{index % COPY_STRIDE}, which has no labelled row")
             groups[index % COPY_STRIDE].append(row)
 
+    if rules not in MMBENCH_RULES:
+        raise DataError(f"MMBench rules {rules!r}: one of {', '.join(MMBENCH_RULES)}")
     missing: list[int] = []
     unparsable: list[dict[str, Any]] = []
     hits, rows_right = [], 0
@@ -194,13 +222,14 @@ def score_mmbench(answers_path: Path, labels_path: Path) -> BenchScore:
                 missing.append(int(row["index"]))
                 right = False
                 continue
-            predicted = can_infer(answer.text, choices_of(row))
+            predicted = can_infer(answer.text, choices_of(row), rules)
             if predicted is None:
                 unparsable.append({"index": int(row["index"]), "text": answer.text})
             rows_right += predicted == row["answer"]
             right = right and predicted == row["answer"]
         hits.append(right)
 
+    answered = len(rows) - len(missing)
     firsts = [copies[0] for copies in groups.values()]
     parts: dict[str, Any] = {}
     for column in PART_COLUMNS:
@@ -213,8 +242,10 @@ def score_mmbench(answers_path: Path, labels_path: Path) -> BenchScore:
             parts[column][name] = {"score": 100 * sum(mine) / len(mine), "questions": len(mine)}
     return BenchScore("mmbench", 100 * sum(hits) / len(hits), parts=parts, scored=len(hits),
                       missing=missing, unpaired=unpaired,
-                      extra={"rows": len(rows), "vanilla": 100 * rows_right / len(rows),
-                             "unparsable": len(unparsable), "unparsable_examples": unparsable[:10]})
+                      extra={"rows": len(rows), "vanilla": 100 * rows_right / len(rows), "rules": rules,
+                             "answered": answered, "unparsable": len(unparsable),
+                             "unparsable_share": 100 * len(unparsable) / answered if answered else None,
+                             "unparsable_examples": unparsable[:10]})
 
 
 def format_mmbench_table(score: BenchScore) -> str:
@@ -225,7 +256,13 @@ def format_mmbench_table(score: BenchScore) -> str:
         rows.append(("rows, one by one", str(score.extra["rows"]), f"{score.extra['vanilla']:.2f}"))
     for column, names in score.parts.items():
         rows += [(f"{column}: {name}", str(p["questions"]), f"{p['score']:.2f}") for name, p in names.items()]
-    return format_rows(rows)
+    table = format_rows(rows)
+    if "rules" in score.extra:
+        share = score.extra["unparsable_share"]
+        table += (f"\nunparsable: {score.extra['unparsable']} of {score.extra['answered']} answers"
+                  f"{'' if share is None else f' ({share:.1f}%)'}, counted wrong; options read with the "
+                  f"{score.extra['rules']} rules ({MMBENCH_RULES[score.extra['rules']]})")
+    return table
 
 
 def mmbench_warnings(score: BenchScore, examples: int = 3) -> list[str]:
@@ -233,8 +270,9 @@ def mmbench_warnings(score: BenchScore, examples: int = 3) -> list[str]:
     lines = score.warnings()
     if score.extra.get("unparsable"):
         shown = "; ".join(f"{e['index']}: {e['text'][:60]!r}" for e in score.extra["unparsable_examples"][:examples])
-        lines.append(f"{score.extra['unparsable']} answer(s) name no option (VLMEvalKit's can_infer, no "
-                     f"GPT fallback), counted wrong (e.g. {shown})")
+        lines.append(f"{score.extra['unparsable']} answer(s) name no option (VLMEvalKit's can_infer, "
+                     f"{score.extra.get('rules', DEFAULT_MMBENCH_RULES)} rules, no GPT fallback), counted wrong "
+                     f"(e.g. {shown})")
     return lines
 
 
@@ -315,8 +353,12 @@ ENTRIES = (
     Benchmark("mmbench", "MMBench", "MMBench: CircularEval accuracy (%), per category and l2-category; options "
                                     "extracted as VLMEvalKit's can_infer, no GPT fallback (unparsable answers count "
                                     "wrong).",
-              lambda answers, labels, questions: score_mmbench(answers, labels[0]), format_mmbench_table,
-              labels=Input("required", "MMBench's TSV with its answer column."), warnings=mmbench_warnings),
+              lambda answers, labels, questions, rules: score_mmbench(answers, labels[0], rules), format_mmbench_table,
+              labels=Input("required", "MMBench's TSV with its answer column."), warnings=mmbench_warnings,
+              settings=(Setting("--mmbench-rules", "rules", tuple(MMBENCH_RULES), DEFAULT_MMBENCH_RULES,
+                                "VLMEvalKit's answer extraction of 2023 (the era of LLaVA-1.5's 67.7 and the "
+                                "paper's figures; masktok's default) or of 2025 (stricter: a letter among the last "
+                                "four words, text matches length-capped)."),)),
     Submission("mmbench", "MMBench for the OpenCompass server, as LLaVA's convert_mmbench_for_submission.py.",
                "The .xlsx to upload to OpenCompass.", lambda answers, questions, out: _upload(answers, questions, out),
                Input("required", "MMBench's question TSV.")),

@@ -4,6 +4,10 @@ MM-Vet is graded by GPT-4 (its official grader, the MM-Vet evaluator or its onli
 not locally: masktok writes the results file that grader reads and scores nothing itself.
 The file is what LLaVA-1.5's ``scripts/convert_mmvet_for_eval.py`` writes: one JSON object
 ``{"v1_<question_id>": answer text}`` in answer-file order, ``json.dump(..., indent=2)``.
+Checked against the question file: MM-Vet's grader reads ``results[id]`` for each of its
+questions and stops (KeyError) at the first one the file lacks, so a question without an answer
+is written with an empty answer after the others (graded as the empty answer it is) and
+reported; an answer of no question is left out and reported.
 """
 
 from __future__ import annotations
@@ -14,9 +18,9 @@ from pathlib import Path
 
 from ..schemas.errors import DataError
 from ..schemas.eval_files import file_format
-from .benchmarks import QuestionFormat, Submission
-from .questions import jsonl_questions
-from .scoring import id_key, read_answer_file
+from .benchmarks import Input, QuestionFormat, Submission
+from .questions import jsonl_questions, read_question_file
+from .scoring import id_key, read_answer_file, require_pairs
 
 
 def mmvet_results(answers_path: Path) -> dict[str, str]:
@@ -33,15 +37,28 @@ def mmvet_results(answers_path: Path) -> dict[str, str]:
     return results
 
 
-def write_mmvet_submission(answers_path: Path, out_path: Path) -> dict[str, str]:
-    """Write MM-Vet's results file for GPT-4 grading (see the module docstring) and return it.
-    Byte for byte what convert_mmvet_for_eval.py writes for the same answer file."""
+def write_mmvet_submission(answers_path: Path, out_path: Path,
+                           questions_path: Path | None = None) -> tuple[dict[str, str], list[str], list[str]]:
+    """Write MM-Vet's results file for GPT-4 grading (see the module docstring); return it, the
+    keys of the questions of ``questions_path`` it had no answer for (written "") and those of
+    the answers to no question (left out). For an answer file that answers every question
+    once, byte for byte what convert_mmvet_for_eval.py writes. DataError when no answer is of
+    these questions."""
     results = mmvet_results(answers_path)
+    missing: list[str] = []
+    unpaired: list[str] = []
+    if questions_path is not None:
+        asked = [f"v1_{id_key(q.question_id)}" for q in read_question_file(questions_path).questions]
+        known = set(asked)
+        unpaired = [key for key in results if key not in known]
+        require_pairs(len(results) - len(unpaired), answers_path, str(questions_path))
+        missing = [key for key in asked if key not in results]
+        results = {**{k: v for k, v in results.items() if k in known}, **{k: "" for k in missing}}
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2)
-    return results
+    return results, missing, unpaired
 
 
 #: MM-Vet's image names (``v1_0.png`` ... ``v1_217.png``): how its question file is known,
@@ -69,9 +86,16 @@ def _is_mm_vet(path: Path) -> bool:
     return seen
 
 
+def _upload(answers: Path, questions: Path, out: Path) -> tuple[int, int, int]:
+    results, missing, unpaired = write_mmvet_submission(answers, out, questions)
+    return len(results), len(missing), len(unpaired)
+
+
 ENTRIES = (
     QuestionFormat("mm-vet", 1024, _is_mm_vet, lambda path, lang: jsonl_questions(path)),
     Submission("mmvet", 'MM-Vet ({"v1_<id>": answer}) for its official GPT-4 grader, as LLaVA\'s '
                         "convert_mmvet_for_eval.py.", "The JSON for MM-Vet's GPT-4 grader.",
-               lambda answers, questions, out: (len(write_mmvet_submission(answers, out)), 0, 0)),
+               _upload, Input("required", "MM-Vet's question file (llava-mm-vet.jsonl): every question needs "
+                                          "an answer, or MM-Vet's grader stops."),
+               missing="written empty (MM-Vet's grader stops at a missing one)"),
 )

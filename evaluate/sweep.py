@@ -12,18 +12,24 @@ any other spec: ``cls,patch:36,obj:101`` (the filtered objects) is not the paper
 Where a point's spec and benchmark match a figure the paper prints (evaluate/paper.py; the 7B
 model's unless told otherwise), the point carries that figure, its table and the difference
 (masktok's score minus the paper's), printed in a second table under the first.
+
+Beside the scores, each row shows what its answers cost (efficiency.py): the LM's prefill
+TFLOP per answer (2 x parameters x prompt tokens) and the questions/s measured by the run
+that wrote the files (their ``<spec>.run.json``), "not recorded" without one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError, TokenSpecError
 from ..trainer.visual.token_spec import paper_budget
 from .benchmarks import benchmarks, score_benchmark
+from .efficiency import (NOT_RECORDED, RunRecord, lm_config, mean_prompt_tokens, prefill_parameters, prefill_tflop,
+                         read_run_record)
 from .paper import PaperFigure, paper_figure
 from .scoring import UNANSWERED, BenchScore, format_rows, read_json_lines
 
@@ -38,6 +44,15 @@ class SweepPoint:
     visual_tokens: float
     result: BenchScore
     paper: PaperFigure | None = None  # the paper's figure for this spec and benchmark
+    prompt_tokens: float | None = None  # mean metadata.prompt_tokens (None: not recorded)
+    run: RunRecord | None = None  # OUT/<spec>.run.json of the run that wrote the file
+    lm_parameters: int = 0  # the LM's parameters counted per prefilled token (efficiency.py)
+
+    @property
+    def prefill_tflop(self) -> float:
+        """2 x N x T per answer: T the prompt tokens, or the visual tokens when not recorded."""
+        return prefill_tflop(self.lm_parameters, self.prompt_tokens if self.prompt_tokens is not None
+                             else self.visual_tokens)
 
     @property
     def difference(self) -> float | None:
@@ -54,7 +69,10 @@ class SweepPoint:
                 "visual_tokens": self.visual_tokens, **{k: v for k, v in self.result.to_dict(examples=0).items()
                                                          if k not in ("benchmark", "missing_examples",
                                                                       "unpaired_examples")},
-                "paper": paper}
+                "paper": paper, "prefill_tflop": self.prefill_tflop,
+                "prefill_tokens": "visual" if self.prompt_tokens is None else "prompt",
+                "questions_per_s": None if self.run is None else self.run.questions_per_s,
+                "run": None if self.run is None else asdict(self.run)}
 
 
 def _metadata(row: dict[str, Any]) -> dict[str, Any]:
@@ -102,18 +120,26 @@ def answer_files(path: Path) -> list[Path]:
 
 
 def sweep(entries: Sequence[tuple[str, Path]], labels: dict[str, list[Path]],
-          questions: dict[str, Path], paper_model: str = "7b") -> list[SweepPoint]:
+          questions: dict[str, Path], paper_model: str = "7b", lm_parameters: int | None = None,
+          settings: Mapping[str, Mapping[str, str]] | None = None) -> list[SweepPoint]:
     """Score every (benchmark, answer file or folder) entry with that benchmark's labels and
-    question file, each beside the paper's figure of ``paper_model`` where it has one;
+    question file, each beside the paper's figure of ``paper_model`` where it has one, its
+    prompt tokens and run record (``lm_parameters``: efficiency.prefill_parameters of the LM,
+    by default of the paper's LM of ``paper_model``;
+    ``settings``: each benchmark's rule choices, benchmarks.score_benchmark's);
     points sorted by visual tokens (then spec, then benchmark)."""
+    if lm_parameters is None:
+        lm_parameters = prefill_parameters(lm_config(None, paper_model)[0])
     points = []
     for bench, path in entries:
         for file in answer_files(path):
             rows = read_json_lines(file)
             spec = token_spec_of(rows, file)
-            result = score_benchmark(bench, file, labels.get(bench, []), questions.get(bench))
+            result = score_benchmark(bench, file, labels.get(bench, []), questions.get(bench),
+                                     (settings or {}).get(bench))
             figure = paper_figure(paper_model, _budget(spec), benchmarks()[bench].paper_column(result))
-            points.append(SweepPoint(bench, file, spec, mean_visual_tokens(rows, file), result, figure))
+            points.append(SweepPoint(bench, file, spec, mean_visual_tokens(rows, file), result, figure,
+                                     mean_prompt_tokens(rows), read_run_record(file), lm_parameters))
     return sorted(points, key=lambda p: (p.visual_tokens, p.spec, p.benchmark))
 
 
@@ -137,12 +163,35 @@ def format_sweep_table(points: Sequence[SweepPoint]) -> str:
     for p in points:
         specs.setdefault(p.spec, []).append(p)
     order = sorted(specs, key=lambda s: (-_tokens(specs[s]), s))
-    rows = [("tokens", "spec", "paper", *(known[b].title if b in known else b for b in benches))]
+    rows = [("tokens", "spec", "paper", *(known[b].title if b in known else b for b in benches), "TFLOP", "q/s")]
     for spec in order:
         by_bench = {p.benchmark: p for p in specs[spec]}
         rows.append((format_tokens(_tokens(specs[spec])), spec, _paper(spec),
-                     *(format_score(by_bench[b].result.score) if b in by_bench else "-" for b in benches)))
-    return format_rows(rows, left={1})
+                     *(format_score(by_bench[b].result.score) if b in by_bench else "-" for b in benches),
+                     _tflop(specs[spec]), _rate(specs[spec])))
+    table = format_rows(rows, left={1})
+    if any(p.prompt_tokens is None for p in points):
+        table += "\n* visual tokens only: the answers record no metadata.prompt_tokens"
+    return table
+
+
+def _tflop(points: Sequence[SweepPoint]) -> str:
+    """The mean prefill TFLOP per answer of a spec's files; "*" when some count visual tokens only."""
+    value = sum(p.prefill_tflop for p in points) / len(points)
+    return f"{value:.2f}" + ("*" if any(p.prompt_tokens is None for p in points) else "")
+
+
+def _rate(points: Sequence[SweepPoint]) -> str:
+    """Questions/s of a spec's runs, over the files that have a run record: their questions over
+    their seconds (the mean of the recorded rates where seconds are missing); "not recorded"
+    when none has one."""
+    runs = [p.run for p in points if p.run is not None]
+    if not runs:
+        return NOT_RECORDED
+    seconds = sum(r.seconds for r in runs)
+    if seconds > 0:
+        return f"{sum(r.questions for r in runs) / seconds:.1f}"
+    return f"{sum(r.questions_per_s for r in runs) / len(runs):.1f}"
 
 
 def format_paper_table(points: Sequence[SweepPoint]) -> str | None:

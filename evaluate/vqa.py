@@ -1,129 +1,34 @@
 """VQA-family scores of LLaVA answer files: VQAv2 and VizWiz accuracy, and the VQAv2 / VizWiz
-test submissions, as LLaVA-1.5 computes and writes them (TextVQA, scored with the same rule:
-textvqa.py).
+test submissions, as LLaVA-1.5 writes them and the official evaluators score them (TextVQA,
+scored with LLaVA's m4c rule: textvqa.py).
 
-Answers and ground-truth answers are both normalised by :func:`normalize_vqa_answer`, a port of
-the EvalAI answer processor in LLaVA's ``llava/eval/m4c_evaluator.py`` (quirks included). An
-answer's accuracy is the VQA soft accuracy of m4c's ``TextVQAAccuracyEvaluator``
-(:func:`vqa_accuracy`). Unlike LLaVA's scripts, a question without an answer is counted wrong and
-reported, and an answer of no question is reported and not scored (see ``scoring.py``).
+The rules live in vqa_rules.py. By default (``--vqa-rule official``) a val answer is scored as
+its upload would be: the answer through the EvalAI processor of LLaVA's ``m4c_evaluator.py``
+(:func:`normalize_vqa_answer`, as LLaVA's converters write the upload), then VQAv2's official
+``vqaEval.py`` (human answers processed only when they disagree) or VizWiz's (human answers
+raw). ``--vqa-rule m4c`` gives the m4c-style number instead (both sides normalised, m4c's
+``TextVQAAccuracyEvaluator``). Unlike LLaVA's scripts, a question without an answer is counted
+wrong and reported, and an answer of no question is reported and not scored (see ``scoring.py``).
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
-from .benchmarks import Benchmark, Input, Submission
+from .benchmarks import Benchmark, Input, Setting, Submission
 from .questions import read_question_file
 from .scoring import (AnswerLine, BenchScore, format_rows, id_key, load_json, read_answer_file, read_json_lines,
                       require_pairs)
+from .vqa_rules import RULES, normalize_vqa_answer, official_prediction, vizwiz_accuracy, vqa_accuracy, vqaeval_accuracy
 
-# --- the EvalAI answer processor (m4c_evaluator.EvalAIAnswerProcessor) ---------------------------
-
-# The table as m4c has it, oddities kept: the capitalised keys ("Im", "Ive", "Id've", "I'dve")
-# never match (words are lowercased first), and "somebody'd" maps to "somebodyd".
-CONTRACTIONS: dict[str, str] = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
-    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've",
-    "hasnt": "hasn't", "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've",
-    "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've",
-    "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've",
-    "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
-    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't",
-    "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
-    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
-    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
-    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
-    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
-    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
-    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
-    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
-    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's",
-    "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're",
-    "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
-    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
-    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
-    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
-    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
-    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
-    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
-    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll",
-    "y'allll": "y'all'll", "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
-    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're",
-    "youve": "you've",
-}
-NUMBER_MAP: dict[str, str] = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
-}
-ARTICLES = ("a", "an", "the")
-# m4c's regex, malformed as it is: "(?!<=\d)" is a lookahead for the text "<=" and a digit (never
-# there, the next character is the "."), not the lookbehind "(?<!\d)" it was meant to be. So every
-# "." not followed by a digit goes: "end." -> "end", "3." -> "3", while "3.5" and ".5" stay.
-PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-# m4c calls PERIOD_STRIP.sub("", text, re.UNICODE): the flag lands in ``count``, so at most
-# int(re.UNICODE) == 32 periods are removed.
-PERIOD_STRIP_COUNT = 32
-COMMA_STRIP = re.compile(r"(?<=\d)(\,)+(?=\d)")
-PUNCTUATIONS = (";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<",
-                "@", "`", ",", "?", "!")
-
-
-def _word_tokenize(text: str) -> str:
-    """m4c's ``word_tokenize``: lowercase, drop every "," and "?", split off "'s"."""
-    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
-
-
-def _process_punctuation(text: str) -> str:
-    """m4c's ``process_punctuation``: a punctuation mark goes (no space left) where it touches a
-    space in ``text``, or everywhere when ``text`` has a comma between digits; else it becomes a
-    space. Then the period rule (PERIOD_STRIP, at most 32 removals)."""
-    digit_comma = COMMA_STRIP.search(text) is not None
-    out = text
-    for mark in PUNCTUATIONS:
-        if mark + " " in text or " " + mark in text or digit_comma:
-            out = out.replace(mark, "")
-        else:
-            out = out.replace(mark, " ")
-    return PERIOD_STRIP.sub("", out, count=PERIOD_STRIP_COUNT)
-
-
-def _process_digit_article(text: str) -> str:
-    """m4c's ``process_digit_article``: number words to digits, articles dropped, contractions
-    restored, words joined by single spaces."""
-    words = [NUMBER_MAP.get(word, word) for word in text.lower().split()]
-    return " ".join(CONTRACTIONS.get(word, word) for word in words if word not in ARTICLES)
-
-
-def normalize_vqa_answer(text: str) -> str:
-    """An answer as EvalAI compares it (m4c's ``EvalAIAnswerProcessor.__call__``):
-    "The Two dogs." -> "2 dogs", "dont" -> "don't", "2,000" -> "2000", "x-ray" -> "x ray"."""
-    text = _word_tokenize(text)
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _process_digit_article(_process_punctuation(text))
-
-
-def vqa_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
-    """VQA soft accuracy, as m4c's ``TextVQAAccuracyEvaluator``: both sides normalised; for each
-    human answer left out in turn, min(1, matches among the others / 3); the mean of those. With
-    10 answers: 1 match -> 0.3, 2 -> 0.6, 3 -> 0.9, 4 or more -> 1."""
-    if not gt_answers:
-        raise ValueError("no ground-truth answers")
-    predicted = normalize_vqa_answer(prediction)
-    humans = [normalize_vqa_answer(a) for a in gt_answers]
-    accs = []
-    for left_out in range(len(humans)):
-        matches = sum(1 for i, a in enumerate(humans) if i != left_out and a == predicted)
-        accs.append(min(1, float(matches) / 3))
-    return sum(accs) / len(accs)
-
+#: ``masktok score vqa --vqa-rule``: the benchmark's official evaluator (masktok's default: the
+#: number EvalAI would give the upload) or LLaVA's m4c rule (the number named m4c-style).
+VQA_RULES = ("official", "m4c")
 
 # --- pairing and scoring -------------------------------------------------------------------------
 
@@ -134,6 +39,8 @@ class VqaLabel:
     shown: Any
     answers: tuple[str, ...]
     answer_type: str | None = None
+    #: each answer dict's other fields (answer_id, confidence), for vqaEval's dict equality
+    others: tuple[str, ...] | None = None
 
 
 def human_answers(raw: Any, path: Path, shown: Any) -> tuple[str, ...]:
@@ -145,10 +52,29 @@ def human_answers(raw: Any, path: Path, shown: Any) -> tuple[str, ...]:
     raise DataError(f"{path}: question {shown!r} has no list of answer strings")
 
 
+def _others(raw: Any) -> tuple[str, ...] | None:
+    """The fields besides "answer" of each answer dict (None for plain strings)."""
+    if not all(isinstance(a, dict) for a in raw):
+        return None
+    return tuple(json.dumps({k: v for k, v in a.items() if k != "answer"}, sort_keys=True) for a in raw)
+
+
+def label_accuracy(rule: str, text: str, label: VqaLabel) -> float:
+    """The accuracy of answer ``text`` on ``label`` under ``rule`` (vqa_rules.RULES)."""
+    if rule == "m4c":
+        return vqa_accuracy(text, label.answers)
+    if rule == "vqav2":
+        return vqaeval_accuracy(official_prediction(text), label.answers, label.others)
+    if rule == "vizwiz":
+        return vizwiz_accuracy(official_prediction(text), label.answers)
+    raise ValueError(f"unknown VQA rule {rule!r}")
+
+
 def score_keyed(benchmark: str, labels: dict[Any, VqaLabel], keyed: Iterable[tuple[AnswerLine, Any, Any]],
-           answers_path: Path, labels_path: Path) -> BenchScore:
-    """Score (answer, label key, id shown if unpaired) triples against ``labels``; answers are
-    summed in file order, as m4c does, then the missing ones as 0."""
+           answers_path: Path, labels_path: Path, rule: str = "m4c") -> BenchScore:
+    """Score (answer, label key, id shown if unpaired) triples against ``labels`` under ``rule``
+    (vqa_rules.RULES, named in ``extra["rule"]``); answers are summed in file order, as m4c
+    does, then the missing ones as 0."""
     answered: dict[Any, AnswerLine] = {}
     unpaired, accs = [], []
     per_type: dict[str, list[float]] = {}
@@ -161,7 +87,7 @@ def score_keyed(benchmark: str, labels: dict[Any, VqaLabel], keyed: Iterable[tup
                             f"(first on line {answered[key].number})")
         answered[key] = answer
         label = labels[key]
-        accs.append(vqa_accuracy(answer.text, label.answers))
+        accs.append(label_accuracy(rule, answer.text, label))
         if label.answer_type is not None:
             per_type.setdefault(label.answer_type, []).append(accs[-1])
     require_pairs(len(answered), answers_path, str(labels_path))
@@ -172,7 +98,7 @@ def score_keyed(benchmark: str, labels: dict[Any, VqaLabel], keyed: Iterable[tup
             per_type.setdefault(label.answer_type, []).append(0.0)
     parts = {name: {"accuracy": 100 * sum(v) / len(v), "n": len(v)} for name, v in sorted(per_type.items())}
     return BenchScore(benchmark, 100 * sum(accs) / len(accs), parts=parts, scored=len(accs),
-                      missing=[label.shown for label in missing], unpaired=unpaired)
+                      missing=[label.shown for label in missing], unpaired=unpaired, extra={"rule": RULES[rule]})
 
 
 def _vqav2_labels(annotations: list, path: Path) -> dict[str, VqaLabel]:
@@ -181,7 +107,8 @@ def _vqav2_labels(annotations: list, path: Path) -> dict[str, VqaLabel]:
         if not isinstance(row, dict) or "question_id" not in row:
             raise DataError(f"{path}: an annotation without question_id (not VQAv2 annotations)")
         qid = row["question_id"]
-        labels[id_key(qid)] = VqaLabel(qid, human_answers(row.get("answers"), path, qid), row.get("answer_type"))
+        labels[id_key(qid)] = VqaLabel(qid, human_answers(row.get("answers"), path, qid), row.get("answer_type"),
+                                       _others(row["answers"]))
     return labels
 
 
@@ -195,11 +122,15 @@ def _vizwiz_labels(rows: list, path: Path) -> dict[str, VqaLabel]:
     return labels
 
 
-def score_vqa(answers_path: Path, labels_path: Path, questions_path: Path | None = None) -> BenchScore:
+def score_vqa(answers_path: Path, labels_path: Path, questions_path: Path | None = None,
+              rule: str = "official") -> BenchScore:
     """VQA accuracy (%) against VQAv2 annotations ({"annotations": [...]}, paired by question_id)
     or VizWiz annotations (a list of {"image", "answers", ...}, paired by image: answer
     question_id -> image through ``questions_path``, LLaVA's question jsonl, required there).
-    Given a question file, only the labels of its questions are scored. parts: per answer_type."""
+    Given a question file, only the labels of its questions are scored. parts: per answer_type.
+    ``rule``: "official" (that benchmark's evaluator) or "m4c" (see the module docstring)."""
+    if rule not in VQA_RULES:
+        raise DataError(f"--vqa-rule {rule!r}: one of {', '.join(VQA_RULES)}")
     data = load_json(labels_path)
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
         benchmark, labels = "vqav2", _vqav2_labels(data["annotations"], labels_path)
@@ -223,7 +154,8 @@ def score_vqa(answers_path: Path, labels_path: Path, questions_path: Path | None
         keyed = [(a, id_key(a.question_id), a.question_id) for a in answers]
     else:
         keyed = [(a, question_of.get(id_key(a.question_id)), a.question_id) for a in answers]
-    return score_keyed(benchmark, labels, keyed, answers_path, labels_path)
+    return score_keyed(benchmark, labels, keyed, answers_path, labels_path,
+                       benchmark if rule == "official" else "m4c")
 
 
 # --- submissions ---------------------------------------------------------------------------------
@@ -247,28 +179,40 @@ def _write_submission(entries: list[dict[str, Any]], out_path: Path) -> None:
     out_path.write_text(json.dumps(entries), encoding="utf-8")
 
 
-def _write_upload(answers_path: Path, questions_path: Path, out_path: Path, key: str) -> tuple[int, int]:
+def _write_upload(answers_path: Path, questions_path: Path, out_path: Path, key: str,
+                  split_path: Path | None = None) -> tuple[int, int]:
     """One ``{key: <the question's key>, "answer": normalised text}`` per question of a LLaVA
-    question file, in its order, "" where it has no answer; (written, missing). DataError when
-    no answer is of these questions."""
+    question file, in its order, "" where it has no answer; (written, missing): the questions
+    without an answer, of the split file ``split_path`` when given (every one of its questions
+    must be in the question file). DataError when no answer is of these questions."""
     texts = _answers_by_id(answers_path)
-    entries, missing = [], 0
-    for q in read_question_file(questions_path).questions:
-        text = texts.get(id_key(q.question_id))
-        missing += text is None
-        entries.append({key: q.question_id if key == "question_id" else q.image,
-                        "answer": "" if text is None else normalize_vqa_answer(text)})
-    require_pairs(len(entries) - missing, answers_path, str(questions_path))
+    questions = read_question_file(questions_path).questions
+    entries = [{key: q.question_id if key == "question_id" else q.image,
+                "answer": normalize_vqa_answer(texts[id_key(q.question_id)]) if id_key(q.question_id) in texts else ""}
+               for q in questions]
+    require_pairs(sum(id_key(q.question_id) in texts for q in questions), answers_path, str(questions_path))
+    needed = questions
+    if split_path is not None:
+        needed = read_question_file(split_path).questions
+        known = {id_key(q.question_id) for q in questions}
+        stray = next((q.question_id for q in needed if id_key(q.question_id) not in known), None)
+        if stray is not None:
+            raise DataError(f"{split_path}: question {stray!r} is not in {questions_path} (--split must be a "
+                            "subset of --questions: test-dev of test2015)")
     _write_submission(entries, out_path)
-    return len(entries), missing
+    return len(entries), sum(id_key(q.question_id) not in texts for q in needed)
 
 
-def write_vqav2_submission(answers_path: Path, test_questions_path: Path, out_path: Path) -> tuple[int, int]:
+def write_vqav2_submission(answers_path: Path, test_questions_path: Path, out_path: Path,
+                           split_path: Path | None = None) -> tuple[int, int]:
     """The VQAv2 test-dev/test upload, as LLaVA's convert_vqav2_for_submission.py: one
     {"question_id", "answer"} per question of ``test_questions_path``
-    (``llava_vqav2_mscoco_test2015.jsonl``), in its order, answers normalised, "" where there is
-    none. Returns (written, missing); DataError when no answer is of these questions."""
-    return _write_upload(answers_path, test_questions_path, out_path, "question_id")
+    (``llava_vqav2_mscoco_test2015.jsonl``, every id EvalAI takes), in its order, answers
+    normalised, "" where there is none. Returns (written, missing), missing counted over the
+    questions of ``split_path`` (the split uploaded: ``llava_vqav2_mscoco_test-dev2015.jsonl``
+    for test-dev, the test2015 file for test-std), all of them by default; DataError when no
+    answer is of these questions."""
+    return _write_upload(answers_path, test_questions_path, out_path, "question_id", split_path)
 
 
 def write_vizwiz_submission(answers_path: Path, questions_path: Path, out_path: Path) -> tuple[int, int]:
@@ -283,7 +227,8 @@ def format_vqa_table(score: BenchScore) -> str:
     """The overall accuracy and one row per answer type: questions and accuracy in %."""
     rows = [("answer type", "n", "acc%"), (f"{score.benchmark} (all)", str(score.scored), _pct(score.score))]
     rows += [(name, str(part["n"]), _pct(part["accuracy"])) for name, part in score.parts.items()]
-    return format_rows(rows)
+    table = format_rows(rows)
+    return table + (f"\nrule: {score.extra['rule']}" if "rule" in score.extra else "")
 
 
 def _pct(value: float | None) -> str:
@@ -292,19 +237,28 @@ def _pct(value: float | None) -> str:
 
 def _upload(write: Any) -> Any:
     """An upload writer as the registry calls it: (rows, missing, unpaired)."""
-    return lambda answers, questions, out: (*write(answers, questions, out), 0)
+    return lambda answers, questions, out, *split: (*write(answers, questions, out, *split), 0)
 
 
 ENTRIES = (
-    Benchmark("vqa", "VQA", "VQAv2 or VizWiz on val: VQA accuracy (%) with the EvalAI answer normalisation.",
-              lambda answers, labels, questions: score_vqa(answers, labels[0], questions), format_vqa_table,
+    Benchmark("vqa", "VQA", "VQAv2 or VizWiz on val: VQA accuracy (%) by the benchmark's official "
+                                   "evaluator on the answer as uploaded (--vqa-rule m4c: LLaVA's m4c rule).",
+              lambda answers, labels, questions, rule: score_vqa(answers, labels[0], questions, rule),
+              format_vqa_table,
               labels=Input("required", "VQAv2 val annotations (v2_mscoco_val2014_annotations.json) or VizWiz's "
                                        "val.json."),
               questions=Input("optional", "LLaVA's question file (VizWiz: maps question ids to image names)."),
-              paper_key=lambda result: result.benchmark),  # "vqav2" or "vizwiz", by the labels
+              paper_key=lambda result: result.benchmark,  # "vqav2" or "vizwiz", by the labels
+              settings=(Setting("--vqa-rule", "rule", VQA_RULES, "official",
+                                "official: VQAv2's vqaEval.py or VizWiz's evaluator on the answer as uploaded "
+                                "(human answers processed only when they disagree; VizWiz's raw); m4c: LLaVA's "
+                                "m4c_evaluator.py, both sides normalised."),)),
     Submission("vqav2", "VQAv2 test-dev/test for EvalAI, as LLaVA's convert_vqav2_for_submission.py.",
                "The JSON to upload to EvalAI.", _upload(write_vqav2_submission),
-               Input("required", "LLaVA's llava_vqav2_mscoco_test2015.jsonl (every test2015 question id).")),
+               Input("required", "LLaVA's llava_vqav2_mscoco_test2015.jsonl (every test2015 question id)."),
+               split=Input("required", "The split uploaded, whose questions need an answer: LLaVA's "
+                                       "llava_vqav2_mscoco_test-dev2015.jsonl (test-dev), or the test2015 file "
+                                       "(test-std).")),
     Submission("vizwiz", "VizWiz test for EvalAI, as LLaVA's convert_vizwiz_for_submission.py.",
                "The JSON to upload to EvalAI.", _upload(write_vizwiz_submission),
                Input("required", "LLaVA's vizwiz llava_test.jsonl.")),

@@ -126,22 +126,53 @@ def test_all_copies_right_scores_full_marks(tmp_path: Path):
     assert score_mmbench(write_answers(tmp_path / "b.jsonl", [(1, "A"), (1000001, "A")]), labels).score == 0.0
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("A", "A"),                           # a bare letter
-    ("B. dog", "B"),                      # letter then its text
-    ("(B)", "B"),                         # brackets read as spaces
-    ("dog", "B"),                         # the option's text alone (can_infer_text)
-    ("Dog", "B"),                         # text match is case-insensitive
-    ("A or B", None),                     # two letters: no option
-    ("cat and dog", None),                # two options' texts: no option
-    ("a", None),                          # letters are case-sensitive
-    ("B is right since the dog barks at all of us", None),  # letter not in the last 4 words; too long for text
-    ("The correct answer is **B**, since the dog barks at us all", "B"),  # "answer is X"
-    ("Cannot determine the answer", "Z"),  # a refusal names no option (counts wrong)
-    ("Z", "Z"),
+@pytest.mark.parametrize("text, rules_2023, rules_2025", [
+    ("A", "A", "A"),                         # a bare letter
+    ("B. dog", "B", "B"),                    # letter then its text
+    ("(B)", "B", "B"),                       # brackets read as spaces
+    ("dog", "B", "B"),                       # the option's text alone (can_infer_text)
+    ("Dog", "B", "B"),                       # text match is case-insensitive
+    ("A or B", None, None),                  # two letters: no option
+    ("cat and dog", None, None),             # two options' texts: no option
+    ("a", None, None),                       # letters are case-sensitive
+    # the issue's minimal input: 2023 reads the lone letter anywhere; 2025 wants it among the
+    # last four words and refuses a text match over twice the options' length (36 > 12)
+    ("B. The animal in the picture is a dog", "B", None),
+    ("B is right since the dog barks at all of us", "B", None),
+    ("B. The animal in the picture barks", "B", None),  # the letter rule alone (no option text inside)
+    ("The correct answer is **B**, since the dog barks at us all", "B", "B"),  # 2025: by "answer is X"
+    ("it is surely a dog, I am sure of that, no doubt", "B", None),  # text match, no length cap in 2023
+    ("Cannot determine the answer", "Z", "Z"),  # a refusal names no option (counts wrong)
+    ("Z", "Z", "Z"),
 ])
-def test_can_infer_reads_options_like_vlmevalkit(text, expected):
-    assert can_infer(text, {"A": "cat", "B": "dog"}) == expected
+def test_can_infer_reads_options_like_vlmevalkit_of_2023_and_of_2025(text, rules_2023, rules_2025):
+    assert can_infer(text, {"A": "cat", "B": "dog"}, "2023") == rules_2023
+    assert can_infer(text, {"A": "cat", "B": "dog"}, "2025") == rules_2025
+
+
+def test_the_default_rules_are_2023_and_the_score_says_which_it_used_with_the_unparsable_share(tmp_path: Path):
+    """Q1's two copies answered in sentences: 2023 reads both (100%), 2025 neither (0%, 2 of 2
+    answers unparsable). The table and JSON name the rules; --mmbench-rules picks them."""
+    from click.testing import CliRunner
+
+    from masktok.cli.score import score
+
+    labels = write_tsv(tmp_path / "l.tsv", ROWS[:2])
+    answers = write_answers(tmp_path / "a.jsonl", [(1, "A. The animal in the picture purrs"),
+                                                   (1000001, "B. The animal in the picture purrs")])
+    default, strict = score_mmbench(answers, labels), score_mmbench(answers, labels, "2025")
+    assert (default.extra["rules"], default.score, default.extra["unparsable"]) == ("2023", 100.0, 0)
+    assert (strict.extra["rules"], strict.score, strict.extra["unparsable"]) == ("2025", 0.0, 2)
+    assert strict.extra["unparsable_share"] == 100.0
+    assert "unparsable: 2 of 2 answers (100.0%), counted wrong; options read with the 2025 rules" in \
+        format_mmbench_table(strict)
+    result = CliRunner().invoke(score, ["mmbench", "--answers", str(answers), "--labels", str(labels),
+                                        "--mmbench-rules", "2025", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert (out["rules"], out["score"], out["unparsable"]) == ("2025", 0.0, 2)
+    shown = CliRunner().invoke(score, ["mmbench", "--answers", str(answers), "--labels", str(labels)])
+    assert "100.00" in shown.stdout and "with the 2023 rules" in shown.stdout
 
 
 def test_can_infer_text_needs_exactly_one_option_inside():
@@ -221,9 +252,31 @@ def test_submission_is_llavas_upload_readable_by_pandas(tmp_path: Path, bench):
 def test_mmvet_results_file_is_llavas(tmp_path: Path):
     answers = write_answers(tmp_path / "mmvet.jsonl", [(0, "x = 3"), (2, "It says \"stop\"."), (1, "é")])
     out = tmp_path / "results" / "model.json"
-    written = write_mmvet_submission(answers, out)
-    assert list(written) == ["v1_0", "v1_2", "v1_1"]  # answer-file order
+    written, missing, unpaired = write_mmvet_submission(answers, out)
+    assert list(written) == ["v1_0", "v1_2", "v1_1"] and missing == unpaired == []  # answer-file order
     assert json.loads(out.read_text()) == {"v1_0": "x = 3", "v1_2": 'It says "stop".', "v1_1": "é"}
     assert out.read_text() == json.dumps(written, indent=2)  # json.dump(..., indent=2), ASCII escapes
     with pytest.raises(DataError, match="second answer"):
         write_mmvet_submission(write_answers(tmp_path / "twice.jsonl", [(0, "a"), (0, "b")]), out)
+
+
+def test_the_sweep_passes_mmbench_rules_and_warns_of_unparsable_answers(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from masktok.cli.score import score
+
+    labels = write_tsv(tmp_path / "l.tsv", ROWS[:2])
+    spec = "cls,patch:9,obj:5"
+    answers = tmp_path / f"{spec}.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": q, "prompt": "p", "text": t,
+                                           "metadata": {"tokens": spec, "visual_tokens": 15}}) + "\n"
+                               for q, t in [(1, "A. It purrs at us all"), (1000001, "B. It purrs at us all")]))
+    args = ["sweep", f"mmbench={answers}", "--labels", str(labels), "--json"]
+    default = CliRunner().invoke(score, args)
+    strict = CliRunner().invoke(score, args + ["--mmbench-rules", "2025"])
+    assert default.exit_code == 0 and strict.exit_code == 0, default.output + strict.output
+    assert [(p["rules"], p["score"]) for p in json.loads(default.stdout)["points"]] == [("2023", 100.0)]
+    assert [(p["rules"], p["score"]) for p in json.loads(strict.stdout)["points"]] == [("2025", 0.0)]
+    assert "2 answer(s) name no option" in strict.stderr and "2025 rules" in strict.stderr
+    table = CliRunner().invoke(score, args[:-1] + ["--mmbench-rules", "2025"])
+    assert "rules: --mmbench-rules 2025" in table.stdout.splitlines()

@@ -219,17 +219,19 @@ def test_cli_sweep_table_has_a_row_per_spec_and_a_column_per_benchmark(tmp_path:
                                         "--questions", f"sqa={sqa_questions}", "--plot", str(plot)])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["tokens", "spec", "paper", "SQA-IMG", "POPE"]
+    assert lines[0].split() == ["tokens", "spec", "paper", "SQA-IMG", "POPE", "TFLOP", "q/s"]
     rows = [line.split() for line in lines[1:3]]
     # cls,patch:36,obj:101: POPE files mean 135, SQA file mean 70 -> 102.5 over the two files; the
-    # filtered objects are not the paper's 138 (that is obj:101:all), cls,patch:9,obj:5 is its 15
-    assert rows == [["102.5", "cls,patch:36,obj:101", "-", "100.0", "100.0"],
-                    ["15", "cls,patch:9,obj:5", "15", "-", "66.7"]]
+    # filtered objects are not the paper's 138 (that is obj:101:all), cls,patch:9,obj:5 is its 15.
+    # TFLOP without prompt_tokens: visual only (*), 2 x 6.607e9 x (135 + 70) / 2 = 1.35; x 15 = 0.20
+    assert rows == [["102.5", "cls,patch:36,obj:101", "-", "100.0", "100.0", "1.35*", "not", "recorded"],
+                    ["15", "cls,patch:9,obj:5", "15", "-", "66.7", "0.20*", "not", "recorded"]]
+    assert lines[3].startswith("* visual tokens only") and "Vicuna-7B" in lines[4]
     # under it, the paper's figure of the one matching point: Table 1, 15 tokens, POPE 82.1
-    assert lines[4] == "the paper's figures (Mask-LLaVA-7B); diff = masktok - paper"
-    assert lines[5].split() == ["tokens", "spec", "benchmark", "masktok", "paper", "diff", "source"]
-    assert lines[6].split() == ["15", "cls,patch:9,obj:5", "pope", "66.7", "82.1", "-15.4", "Table", "1"]
-    assert len(lines) == 7
+    assert lines[6] == "the paper's figures (Mask-LLaVA-7B); diff = masktok - paper"
+    assert lines[7].split() == ["tokens", "spec", "benchmark", "masktok", "paper", "diff", "source"]
+    assert lines[8].split() == ["15", "cls,patch:9,obj:5", "pope", "66.7", "82.1", "-15.4", "Table", "1"]
+    assert len(lines) == 9
     for name in ("sweep-pope.png", "sweep-sqa.png"):
         data = (tmp_path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -244,6 +246,43 @@ def test_cli_sweep_json_parses(tmp_path: Path) -> None:
     assert points[1]["parts"]["overall"]["tp"] == 2 and points[0]["parts"]["overall"]["fp"] == 2
     assert points[0]["paper"] == {"figure": 82.1, "table": "Table 1", "difference": pytest.approx(200 / 3 - 82.1)}
     assert points[1]["paper"] is None  # the filtered composition is none of the paper's settings
+
+
+def test_sweep_shows_prefill_tflop_of_the_prompt_and_the_measured_rate_of_run_json(tmp_path: Path) -> None:
+    """The 15-token file records prompt_tokens (100 each) and has a run.json (8 questions in
+    4 s); the 135-token one neither: its row counts visual tokens only and says "not recorded"."""
+    labels, big, small = sweep_files(tmp_path)
+    rows = [json.loads(line) for line in small.read_text().splitlines()]
+    write_jsonl(small, [{**r, "metadata": {**r["metadata"], "prompt_tokens": 100}} for r in rows])
+    (tmp_path / "cls,patch:9,obj:5.run.json").write_text(json.dumps(
+        {"questions": 8, "seconds": 4.0, "questions_per_s": 2.0, "device": "cpu", "dtype": "float32"}))
+    config = tmp_path / "config.json"  # a 1-layer Llama: 2 x 8 x 8 (q, o) + 2 x 8 x 4 (k, v: 2 of 4 heads)
+    config.write_text(json.dumps({"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+                                  "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 10}))
+    n = (2 * 64 + 2 * 32) + 3 * 8 * 16 + 2 * 8 + 8 + 10 * 8  # + MLP + 2 norms, final norm, LM head = 688
+    result = CliRunner().invoke(score, ["sweep", f"pope={big}", f"pope={small}", "--labels", str(labels),
+                                        "--lm-config", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["lm"]["prefill_parameters"] == n
+    small_point, big_point = out["points"]
+    assert small_point["prefill_tflop"] == pytest.approx(2 * n * 100 / 1e12)
+    assert (small_point["prefill_tokens"], small_point["questions_per_s"]) == ("prompt", 2.0)
+    assert small_point["run"]["device"] == "cpu"
+    assert big_point["prefill_tflop"] == pytest.approx(2 * n * 135 / 1e12)
+    assert (big_point["prefill_tokens"], big_point["questions_per_s"], big_point["run"]) == ("visual", None, None)
+    table = CliRunner().invoke(score, ["sweep", f"pope={big}", f"pope={small}", "--labels", str(labels)])
+    assert table.exit_code == 0, table.output
+    by_spec = {line.split()[1]: line.split()[-3:] for line in table.stdout.splitlines()[1:3]}
+    # 7B: 2 x 6,607,343,616 x 100 = 1.32 TFLOP; 8 questions / 4 s
+    assert by_spec == {"cls,patch:9,obj:5": ["66.7", "1.32", "2.0"], "cls,patch:36,obj:101": ["1.78*", "not", "recorded"]}
+
+
+def test_a_run_json_without_a_rate_is_one_line(tmp_path: Path) -> None:
+    labels, _, small = sweep_files(tmp_path)
+    (tmp_path / "cls,patch:9,obj:5.run.json").write_text(json.dumps({"questions": 8}))
+    result = CliRunner().invoke(score, ["sweep", f"pope={small}", "--labels", str(labels)])
+    assert result.exit_code == 1 and "run.json: no numeric questions_per_s" in result.stderr
 
 
 def test_the_sweep_shows_the_13b_figures_of_table_4_and_the_paper_s_138(tmp_path: Path) -> None:
@@ -328,8 +367,9 @@ def test_the_vqa_column_is_vqav2_or_vizwiz_by_its_labels(tmp_path: Path) -> None
     """`vqa` scores VQAv2 and VizWiz; the paper's figure is chosen by the labels it scored."""
     spec = "cls,patch:36,obj:20"  # the paper's 57
     labels = tmp_path / "v2_mscoco_val2014_annotations.json"
-    labels.write_text(json.dumps({"annotations": [{"question_id": q, "answers": [{"answer": "cat"}] * 10}
-                                                  for q in (1, 2)]}))
+    # answer dicts with VQAv2's distinct answer_ids (vqaEval leaves equal dicts out together)
+    labels.write_text(json.dumps({"annotations": [
+        {"question_id": q, "answers": [{"answer": "cat", "answer_id": i} for i in range(1, 11)]} for q in (1, 2)]}))
     answers = write_jsonl(tmp_path / f"{spec}.jsonl", [answer(1, "cat", None, 57, spec), answer(2, "dog", None, 57, spec)])
     (point,) = sweep([("vqa", answers)], {"vqa": [labels]}, {})
     assert point.result.score == 50.0 and (point.paper.value, point.paper.table) == (74.8, "Table 1")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from masktok.evaluate.textvqa import score_textvqa, textvqa_question
-from masktok.evaluate.vqa import (_process_punctuation, format_vqa_table, normalize_vqa_answer,
-                                  score_vqa, vqa_accuracy, write_vizwiz_submission,
-                                  write_vqav2_submission)
+from masktok.evaluate.vqa import (format_vqa_table, normalize_vqa_answer, score_vqa, vqa_accuracy,
+                                  write_vizwiz_submission, write_vqav2_submission)
+from masktok.evaluate.vqa_rules import VIZWIZ_CONTRACTIONS, _process_punctuation, vizwiz_accuracy, vqaeval_accuracy
 from masktok.schemas.errors import DataError
 
 INSTRUCTION = "Answer the question using a single word or phrase."
@@ -243,6 +243,63 @@ def test_annotations_of_unknown_format_are_an_error(tmp_path):
 def test_vqa_answers_of_another_question_set_are_an_error(tmp_path):
     with pytest.raises(DataError, match="pairs with"):
         score_vqa(write_jsonl(tmp_path / "a.jsonl", [answer(500, "x")]), vqav2_labels(tmp_path))
+
+
+# --- the official rules (vqa_rules.py) against m4c ----------------------------------------------
+
+def _vqav2_one(tmp_path: Path, humans: list[str]) -> Path:
+    return write_json(tmp_path / "v2_mscoco_val2014_annotations.json",
+                      {"annotations": [{"question_id": 1, "answer_type": "other", "answers": vqa_answers(*humans)}]})
+
+
+def _vizwiz_one(tmp_path: Path, humans: list[str]) -> tuple[Path, Path]:
+    val = [{"image": "VizWiz_val_0.jpg", "answer_type": "other", "answerable": 1,
+            "answers": [{"answer": h, "answer_confidence": "yes"} for h in humans]}]
+    questions = [{"question_id": 1, "image": "VizWiz_val_0.jpg", "text": "What is it?"}]
+    return write_json(tmp_path / "val.json", val), write_jsonl(tmp_path / "q.jsonl", questions)
+
+
+@pytest.mark.parametrize("benchmark", ["vqav2", "vizwiz"])
+def test_womens_against_ten_womens_is_0_officially_and_1_m4c_style(tmp_path, benchmark):
+    """The issue's minimal input: the upload holds "women 's" (EvalAI's processor splits "'s"),
+    the official evaluators compare it with the ten raw "women's" (they agree: vqaEval leaves
+    them as they are; VizWiz's never processes them): 0.00. m4c normalises both sides: 1.00."""
+    answers = write_jsonl(tmp_path / "a.jsonl", [answer(1, "women's")])
+    if benchmark == "vqav2":
+        labels, questions = _vqav2_one(tmp_path, ["women's"] * 10), None
+    else:
+        labels, questions = _vizwiz_one(tmp_path, ["women's"] * 10)
+    official = score_vqa(answers, labels, questions)
+    m4c = score_vqa(answers, labels, questions, "m4c")
+    assert (official.benchmark, official.score, m4c.score) == (benchmark, 0.0, 100.0)
+    assert official.extra["rule"].startswith("official") and m4c.extra["rule"].startswith("m4c")
+    assert "rule: official" in format_vqa_table(official)
+
+
+def test_vqaeval_processes_human_answers_only_when_they_disagree_and_vizwiz_never(tmp_path):
+    """ "T-shirt" is uploaded as "t shirt". Ten "t-shirt": kept raw by both evaluators, 0. Five
+    "t-shirt" and five "shirt": vqaEval processes them ("t shirt", 5 matches: 1.0); VizWiz
+    keeps them raw: 0."""
+    answers = write_jsonl(tmp_path / "a.jsonl", [answer(1, "T-shirt")])
+    assert score_vqa(answers, _vqav2_one(tmp_path, ["t-shirt"] * 10)).score == 0.0
+    assert score_vqa(answers, _vqav2_one(tmp_path, ["t-shirt"] * 5 + ["shirt"] * 5)).score == 100.0
+    assert score_vqa(answers, *_vizwiz_one(tmp_path, ["t-shirt"] * 5 + ["shirt"] * 5)).score == 0.0
+    assert score_vqa(answers, *_vizwiz_one(tmp_path, ["t shirt"] * 5 + ["shirt"] * 5)).score == 100.0
+
+
+def test_vqaeval_leaves_out_equal_answer_dicts_together():
+    """vqaEval leaves out each answer dict by equality: without answer_ids, the three equal "red"
+    dicts leave together (0 matches left for each), each "blue" one leaves 3: 7 x 1 / 10 = 0.7.
+    With distinct ids (VQAv2's) it is m4c's positional mean: (3 x 2/3 + 7) / 10 = 0.9."""
+    humans = ["red"] * 3 + ["blue"] * 7
+    assert vqaeval_accuracy("red", humans, ['{"answer_confidence": "yes"}'] * 10) == pytest.approx(0.7)
+    assert vqaeval_accuracy("red", humans, [str(i) for i in range(10)]) == pytest.approx(0.9)
+
+
+def test_vizwiz_contractions_write_the_curly_apostrophe():
+    assert VIZWIZ_CONTRACTIONS["dont"] == "don’t" and VIZWIZ_CONTRACTIONS["cant"] == "can't"
+    assert VIZWIZ_CONTRACTIONS["couldn'tve"] == "couldn’t’ve" and "hed’ve" in VIZWIZ_CONTRACTIONS
+    assert vizwiz_accuracy("dont", ["don’t"] * 10) == 1.0 and vizwiz_accuracy("dont", ["don't"] * 10) == 0.0
 
 
 # --- submissions ---------------------------------------------------------------------------------

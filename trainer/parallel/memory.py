@@ -29,14 +29,10 @@ from typing import Any
 
 from torch import nn
 
+from ...schemas.lm_shapes import VICUNA_7B, VICUNA_13B  # noqa: F401 (the paper's LMs, re-exported)
+
 GiB = 2**30
 
-# Vicuna-7B v1.5 = LLaMA-2-7B's shapes (config.json of lmsys/vicuna-7b-v1.5)
-VICUNA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                 tie_word_embeddings=False)
-VICUNA_13B = dict(VICUNA_7B, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                  num_attention_heads=40, num_key_value_heads=40)
 # the cache's widths with CLIP ViT-L/14-336: patch tokens 1024 wide, global/object tokens 768
 VIT_L_DIMS = {"C": 1024, "D": 768}
 
