@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..schemas.failures import DEVICE_MEMORY, HOST_MEMORY, RESOURCE, kind_of, resource_of
+from ..schemas.failures import DEVICE_MEMORY, HOST_MEMORY, RESOURCE, TIME, kind_of, resource_of
 from ..schemas.spec import JobSpec
 from ..stages.topology import Group, topology
 
@@ -58,7 +58,12 @@ def retry_advice(jobdir: str, spec: JobSpec, failures: Iterable[Mapping[str, Any
         return None
     settings = list(dict.fromkeys(s for f in resource for s in more_room(spec, f)))
     command = " ".join(["masktok run", str(jobdir), "--retry-failed", *(f"--set {s}" for s in settings)])
-    room = "" if settings else " (no setting of the spec gives them more room: run it where there is more)"
+    if settings:
+        room = ""
+    elif all(resource_of(f) == TIME for f in resource):
+        room = " (they timed out: running again is the retry)"
+    else:
+        room = " (no setting of the spec gives their stage more room: run it on a machine with more memory)"
     what = sorted({resource_of(f) or "resources" for f in resource})
     return (f"{len(resource)} image(s) failed for lack of {', '.join(what)}, not for being bad: "
             f"`{command}` redoes them{room}")

@@ -48,7 +48,7 @@ def count_by_kind(failures: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 def resource_reason(resource: str, detail: str) -> str:
     """The reason of a resource failure: what ran out, then the exception's line."""
-    return f"out of {resource} (alone in a batch, after the retries): {detail}"
+    return f"out of {resource} (alone in a batch): {detail}"
 
 
 def resource_of(failure: Mapping[str, Any]) -> str | None:
