@@ -220,7 +220,7 @@ def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str,
         if lock.took_over:
             echo(f"took over the lock of a dead run (pid {lock.took_over.get('pid')})")
         sweep_temp_files(jd.wds, jd.commits)  # left by a writer killed mid-write
-        return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, echo)
+        return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, echo, lock.run)
 
 
 def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int,
@@ -262,7 +262,7 @@ def _model_load_error(exc: BaseException) -> str | None:
 
 
 def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | None, retry_failed: bool,
-                progress: bool, echo: Callable[[str], None]) -> RunSummary:
+                progress: bool, echo: Callable[[str], None], run: str | None = None) -> RunSummary:
     manifest = read_manifest(jd.manifest, columns=["index", "image_id", "path", "shard"]).to_pydict()
     rows, size = len(manifest["index"]), spec.shards.size
     shards = -(-rows // size)
@@ -293,7 +293,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     t0 = time.perf_counter()
     try:
         check_gpus_fit(groups, ray.cluster_resources().get("GPU", 0.0))
-        pool = WriterPool(jd, spec, meta, rows, dims)
+        pool = WriterPool(jd, spec, meta, rows, dims, run)  # run: the lock's id, the writers' fence
         ds = build_dataset(spec, groups, items, spec.corpus.image_root, checkpoints, writers=tuple(pool.names))
         with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
             def show(books: Books) -> None:
