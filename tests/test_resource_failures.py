@@ -139,8 +139,15 @@ def test_retry_failed_with_the_named_settings_redoes_the_resource_failure(exhaus
     assert open_zarr(job.tokens, mode="r")["status"][row] == 1
 
 
-def test_a_failure_recorded_before_kinds_reads_as_the_images_fault():
-    assert kind_of({"stage": "decode", "reason": "truncated"}) == IMAGE
+def test_a_failure_recorded_before_kinds_reads_as_the_images_fault(tmp_path):
+    """Commits written before kinds existed: counted and listed as the image's fault."""
+    from masktok.schemas.failures import count_by_kind
+
+    old = {"index": 1, "image_id": "b.jpg", "stage": "decode", "reason": "truncated"}
+    assert count_by_kind([old]) == {IMAGE: 1, RESOURCE: 0}
+    jd = JobDir(tmp_path)
+    write_failures(jd, {0: {"failures": [old]}})
+    assert pq.read_table(jd.failures).to_pylist() == [{**old, "shard": 0, "kind": IMAGE}]
 
 
 def test_host_memory_exhausted_while_decoding_one_image_is_a_resource_failure(job_corpus, monkeypatch):
