@@ -37,7 +37,7 @@ def fail(item: Item, stage: str, reason: str, kind: str = IMAGE) -> Item:
 def out_of_memory(exc: BaseException) -> bool:
     """Running out of (GPU or host) memory: a property of how many images a call holds, not of
     an image: stages/chain.call_stage retries smaller batches, and records an image that
-    alone still runs out as a resource failure (:func:`fail_for_resource`). torch is looked
+    alone still runs out as a resource failure (:func:`fail_for`). torch is looked
     up only if the process imported it (a decode actor never loads torch)."""
     return _memory(exc) is not None
 
