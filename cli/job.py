@@ -88,6 +88,8 @@ def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry
     summary = run_job(JobDir(jobdir), ray_address=ray_address, overrides=overrides, retry_failed=retry_failed,
                       progress=not quiet, echo=click.echo)
     click.echo(summary.line())
+    if summary.retry_advice:
+        click.echo(summary.retry_advice)
     if summary.images_failed:
         click.echo(f"failed images are listed in {jobdir / 'failures.parquet'} (retry: --retry-failed)")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -75,13 +76,22 @@ def shard_timing(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int, items: list[dict[str, Any]],
                 dims: TokenDims, fingerprint: str, webdataset: bool = True, rle_masks: bool = False,
-                manifest_digest: str | None = None) -> Commit:
-    """Write one finished shard to both sinks, then commit it. Returns the commit record."""
+                manifest_digest: str | None = None, fence: Callable[[], None] | None = None) -> Commit:
+    """Write one finished shard to both sinks, then commit it. Returns the commit record.
+
+    ``fence``, if given, is called right before each of the three writes (the Zarr rows, the
+    tar, the commit) and raises to stop a writer whose run no longer holds the job
+    (pipeline/lock.check_holder): a writer paused for longer than its run's hold on the job
+    writes nothing after another run has taken the job over. What it cannot stop is the one
+    write under way when it was paused (a check passed, the write not yet done)."""
+    fence = fence or (lambda: None)
     rows = shard_rows(items, start, end, dims, store_version(group), store_patch_grid(group))
+    fence()
     sums = write_zarr_rows(group, start, rows, flush=lambda names: _fsync_chunks(jd.tokens, shard, names))
     tar = None
     if webdataset:
         data = encode_wds_shard(items, start, rows, rle_masks)
+        fence()
         write_atomic(jd.wds_path(shard), data)
         fsync_dir(jd.wds)
         tar = {"file": jd.wds_path(shard).name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -93,6 +103,7 @@ def write_shard(jd: JobDir, group: zarr.Group, shard: int, start: int, end: int,
         "failures": failures, "zarr": sums, "wds": tar, **shard_timing(items),
         "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    fence()
     write_atomic(jd.commit_path(shard), json.dumps(commit, indent=1).encode())
     fsync_dir(jd.commits)
     return commit

@@ -17,6 +17,12 @@ host, pid not running) or has not renewed it for ``LEASE_S`` seconds, by a PUT t
 succeeds only if the object is still the one it read (``If-Match`` its ETag: of two
 drivers taking over at once, one wins). Where the store cannot do that, the run refuses and
 says which object to delete.
+
+Each taking of the lock writes a new ``run`` id into it (the fencing token): a run's shard
+writers check that the lock still names their run before each write of a shard
+(:func:`check_holder`), so a writer of a run presumed dead that is not (a paused process, a
+partitioned node, a driver whose lease ran out) stops, writing nothing more, once another
+run has taken the job over (pipeline/writers.py).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import logging
 import os
 import socket
 import threading
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,9 +49,13 @@ LEASE_S = 60.0
 RENEW_S = 15.0
 
 
+class StaleRun(RuntimeError):
+    """A writer's run no longer holds the job: another run has taken it over."""
+
+
 def _me() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(),
-            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run": uuid.uuid4().hex}
 
 
 def _describe(owner: dict[str, Any]) -> str:
@@ -74,10 +85,24 @@ def lock_holder(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def check_holder(path: Path, run: str) -> None:
+    """Raise :class:`StaleRun` unless the lock ``path`` still names ``run`` (whoever holds it,
+    dead or alive: a run is fenced off as soon as another has written its own id there)."""
+    if is_remote(path):
+        held = _read_lock_object(path)
+        owner = held[0] if held else {}
+    else:
+        owner = _owner(path) if path.exists() else {}
+    if owner.get("run") != run:
+        who = f"run {owner['run'][:8]}, {_describe(owner)}" if owner.get("run") else "no run"
+        raise StaleRun(f"the job's lock now names {who}, not this run ({run[:8]}): another run took the job over")
+
+
 def run_lock(path: Path) -> "FileLock | ObjectLock":
     """The run lock of the job whose ``run.lock`` is ``path``: an :class:`ObjectLock` on object
     storage, a :class:`FileLock` (flock) on a file system. Both are context managers with
-    ``acquire``, ``release`` and ``took_over`` (the owner a dead run left behind)."""
+    ``acquire``, ``release``, ``took_over`` (the owner a dead run left behind) and ``run``
+    (this run's id in the lock, once acquired: :func:`check_holder`)."""
     return ObjectLock(path) if is_remote(path) else FileLock(path)
 
 
@@ -87,6 +112,7 @@ class FileLock:
     def __init__(self, path: Path):
         self.path = path
         self.took_over: dict[str, Any] | None = None  # owner left behind by a dead run
+        self.run: str | None = None
         self._fh = None
 
     def acquire(self) -> "FileLock":
@@ -98,9 +124,11 @@ class FileLock:
             owner = _owner(self.path)
             raise LockedError(f"{self.path.parent} is already being run ({_describe(owner)})") from None
         self.took_over = _owner(self.path) or None
+        me = _me()
+        self.run = me["run"]
         fh.seek(0)
         fh.truncate()
-        fh.write(json.dumps(_me()))
+        fh.write(json.dumps(me))
         fh.flush()
         self._fh = fh
         return self
@@ -171,6 +199,10 @@ class ObjectLock:
         body = json.dumps({**self._owner, "renewed": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         out = self.path.fs.pipe_file(self.path.path, body.encode(), **condition)
         self._etag = out.get("ETag") if isinstance(out, dict) else None
+
+    @property
+    def run(self) -> str | None:
+        return self._owner.get("run")
 
     def acquire(self) -> "ObjectLock":
         self._owner = _me()

@@ -27,14 +27,16 @@ from ..schemas.spec import JobSpec, apply_overrides, fingerprint, fingerprint_di
 from ..schemas.versions import RECORD_SCHEMA_VERSION
 from ..schemas.commits import read_commits, stage_seconds_per_image, valid_commits
 from ..schemas.errors import ModelLoadError, RunError
+from ..schemas.failures import kind_of
 from ..schemas.jobdir import JobDir
 from ..stages.topology import Group, topology
 from .durable import sweep_temp_files, write_atomic
 from .lock import run_lock
+from .room import retry_advice
 from .status import format_rate, format_seconds, slowest_stage, stage_breakdown
 
 FAILURES_SCHEMA = pa.schema([("index", pa.int64()), ("image_id", pa.string()), ("shard", pa.int32()),
-                             ("stage", pa.string()), ("reason", pa.string())])
+                             ("stage", pa.string()), ("reason", pa.string()), ("kind", pa.string())])
 
 
 @dataclass
@@ -47,6 +49,8 @@ class RunSummary:
     seconds: float
     #: mean wall seconds per image of each stage, over the shards this run committed
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: the line for this run's resource failures (pipeline/room.retry_advice), if it had any
+    retry_advice: str | None = None
 
     def line(self) -> str:
         """What `masktok run` prints last: one line, and a second with the seconds per image
@@ -88,7 +92,7 @@ def load_job(jd: JobDir, overrides: tuple[str, ...] = ()) -> tuple[JobSpec, dict
 
 
 def write_failures(jd: JobDir, commits: dict[int, dict[str, Any]]) -> int:
-    rows = [{**f, "shard": shard} for shard, c in sorted(commits.items()) for f in c["failures"]]
+    rows = [{**f, "shard": shard, "kind": kind_of(f)} for shard, c in sorted(commits.items()) for f in c["failures"]]
     table = pa.Table.from_pylist(rows, schema=FAILURES_SCHEMA)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -216,7 +220,7 @@ def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str,
         if lock.took_over:
             echo(f"took over the lock of a dead run (pid {lock.took_over.get('pid')})")
         sweep_temp_files(jd.wds, jd.commits)  # left by a writer killed mid-write
-        return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, echo)
+        return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, echo, lock.run)
 
 
 def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int,
@@ -258,7 +262,7 @@ def _model_load_error(exc: BaseException) -> str | None:
 
 
 def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | None, retry_failed: bool,
-                progress: bool, echo: Callable[[str], None]) -> RunSummary:
+                progress: bool, echo: Callable[[str], None], run: str | None = None) -> RunSummary:
     manifest = read_manifest(jd.manifest, columns=["index", "image_id", "path", "shard"]).to_pydict()
     rows, size = len(manifest["index"]), spec.shards.size
     shards = -(-rows // size)
@@ -289,7 +293,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     t0 = time.perf_counter()
     try:
         check_gpus_fit(groups, ray.cluster_resources().get("GPU", 0.0))
-        pool = WriterPool(jd, spec, meta, rows, dims)
+        pool = WriterPool(jd, spec, meta, rows, dims, run)  # run: the lock's id, the writers' fence
         ds = build_dataset(spec, groups, items, spec.corpus.image_root, checkpoints, writers=tuple(pool.names))
         with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
             def show(books: Books) -> None:
@@ -308,4 +312,5 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     write_failures(jd, valid_commits(jd))
     books.raise_problems()
     return RunSummary(shards, already, len(books.committed), len(items), books.failed, time.perf_counter() - t0,
-                      stage_seconds_per_image(books.committed)[0])
+                      stage_seconds_per_image(books.committed)[0],
+                      retry_advice(str(jd.root), spec, (f for c in books.committed for f in c["failures"])))

@@ -10,12 +10,14 @@ from datetime import datetime
 from typing import Any
 
 from ..schemas.commits import STAGE_SECONDS, read_commits, stage_seconds_per_image, valid_commits
+from ..schemas.failures import RESOURCE, count_by_kind
 from ..schemas.jobdir import JobDir
 from ..schemas.manifest import read_manifest
 from ..schemas.record import Status
 from ..schemas.storage import open_zarr
 from .commit import verify_shard
 from .lock import lock_holder
+from .room import retry_advice
 
 RATE_WINDOW = 20  # commits
 
@@ -57,7 +59,9 @@ def _significant(value: float, digits: int = 4) -> float:
 def job_status(jd: JobDir) -> dict[str, Any]:
     """Counts, throughput, ETA and each stage's mean seconds per image (``stage_seconds``,
     over the ``stage_seconds_images`` images of the commits that record them) of a job, from
-    its manifest and commit files alone."""
+    its manifest and commit files alone. ``images_failed_by_kind`` splits the failures by
+    kind (schemas/failures.py); ``retry`` is the line that says how to redo the resource
+    failures (pipeline/room.py), null without any."""
     shards = read_manifest(jd.manifest, columns=["shard"]).column("shard").to_pylist()
     total, shards_total = len(shards), (max(shards) + 1 if shards else 0)
     commits = valid_commits(jd)
@@ -71,8 +75,11 @@ def job_status(jd: JobDir) -> dict[str, Any]:
     pending = total - ok - failed
     running = lock_holder(jd.run_lock)
     per_image, timed = stage_seconds_per_image(commits.values())
+    failures = [f for c in commits.values() for f in c["failures"]]
+    by_kind = count_by_kind(failures)
     return {
-        "images_total": total, "images_done": ok, "images_failed": failed, "images_pending": pending,
+        "images_total": total, "images_done": ok, "images_failed": failed, "images_failed_by_kind": by_kind,
+        "retry": _retry(jd, failures) if by_kind[RESOURCE] else None, "images_pending": pending,
         "shards_total": shards_total, "shards_committed": len(commits), "shards_pending": shards_total - len(commits),
         "images_per_s": _significant(rate) if rate else None,
         "eta_s": round(pending / rate) if rate and pending else (0 if not pending else None),
@@ -82,11 +89,26 @@ def job_status(jd: JobDir) -> dict[str, Any]:
     }
 
 
+def _retry(jd: JobDir, failures: list[dict[str, Any]]) -> str | None:
+    """The retry line for the resource failures among ``failures``, with the planned spec's settings."""
+    from ..schemas.spec import read_toml, spec_from_dict
+
+    return retry_advice(str(jd.root), spec_from_dict(read_toml(jd.job_toml), origin=str(jd.job_toml)), failures)
+
+
+def failed_count(s: dict[str, Any]) -> str:
+    """"3 failed", or "3 failed (1 for lack of resources)" when some were the run's, not the image's."""
+    resource = s.get("images_failed_by_kind", {}).get(RESOURCE, 0)
+    return f"{s['images_failed']:,} failed" + (f" ({resource:,} for lack of resources)" if resource else "")
+
+
 def status_lines(s: dict[str, Any]) -> list[str]:
     """`masktok status` for people, from :func:`job_status`."""
-    lines = [f"images  {s['images_done']:,} done, {s['images_failed']:,} failed, {s['images_pending']:,} pending "
+    lines = [f"images  {s['images_done']:,} done, {failed_count(s)}, {s['images_pending']:,} pending "
              f"of {s['images_total']:,}",
              f"shards  {s['shards_committed']:,} committed of {s['shards_total']:,}"]
+    if s.get("retry"):
+        lines.append(f"retry   {s['retry']}")
     if s["images_per_s"]:
         eta = f", ETA {s['eta_s'] / 3600:.1f} h" if s["eta_s"] else ""
         lines.append(f"speed   {format_rate(s['images_per_s'])} (from commit times){eta}")

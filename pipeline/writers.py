@@ -17,6 +17,9 @@ and commit them (docs/architecture.md, "Who writes").
 A writer killed mid-run (SIGKILL, the OOM killer) is restarted by Ray with nothing held:
 the images it held are gone, its incomplete shards can no longer complete and stay
 uncommitted; the driver names them and the next run does exactly the uncommitted shards.
+A writer of a run that no longer holds the job (another run took it over: a paused or
+partitioned writer, a driver whose lock lease ran out) writes nothing more of a shard (the
+fence: pipeline/lock.check_holder before each write) and reports it like a failed write.
 A write that fails (a full disk) is reported, not raised. The driver then stops the run
 from inside: the writers take no more images (:class:`WriterStopped`), which ends the Ray
 Data stream; the writes under way end, and the run stops with one line
@@ -82,8 +85,9 @@ class ShardWriter:
     soon as it holds all of it."""
 
     def __init__(self, root: str, rows: int, shard_size: int, dims: dict[str, int], fingerprint: str,
-                 manifest_digest: str | None, webdataset: bool, rle_masks: bool):
+                 manifest_digest: str | None, webdataset: bool, rle_masks: bool, run: str | None = None):
         self.jd = JobDir(root)
+        self.run = run  # the run id in the job's lock (pipeline/lock.py); None: no fence
         self.group = open_zarr(self.jd.tokens, mode="r+")
         self.rows, self.shard_size, self.dims = rows, shard_size, TokenDims(**dims)
         self.fingerprint, self.manifest_digest = fingerprint, manifest_digest
@@ -132,11 +136,16 @@ class ShardWriter:
         """Write ``shard`` from ``items`` to both sinks and commit it: ``{"commit": ...}``, or
         ``{"error": line}`` when the write failed (nothing is committed then)."""
         from .commit import write_shard
+        from .lock import StaleRun, check_holder
 
         start, end = shard * self.shard_size, shard * self.shard_size + self.expected(shard)
+        fence = None if self.run is None else lambda: check_holder(self.jd.run_lock, self.run)
         try:
             commit = write_shard(self.jd, self.group, shard, start, end, list(items.values()), self.dims,
-                                 self.fingerprint, self.webdataset, self.rle_masks, self.manifest_digest)
+                                 self.fingerprint, self.webdataset, self.rle_masks, self.manifest_digest, fence)
+        except StaleRun as exc:
+            return {"shard": shard, "error": f"shard {shard}: not written: {exc}; this run stops (the other one "
+                                             "does the shards left)"}
         except OSError as exc:
             return {"shard": shard, "error": describe_write_error(shard, exc)}
         return {"shard": shard, "commit": commit}
@@ -175,7 +184,8 @@ class ShardWriter:
 class WriterPool:
     """The driver's side: starts the writer actors, collects their reports."""
 
-    def __init__(self, jd: JobDir, spec: JobSpec, meta: dict[str, Any], rows: int, dims: TokenDims):
+    def __init__(self, jd: JobDir, spec: JobSpec, meta: dict[str, Any], rows: int, dims: TokenDims,
+                 run: str | None = None):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -195,13 +205,13 @@ class WriterPool:
         options = dict(
             num_cpus=res.cpus, max_concurrency=WRITER_THREADS, max_restarts=-1, max_task_retries=-1, **pinned,
             **({"memory": int(res.memory_gb * 1e9)} if res.memory_gb else {}))
-        run = uuid.uuid4().hex[:8]
-        self.names = [f"masktok-writer-{run}-{i}" for i in range(res.actors)]
+        tag = uuid.uuid4().hex[:8]
+        self.names = [f"masktok-writer-{tag}-{i}" for i in range(res.actors)]
         # small constructor arguments only (inlined in the creation task): a restart never
         # depends on an object that may be gone
         self.actors = [actor.options(name=name, **options).remote(
             str(jd.root), rows, spec.shards.size, dims.as_dict(), meta["fingerprint"], meta.get("manifest_digest"),
-            spec.write.webdataset, spec.write.rle_masks) for name in self.names]
+            spec.write.webdataset, spec.write.rle_masks, run) for name in self.names]
         self.asked: dict[Any, int] = {}  # report ref -> writer
 
     def reports(self, timeout: float) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from ..schemas.failures import DEVICE_MEMORY, HOST_MEMORY, IMAGE, RESOURCE, TIME, resource_reason
+
 #: Keys that hold one entry per object row (background included once it is appended).
 #: Stages that drop or reorder rows must apply the same selection to all of them.
 ROW_KEYS: tuple[str, ...] = ("boxes", "scores", "masks", "mask_iou", "keep_rank")
@@ -25,27 +27,49 @@ def failed(item: Item) -> bool:
     return "error" in item
 
 
-def fail(item: Item, stage: str, reason: str) -> Item:
-    """Mark ``item`` failed in place (first failure wins) and return it."""
-    item.setdefault("error", {"stage": stage, "reason": reason})
+def fail(item: Item, stage: str, reason: str, kind: str = IMAGE) -> Item:
+    """Mark ``item`` failed in place (first failure wins) and return it; ``kind``: whose
+    fault (schemas/failures.py: the image's, or the run's resources)."""
+    item.setdefault("error", {"stage": stage, "reason": reason, "kind": kind})
     return item
 
 
 def out_of_memory(exc: BaseException) -> bool:
-    """Running out of (GPU) memory: a property of how many images a call holds, never of an
-    image, so never a recorded failure (stages/chain.call_stage retries smaller batches,
-    then raises). torch is looked up only if the process imported it (a decode actor never
-    loads torch)."""
+    """Running out of (GPU or host) memory: a property of how many images a call holds, not of
+    an image: stages/chain.call_stage retries smaller batches, and records an image that
+    alone still runs out as a resource failure (:func:`fail_for`). torch is looked
+    up only if the process imported it (a decode actor never loads torch)."""
+    return _memory(exc) is not None
+
+
+def _memory(exc: BaseException) -> str | None:
     torch = sys.modules.get("torch")
-    return isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError))
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
+        return DEVICE_MEMORY
+    return HOST_MEMORY if isinstance(exc, MemoryError) else None
+
+
+def exhausted_resource(exc: BaseException) -> str | None:
+    """What ``exc`` says the run ran out of (device or host memory, time), or None: the
+    image's own failure."""
+    return _memory(exc) or (TIME if isinstance(exc, TimeoutError) else None)
+
+
+def fail_for(item: Item, stage: str, exc: BaseException, prefix: str = "") -> Item:
+    """Record ``exc`` as ``item``'s failure, of the kind it shows: a resource failure
+    (out of memory, a timeout; its reason says which), or the image's."""
+    resource = exhausted_resource(exc)
+    if resource is not None:
+        return fail(item, stage, resource_reason(resource, exception_reason(exc)), RESOURCE)
+    return fail(item, stage, prefix + exception_reason(exc))
 
 
 def fail_with(item: Item, stage: str, exc: BaseException, prefix: str = "") -> Item:
-    """Record ``exc`` as ``item``'s failure, unless it is running out of memory
-    (:func:`out_of_memory`): that is re-raised for the caller to retry smaller batches."""
+    """Record ``exc`` as ``item``'s failure (:func:`fail_for`), unless it is running out of
+    memory (:func:`out_of_memory`): that is re-raised for the caller to retry smaller batches."""
     if out_of_memory(exc):
         raise exc
-    return fail(item, stage, prefix + exception_reason(exc))
+    return fail_for(item, stage, exc, prefix)
 
 
 def exception_reason(exc: BaseException) -> str:

@@ -3,7 +3,8 @@ actor of a job (pipeline/graph.py) and by ``masktok ask`` (inference/ask.py) ali
 
 :func:`call_stage` is the per-batch error handling: an exception that escapes a stage for a
 whole batch is retried item by item, an item that still raises becomes a failure of that
-stage, and running out of (GPU) memory retries smaller batches instead. :func:`timed_stage`
+stage, and running out of (GPU or host) memory retries smaller batches instead; an image that
+alone still runs out is a resource failure (schemas/failures.py), never the end of the run. :func:`timed_stage`
 adds each item's share of the call's seconds; :func:`run_chain` pushes a batch through a
 list of (name, stage); :func:`build_chain` builds every group of a spec's topology here.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from ..schemas.commits import STAGE_SECONDS
 from ..schemas.spec import JobSpec
-from .batch import fail_with, failed, out_of_memory
+from .batch import fail_for, failed, out_of_memory
 from .topology import Stage, build_group, topology
 
 Item = dict[str, Any]
@@ -27,9 +28,10 @@ def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list
     """Run a stage on a batch; on an exception, item by item, recording what still fails.
 
     Stages update items in place (background appends a row), so a retry starts from copies
-    taken before the call. Running out of (GPU) memory is not a property of an image: the
-    batch is retried in halves, down to one image, and an image that alone runs out of
-    memory raises (the run stops); it is never recorded as a failure.
+    taken before the call. Running out of (GPU or host) memory is not a property of an
+    image: the batch is retried in halves, down to one image; an image that alone still runs
+    out is recorded as a failure of kind ``resource`` (so is a timeout), which
+    ``masktok run --retry-failed`` redoes; the run goes on.
     """
     before = [dict(item) for item in items]
     try:
@@ -37,7 +39,7 @@ def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list
     except Exception as exc:  # noqa: BLE001 - isolate the bad image below
         if out_of_memory(exc):
             if len(before) == 1:
-                raise
+                return [fail_for(before[0], name, exc)]
             half = len(before) // 2
             return call_stage(name, stage, before[:half]) + call_stage(name, stage, before[half:])
     out = []
@@ -47,8 +49,8 @@ def call_stage(name: str, stage: Callable[[list[Item]], list[Item]], items: list
             continue
         try:
             out.extend(stage([item]))
-        except Exception as exc:  # noqa: BLE001 - a per-image failure, recorded
-            out.append(fail_with(item, name, exc))
+        except Exception as exc:  # noqa: BLE001 - a per-image failure, recorded with its kind
+            out.append(fail_for(item, name, exc))
     return out
 
 

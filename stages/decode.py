@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..schemas.spec import DecodeSpec
-from .batch import Batch, Item, exception_reason, fail, failed
+from .batch import Batch, Item, exception_reason, fail, fail_with, failed
 
 #: The file suffixes (any case) taken as images in a folder: a folder corpus (pipeline/corpus.py)
 #: and the pictures of ``masktok ask`` (inference/ask.py).
@@ -151,7 +151,9 @@ class DecodeStage:
             fail(item, STAGE, str(exc))
             return
         except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not stop a run
-            fail(item, STAGE, f"unexpected decode error: {exception_reason(exc)}")
+            # out of host memory: raised, so that stages/chain.call_stage retries it alone and
+            # records it as a resource failure, not as a bad image
+            fail_with(item, STAGE, exc, "unexpected decode error: ")
             return
         item["image"] = image
         item["height"], item["width"] = int(image.shape[0]), int(image.shape[1])

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from .batch import Batch, exception_reason, fail, failed
+from .batch import Batch, exception_reason, fail, fail_with, failed
 from .model_inputs import ClipFrame, clip_masks, clip_pixels, detector_pixels, sam_pixels
 
 
@@ -59,7 +59,8 @@ class PrepareImageStage:
                 try:
                     item[key] = prepare(item["image"])
                 except Exception as exc:  # noqa: BLE001 - e.g. an image too thin to resize
-                    fail(item, stage, f"preprocessing failed: {exception_reason(exc)}")
+                    # out of host memory: raised, retried alone, a resource failure (stages/chain.py)
+                    fail_with(item, stage, exc, "preprocessing failed: ")
         return batch
 
 

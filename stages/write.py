@@ -24,6 +24,7 @@ import zarr
 from ..schemas import record
 from ..schemas.record import (FINE_PATCH_ARRAY, OBJECT_ARRAYS, POOLED_GRID, SCALARS, Status, arrays_of,
                               leading_triangle, sample_key, upper_triangle)
+from ..schemas.failures import kind_of
 from ..schemas.versions import ZARR_LAYOUT
 from ..schemas.storage import open_zarr
 from . import tarbytes
@@ -241,6 +242,8 @@ def encode_wds_shard(items: list[dict[str, Any]], start: int, rows: dict[str, np
 
 
 def failures_of(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The failed images of a shard, as rows of failures.parquet."""
+    """The failed images of a shard, as rows of failures.parquet (with their kind,
+    schemas/failures.py)."""
     return [{"index": it["index"], "image_id": it["image_id"], "stage": it["error"]["stage"],
-             "reason": it["error"]["reason"]} for it in sorted(items, key=lambda it: it["index"]) if "error" in it]
+             "reason": it["error"]["reason"], "kind": kind_of(it["error"])}
+            for it in sorted(items, key=lambda it: it["index"]) if "error" in it]

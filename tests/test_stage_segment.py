@@ -163,7 +163,8 @@ def test_failing_shared_forward_falls_back_to_one_image_at_a_time(stage) -> None
     flaky.sam.image_encoder.register_forward_pre_hook(bad_input)
     out = flaky(items)
     assert calls == [3, 1, 1, 1]
-    assert out[1]["error"] == {"stage": "segment", "reason": "RuntimeError: cuDNN error: CUDNN_STATUS_BAD_PARAM"}
+    assert out[1]["error"] == {"stage": "segment", "reason": "RuntimeError: cuDNN error: CUDNN_STATUS_BAD_PARAM",
+                              "kind": "image"}
     for i in (0, 2):
         (alone,) = stage([_batch_items()[i]])
         assert out[i]["masks"] == alone["masks"] and np.array_equal(out[i]["mask_iou"], alone["mask_iou"])

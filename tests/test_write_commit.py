@@ -53,7 +53,8 @@ def test_zarr_and_webdataset_hold_what_the_stages_returned(job):
     items = shard_items(4, 4, failed={6})
     commit = commits.write_shard(jd, group, 1, 4, 8, items, DIMS, "sha256:f", rle_masks=True)
     assert commit["images_ok"] == 3 and commit["images_failed"] == 1
-    assert commit["failures"] == [{"index": 6, "image_id": "coco/006.jpg", "stage": "decode", "reason": "truncated"}]
+    assert commit["failures"] == [{"index": 6, "image_id": "coco/006.jpg", "stage": "decode", "reason": "truncated",
+                                   "kind": "image"}]
 
     z = zarr.open_group(jd.tokens, mode="r")  # plain zarr, no masktok reader
     samples = {s["__key__"]: s for s in wds.WebDataset(str(jd.wds / "shard-000001.tar"), shardshuffle=False).decode()}

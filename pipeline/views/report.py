@@ -66,7 +66,8 @@ def build_report(jobdir: Path, images: int = 3) -> str:
     from datetime import datetime, timezone
 
     from ...schemas.jobdir import JobDir
-    from ..status import format_rate
+    from ...schemas.failures import kind_of
+    from ..status import failed_count, format_rate
     from . import report_plots as plots
     from .inspect import inspect_image
     from .report_html import Page
@@ -79,7 +80,7 @@ def build_report(jobdir: Path, images: int = 3) -> str:
                 f"{jd.root.resolve()} · written {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
 
     page.section("Summary")
-    counts = [("images", f"{s['images_done']:,} done, {s['images_failed']:,} failed, {s['images_pending']:,} pending "
+    counts = [("images", f"{s['images_done']:,} done, {failed_count(s)}, {s['images_pending']:,} pending "
                          f"of {s['images_total']:,}"),
               ("shards", f"{s['shards_committed']:,} committed of {s['shards_total']:,}"),
               ("throughput", f"{format_rate(s['images_per_s'])} (from commit times)" if s["images_per_s"] else "n/a"),
@@ -98,11 +99,13 @@ def build_report(jobdir: Path, images: int = 3) -> str:
     if not stats.failures:
         page.paragraph("No image failed.")
     else:
-        groups = Counter((f["stage"], f["reason"]) for f in stats.failures)
-        rows = [(stage, reason, str(n), ", ".join(f["image_id"] for f in stats.failures
-                                                  if (f["stage"], f["reason"]) == (stage, reason))[:300])
-                for (stage, reason), n in groups.most_common()]
-        page.table(["stage", "reason", "images", "examples"], rows)
+        if s.get("retry"):
+            page.paragraph(s["retry"])
+        groups = Counter((kind_of(f), f["stage"], f["reason"]) for f in stats.failures)
+        rows = [(kind, stage, reason, str(n), ", ".join(f["image_id"] for f in stats.failures
+                                                        if (kind_of(f), f["stage"], f["reason"]) == (kind, stage, reason))[:300])
+                for (kind, stage, reason), n in groups.most_common()]
+        page.table(["kind", "stage", "reason", "images", "examples"], rows)
 
     page.section("Distributions")
     page.image(plots.objects_kept(stats), "objects kept per image")

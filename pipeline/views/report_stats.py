@@ -38,7 +38,7 @@ class JobStats:
     status: dict[str, Any]
     plan: dict[str, Any] | None
     commit_times: list[tuple[datetime, int]]  # (committed_at, images in the shard), sorted
-    failures: list[dict[str, Any]]  # index, image_id, shard, stage, reason
+    failures: list[dict[str, Any]]  # index, image_id, shard, stage, reason, kind (if recorded)
     objects_kept: list[int] = field(default_factory=list)  # per ok image, background not counted
     ok_indices: list[int] = field(default_factory=list)
     loss_kept: np.ndarray = field(default_factory=lambda: np.zeros(len(BINS) - 1, np.int64))
