@@ -16,7 +16,8 @@ fixing the batches makes them so in floating point too).
 ``settings`` is everything that changes an answer (checkpoint, generation settings, dtype,
 batch size, the questions themselves); its fingerprint is compared on every resume, and a
 resume with other settings is refused in one line rather than mixing answers. The device is
-not part of it: a run started on one GPU may go on on another.
+not part of it: a run started on one GPU may go on on another. An answer file found without a
+plan (written by a masktok before plans) is taken as made under the current settings.
 """
 
 from __future__ import annotations

@@ -191,3 +191,31 @@ def test_two_ray_workers_one_and_in_process_give_the_same_answer_files_and_plans
         assert runs[2].workers == 2 and runs[1].workers == 1
     finally:
         ray.shutdown()
+
+
+def test_the_margin_of_a_finished_sequence_ignores_the_steps_after_its_eos() -> None:
+    """Synthetic logits: sequence 0 picks eos (2) at step 1; its later, nearer tie is not its."""
+    import torch
+
+    from masktok.trainer.model.mask_llava import MarginTracker
+
+    tracker = MarginTracker(2, eos_token_id=2)
+    step1 = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])  # gaps 1.0 and 2.0
+    step2 = torch.tensor([[0.0, 0.1, 0.0], [0.5, 0.0, 0.0]])  # gaps 0.1 (after seq 0's eos) and 0.5
+    assert torch.equal(tracker(torch.zeros(2, 0, dtype=torch.long), step1), step1)  # scores unchanged
+    tracker(torch.tensor([[2], [1]]), step2)
+    assert tracker.margins() == pytest.approx([1.0, 0.5])
+
+
+def test_cache_rows_are_read_batches_ahead_each_once() -> None:
+    """Before the first batch is handed out, the rows of the next ones are already asked for
+    (on threads: an object-storage cache is never read one row after the other)."""
+    from masktok.evaluate.answer_replicas import prefetched
+
+    asked, read = [], []
+    works = prefetched([7, 8, 9, 10, 11, 12], lambda i: asked.append(i) or [i * 10, i * 10 + 1, i * 10],
+                       lambda row: read.append(row) or f"record {row}", lambda i, records: (i, records), depth=3)
+    first = next(works)
+    assert first == (7, {70: "record 70", 71: "record 71"}) and asked == [7, 8, 9, 10]
+    assert [w[0] for w in works] == [8, 9, 10, 11, 12]
+    assert sorted(read) == sorted(r for i in range(7, 13) for r in (i * 10, i * 10 + 1))  # each row once
