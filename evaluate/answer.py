@@ -42,7 +42,7 @@ from ..inference.device import dtype_name, resolve_device, resolve_dtype
 from ..inference.generation import Prompter
 from ..trainer.visual.token_spec import parse_spec
 from .answer_files import answer_lock, spec_file
-from .answer_plan import questions_digest
+from .answer_plan import digest, questions_digest
 from .answer_replicas import RayReplicas, Replica, in_process, prefetched
 from .answer_run import AnswerRun, AnswerSummary, answer_line
 from .questions import read_question_file
@@ -71,13 +71,14 @@ def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str]
             on_gpu = ray.connect() if ray is not None else resolve_device(device).type == "cuda"
             precision = dtype_name(resolve_dtype(dtype, resolve_device("cuda" if on_gpu else "cpu")))
             run.plan(prompter, batch_size, {
-                "checkpoint": str(prompter.path.resolve()), "checkpoint_state": prompter.state_json,
+                "checkpoint": str(prompter.path.resolve()), "checkpoint_state": digest(prompter.state_json),
                 "model_id": run.model_id, "max_new_tokens": run.max_new_tokens, "temperature": temperature,
                 "seed": seed, "dtype": precision, "batch_size": batch_size,
                 "questions": questions_digest(questions), "count": len(questions)})
             images = run.check_images(cache, prompter, echo)
             todo = run.resume(echo)
-            args = (str(checkpoint), "cuda" if on_gpu and device == "auto" else device, precision, names,
+            # the checkpoint folder resolved once (a run folder's latest may change while replicas start)
+            args = (str(prompter.path.resolve()), "cuda" if on_gpu and device == "auto" else device, precision, names,
                     run.max_new_tokens, temperature)
             works = prefetched(todo, run.rows, images.__getitem__, lambda i, records: run.work(i, records, seed))
             if ray is not None:

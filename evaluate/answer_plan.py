@@ -49,8 +49,13 @@ def questions_digest(questions: list[Question]) -> str:
     return h.hexdigest()[:16]
 
 
+def digest(text: str) -> str:
+    """A short sha256 of ``text`` (a checkpoint's state.json in the settings)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def fingerprint(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(json.dumps(settings, sort_keys=True))
 
 
 def plan_batches(questions: list[Question], prompt_length: Callable[[Question], int],

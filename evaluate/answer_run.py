@@ -80,6 +80,7 @@ class AnswerRun:
         self.done: dict[str, dict[str, dict[str, Any]]] = {}  # spec -> answer key -> line
         self.unfinished: dict[str, set[int]] = {}  # spec -> plan indices still to answer
         self.seconds: dict[str, float] = {}  # spec -> model seconds before this run (same plan)
+        self.model_lines: dict[str, int] = {}  # spec -> lines the model answered (not empty ones)
         self.files: dict[str, IO[str]] = {}
 
     def plan(self, prompter: Prompter, batch_size: int, settings: dict[str, Any]) -> None:
@@ -131,6 +132,7 @@ class AnswerRun:
                 write_in_order(target, self.questions, done)
             unfinished = {i for i, b in enumerate(self.batches) if any(answer_key(self.by_line[x]) not in done for x in b)}
             self.done[spec], self.files[spec] = done, target.open("a", encoding="utf-8")
+            self.model_lines[spec] = sum(_answered(a) for a in done.values())
             for i in sorted(i for i in unfinished if not self._asked(i)):
                 self._append(spec, i, [])
             self.unfinished[spec] = {i for i in unfinished if self._asked(i)}
@@ -160,7 +162,11 @@ class AnswerRun:
             why = self.unanswerable.get(x)
             out.append(next(answers) if why is None else answer_line(q, "", spec, 0, self.model_id, unanswered=why))
         append_lines(self.files[spec], out)
-        self.done[spec].update((answer_key(self.by_line[line["metadata"]["line"]]), line) for line in out)
+        done = self.done[spec]
+        for line in out:
+            key = answer_key(self.by_line[line["metadata"]["line"]])
+            self.model_lines[spec] += _answered(line) - (key in done and _answered(done[key]))
+            done[key] = line
 
     def _write(self, result: Done) -> int:
         """Append a finished batch at every spec it answered; returns the answers written."""
@@ -184,8 +190,7 @@ class AnswerRun:
 
     def _record(self, spec: str) -> None:
         """``<spec>.run.json``: the model's answers in the file and its seconds over all runs."""
-        n = sum(UNANSWERED not in a["metadata"] for a in self.done[spec].values())
-        seconds = self.seconds[spec]
+        n, seconds = self.model_lines[spec], self.seconds[spec]
         write_run(run_file(self.out, spec), {
             "questions": n, "seconds": round(seconds, 3), "questions_per_s": round(n / seconds, 3) if seconds else 0.0,
             "device": self.where[0], "dtype": self.where[1], "workers": self.summary.workers,
@@ -220,3 +225,8 @@ class AnswerRun:
             write_in_order(target, self.questions, self.done[spec])
             self._record(spec)
             self.summary.files[spec] = str(target)
+
+
+def _answered(line: dict[str, Any]) -> bool:
+    """A line the model answered (not one written empty for want of an image)."""
+    return UNANSWERED not in line["metadata"]
