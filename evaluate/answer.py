@@ -63,9 +63,9 @@ def answer(checkpoint: Path, cache: Path, questions_file: Path, specs: list[str]
     questions = qfile.questions[:limit] if limit else qfile.questions
     run = AnswerRun(names, questions, Path(out), max_new_tokens or qfile.max_new_tokens, temperature,
                     model_id or Path(checkpoint).resolve().name)
+    prompter = Prompter.of(checkpoint)  # a missing checkpoint fails before OUT is made
     Path(out).mkdir(parents=True, exist_ok=True)
     with answer_lock(out):
-        prompter = Prompter.of(checkpoint)
         ray = RayReplicas(ray_address, workers, device) if workers or ray_address else None
         try:
             on_gpu = ray.connect() if ray is not None else resolve_device(device).type == "cuda"

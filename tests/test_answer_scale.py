@@ -219,3 +219,15 @@ def test_cache_rows_are_read_batches_ahead_each_once() -> None:
     assert first == (7, {70: "record 70", 71: "record 71"}) and asked == [7, 8, 9, 10]
     assert [w[0] for w in works] == [8, 9, 10, 11, 12]
     assert sorted(read) == sorted(r for i in range(7, 13) for r in (i * 10, i * 10 + 1))  # each row once
+
+
+def test_auto_is_cuda_and_bfloat16_with_a_gpu_and_cpu_and_float32_without(monkeypatch) -> None:
+    import torch
+
+    from masktok.inference.device import resolve_device, resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert (resolve_device("auto").type, resolve_dtype("auto", resolve_device("auto"))) == ("cuda", torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert (resolve_device("auto").type, resolve_dtype("auto", resolve_device("auto"))) == ("cpu", torch.float32)
+    assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
