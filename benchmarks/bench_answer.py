@@ -9,6 +9,8 @@
   plan's length-grouped batches against batches in file order, for 96 questions of 5 to
   60 words; and decoding waste as the run measured it (steps run by each batch's rows
   beyond those its answers needed, over all steps run).
+- decoding waste with answers of varied length (:func:`decode_waste`): steps run by the
+  rows of a batch already finished, over all steps run.
 - peak memory of one 1,024-token greedy generation (batch 4, a Llama of hidden 64 with
   LLaVA's 32,000-token vocabulary, no eos, so every step is run) with every step's logits
   kept (``output_scores=True``, the code before) and with the running margin: peak RSS
@@ -102,6 +104,44 @@ def padding(run: Path, questions: Path) -> dict[str, float]:
     return {"grouped": share(grouped), "file_order": share(in_order)}
 
 
+def decode_waste(run: Path, job: Path, questions: Path) -> dict[str, object]:
+    """The share of decoding steps that a batch runs for rows already finished (a batch ends
+    when its last answer does), in the plan's batches of 8, with answers of varied length:
+    the tiny LM never emits its eos, so a token it often emits mid-answer stands in for it."""
+    from collections import Counter
+
+    from masktok.evaluate.answer_plan import plan_batches
+    from masktok.evaluate.questions import read_question_file
+    from masktok.inference.cache import open_cache
+    from masktok.inference.generation import Prompter, load_generation_model, prompt_ids
+    from masktok.trainer.visual.compose import compose
+
+    gm = load_generation_model(run, "cpu", "float32")
+    spec = gm.token_spec(SPECS[0])
+    images = open_cache(job, gm.dims, [spec])
+    qs = {q.line: q for q in read_question_file(questions).questions}
+    prompter = Prompter.of(run)
+    batches = plan_batches(list(qs.values()), lambda q: prompter.length(q.text), 8)
+
+    def generate(eos: int | None) -> list[tuple[int, list[list[int]]]]:
+        out = []
+        for batch in batches:
+            visual = [compose(images[images.row_of(qs[x].image)], spec, gm.state["scaling"], gm.stats) for x in batch]
+            prompts = [prompt_ids(gm.stage, gm.tokenizer, qs[x].text) for x in batch]
+            got = gm.model.generate_batch(prompts, visual, 16, eos, gm.tokenizer.pad_token_id)
+            out.append((got.steps, got.tokens))
+        return out
+
+    counts = Counter(t for _, tokens in generate(None) for seq in tokens for t in seq[1:])
+    eos = counts.most_common(1)[0][0]
+    runs = generate(eos)
+    run_steps = sum(steps * len(tokens) for steps, tokens in runs)
+    needed = sum(min(len(seq) + 1, steps) for steps, tokens in runs for seq in tokens)
+    lengths = [min(len(seq) + 1, steps) for steps, tokens in runs for seq in tokens]
+    return {"stand_in_eos": int(eos), "mean_answer_steps": round(sum(lengths) / len(lengths), 2),
+            "max_answer_steps": max(lengths), "waste": round(1 - needed / run_steps, 3)}
+
+
 def _peak_child(kind: str) -> None:
     """In a fresh process: build the model, generate 1,024 tokens, print the RSS growth (MB)."""
     import torch
@@ -151,6 +191,7 @@ def main() -> None:
         run, job, questions = _setup(Path(tmp))
         figures = {"questions_per_s": throughput(Path(tmp), run, job, questions),
                    "prompt_padding": padding(run, questions),
+                   "decode_waste_varied_lengths": decode_waste(run, job, questions),
                    "peak_memory_1024_tokens": peak_memory(),
                    "gpu": "not measured"}
     text = json.dumps(figures, indent=2)
