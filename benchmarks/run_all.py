@@ -25,6 +25,7 @@ BENCHMARKS = {
     "transport": ["bench_transport.py"],
     "gpu": ["bench_gpu.py"],
     "exit": ["bench_exit.py"],
+    "answer": ["bench_answer.py"],
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..evaluate.benchmarks import REGISTRY
+from ..inference.device import DTYPE_CHOICES
 from ..schemas.errors import Command
 from ..schemas.jobdir import JobDirPath
 
@@ -37,12 +38,23 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
               help="MMBench's single-prediction suffix (default: cn for a *_cn* file, else en).")
 @click.option("--model-id", default=None, help="The answers' model_id (default: the name of the folder given to --checkpoint).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds sampling (temperature > 0).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto: cuda when there is a GPU, else cpu.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
+              help="The weights' dtype; auto: bfloat16 on CUDA, float32 on the CPU.")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="Answer only the file's first N questions (a smoke run: give it an --out of its own).")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Model replicas on Ray actors (one GPU each on a GPU cluster, else one CPU each). "
+                   "Default: one in this process, or one per GPU of --ray-address.")
+@click.option("--ray-address", metavar="ADDR", default=None,
+              help="Join a running Ray cluster ('auto' or host:port), as `masktok run` does; "
+                   "one replica per GPU of it unless --workers says otherwise.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or report.")
 def answer(specs: tuple[str, ...], quiet: bool, **opts: Any) -> None:
-    """Answer a LLaVA-1.5 benchmark question file from the cache, once per token spec, in
-    LLaVA's answer format (its scoring scripts read the files unchanged). A rerun answers
-    only the questions missing from each file."""
+    """Answer a LLaVA-1.5 benchmark question file from the cache, at every token spec, in
+    LLaVA's answer format (its scoring scripts read the files unchanged). Batches are planned
+    before any work (OUT/<spec>.plan.json); one process writes OUT. A rerun answers only the
+    unfinished batches; a rerun with other settings, or a second run on OUT, is refused."""
     import sys
 
     from transformers.utils.logging import disable_progress_bar

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..inference.device import DTYPE_CHOICES
 from ..schemas.errors import Command
 from ..schemas.jobdir import JobDirPath
 
@@ -98,7 +99,9 @@ def train(quiet: bool, **opts: Any) -> None:
 @click.option("--prompt", default="Describe the image.", show_default=True, help="The user's question (stage 2).")
 @click.option("--tokens", default=None, help="Token spec at test time (default: the checkpoint's).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto: cuda when there is a GPU, else cpu.")
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="auto", show_default=True,
+              help="The weights' dtype; auto: bfloat16 on CUDA, float32 on the CPU.")
 def generate(**opts: Any) -> None:
     """Print a trained model's greedy answer about one cached image."""
     from transformers.utils.logging import disable_progress_bar

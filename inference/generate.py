@@ -14,9 +14,10 @@ from .generation import generate_answer, load_generation_model
 
 
 def generate(checkpoint: Path, cache: Path, image_id: str, prompt: str, tokens: str | None = None,
-             max_new_tokens: int = 64, device: str = "cpu") -> str:
-    """The model's answer text (special tokens dropped, whitespace stripped)."""
-    gm = load_generation_model(checkpoint, device)
+             max_new_tokens: int = 64, device: str = "auto", dtype: str = "auto") -> str:
+    """The model's answer text (special tokens dropped, whitespace stripped); ``device`` and
+    ``dtype`` as inference/device.py resolves them (auto: CUDA + bf16 with a GPU, else CPU + fp32)."""
+    gm = load_generation_model(checkpoint, device, dtype)
     spec = gm.token_spec(tokens)
     images = open_cache(cache, gm.dims, [spec])
     if (why := image_status(images, image_id)) is not None:

@@ -17,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..trainer.data import templates
 from ..trainer.visual.compose import compose
 from ..trainer.model.consolidate import load_checkpoint_model
 from ..trainer.visual.scaling import CacheStats
 from ..trainer.visual.token_spec import TokenSpec, parse_spec
+from .device import resolve_device, resolve_dtype
 
 
 def prompt_ids(stage: int, tokenizer: Any, question: str, has_image: bool = True) -> list[int]:
@@ -30,6 +33,35 @@ def prompt_ids(stage: int, tokenizer: Any, question: str, has_image: bool = True
     if stage == 1:
         return templates.plain_prompt(tokenizer)
     return templates.v1_prompt(question, tokenizer, has_image=has_image)
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """A checkpoint's prompt side without its model (a driver plans batches by prompt length
+    before any replica has loaded weights): the tokenizer, the stage and the resolved folder."""
+
+    tokenizer: Any
+    state: dict[str, Any]
+    path: Path
+    state_json: str  # the checkpoint's state.json as written (part of an answer run's settings)
+
+    @property
+    def stage(self) -> int:
+        return int(self.state["stage"])
+
+    @classmethod
+    def of(cls, checkpoint: Path) -> "Prompter":
+        from ..trainer.model import checkpoint as ckpt
+        from ..trainer.runtime import load_tokenizer
+
+        path = ckpt.resolve(checkpoint)
+        state = ckpt.read_state(path)
+        return cls(load_tokenizer(ckpt.llm_dir(path, state)), state, path,
+                   (path / "state.json").read_text(encoding="utf-8"))
+
+    def length(self, question: str, has_image: bool = True) -> int:
+        """The number of prompt ids of ``question`` (the image sentinel counted once)."""
+        return len(prompt_ids(self.stage, self.tokenizer, question, has_image))
 
 
 @dataclass
@@ -41,6 +73,8 @@ class GenerationModel:
     tokenizer: Any
     state: dict[str, Any]
     path: Path
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
     stats: CacheStats | None = field(init=False)
 
     def __post_init__(self) -> None:
@@ -60,11 +94,14 @@ class GenerationModel:
         return parse_spec(tokens or self.state["tokens"])
 
 
-def load_generation_model(checkpoint: Path, device: str = "cpu") -> GenerationModel:
-    """Any checkpoint or run folder (its latest), loaded onto ``device`` in eval mode."""
-    model, tokenizer, state, path = load_checkpoint_model(checkpoint)
-    model.to(device).eval()
-    return GenerationModel(model, tokenizer, state, path)
+def load_generation_model(checkpoint: Path, device: str = "auto", dtype: str = "auto") -> GenerationModel:
+    """Any checkpoint or run folder (its latest), loaded straight onto ``device`` in ``dtype``
+    (``auto``: inference/device.py), in eval mode."""
+    where = resolve_device(device)
+    precision = resolve_dtype(dtype, where)
+    model, tokenizer, state, path = load_checkpoint_model(checkpoint, where, precision)
+    model.eval()
+    return GenerationModel(model, tokenizer, state, path, where, precision)
 
 
 @dataclass(frozen=True)
@@ -84,6 +121,8 @@ class Answers:
     texts: list[str]
     visual_tokens: list[int]
     margins: list[float]
+    steps: int = 0  # decoding steps the batch ran (its longest answer)
+    answer_steps: int = 0  # the steps each answer needed (its tokens and its eos), summed: steps x B - this is waste
 
 
 def generate_answers(gm: GenerationModel, requests: Sequence[Request], spec: TokenSpec, max_new_tokens: int,
@@ -96,7 +135,8 @@ def generate_answers(gm: GenerationModel, requests: Sequence[Request], spec: Tok
     out = gm.model.generate_batch(prompts, visual, max_new_tokens, gm.tokenizer.eos_token_id,
                                   gm.tokenizer.pad_token_id, temperature)
     return Answers([gm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.tokens],
-                   [0 if v is None else len(v) for v in visual], list(out.margins))
+                   [0 if v is None else len(v) for v in visual], list(out.margins), out.steps,
+                   sum(min(len(ids) + 1, out.steps) for ids in out.tokens))
 
 
 def generate_answer(gm: GenerationModel, record: dict[str, Any] | None, question: str, spec: TokenSpec,

@@ -101,6 +101,30 @@ def tiny_trainer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "job": job, "data": data, "llm": llm}
 
 
+@pytest.fixture(scope="session")
+def answer_model(tiny_trainer) -> dict[str, Path]:
+    """tiny_trainer plus a stage-2 run trained 4 steps on it ("run") and 15 questions
+    ("questions"): image 5 failed, one image unknown; ids of both types, two categories,
+    one image asked about twice, and id 7 on two lines (MME repeats ids by design: two
+    questions per image, the image path as the id). Shared by the tests of ``answer``."""
+    import json
+
+    from masktok.trainer.runtime import TrainConfig
+    from masktok.trainer.train import train
+
+    out = tiny_trainer["root"] / "eval-run"
+    train(TrainConfig(stage=2, cache=tiny_trainer["job"], data=tiny_trainer["data"], llm=tiny_trainer["llm"], out=out,
+                      max_steps=4, batch_size=4, lr=3e-3, warmup_ratio=0.0, tokens="cls,patch:9,obj:5"))
+    lines = [{"question_id": i, "image": f"img/{i:03d}.jpg", "text": f"Is there a thing {i}?",
+              "category": "random" if i % 2 else "popular"} for i in range(12)]
+    lines.insert(8, {"question_id": 7, "image": "img/007.jpg", "text": "Is it red?", "category": "random"})
+    lines += [{"question_id": "q-extra", "image": "img/003.jpg", "text": "Describe the image."},
+              {"question_id": 99, "image": "img/zzz.jpg", "text": "Where?"}]
+    questions = tiny_trainer["root"] / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(q) for q in lines) + "\n\n")
+    return {**tiny_trainer, "run": out, "questions": questions}
+
+
 # --- an S3 server for job directories on object storage -------------------------------------
 
 

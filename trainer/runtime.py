@@ -84,17 +84,21 @@ def load_tokenizer(path: Path) -> Any:
     return attach(tok, Path(path))
 
 
-def load_llm(path: Path, dtype: torch.dtype = torch.float32) -> Any:
+def load_llm(path: Path, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Any:
     """Any Hugging Face causal LM from a local folder (never the hub), with SDPA attention;
-    fp32 unless told (stage 1's frozen LM is bf16 on CUDA: trainer/parallel/sharding.py)."""
+    fp32 unless told (stage 1's frozen LM is bf16 on CUDA: trainer/parallel/sharding.py).
+    The weights are read straight into ``dtype`` (transformers builds the model on the meta
+    device and fills it), and onto ``device`` when it is not the CPU (accelerate's
+    ``device_map``): a 7B model in bf16 never has an fp32 copy on the host."""
     from transformers import AutoModelForCausalLM
 
     from .model.checkpoint import has_weights
 
     if not (Path(path) / "config.json").is_file() or not has_weights(Path(path)):
         raise DataError(f"no Hugging Face model folder at {path} (config.json or weights missing)")
+    placed = {} if torch.device(device).type == "cpu" else {"device_map": str(torch.device(device))}
     return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype,
-                                                attn_implementation="sdpa")
+                                                attn_implementation="sdpa", **placed)
 
 
 def build_model(llm: Any, dims: dict[str, int]) -> MaskLlava:

@@ -55,28 +55,34 @@ def write_consolidated(folder: Path, full: dict[str, torch.Tensor], llm: nn.Modu
         save_tokenizer(tokenizer, Path(folder) / "llm")
 
 
-def llm_for(path: Path, state: dict[str, Any], dtype: torch.dtype = torch.float32) -> nn.Module:
+def llm_for(path: Path, state: dict[str, Any], dtype: torch.dtype = torch.float32,
+            device: torch.device | str = "cpu") -> nn.Module:
     """A checkpoint's LM: its own consolidated weights; else (sharded checkpoint) the run's
     source folder, or a model built from the checkpoint's config, to be filled from ``dcp/``
-    (stage 1's frozen LM is always the source folder)."""
+    (stage 1's frozen LM is always the source folder). Built on ``device`` in ``dtype``."""
     own = ckpt.llm_dir(path, state)
     for folder in (own, Path(state["llm"])):
         if ckpt.has_weights(folder):
-            return load_llm(folder, dtype)
+            return load_llm(folder, dtype, device)
     if state["stage"] == 1:
         raise CheckpointError(f"{path} was trained against the frozen LM {state['llm']}, which is gone")
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(str(own), local_files_only=True)
-    return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    with torch.device(device):  # the weights dcp/ fills are allocated where they will live
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
 
 
-def load_checkpoint_model(checkpoint: Path) -> tuple[MaskLlava, Any, dict[str, Any], Path]:
-    """(model on CPU, tokenizer, state, checkpoint folder) of any checkpoint or run folder."""
+def load_checkpoint_model(checkpoint: Path, device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32) -> tuple[MaskLlava, Any, dict[str, Any], Path]:
+    """(model on ``device`` in ``dtype``, tokenizer, state, checkpoint folder) of any
+    checkpoint or run folder. The LM is built there in that dtype (:func:`llm_for`), never
+    as an fp32 host copy first; the projectors (a few MB) are built, loaded and moved."""
     path = ckpt.resolve(checkpoint)
     state = ckpt.read_state(path)
     tokenizer = load_tokenizer(ckpt.llm_dir(path, state))
-    model = build_model(llm_for(path, state), state["dims"])
+    model = build_model(llm_for(path, state, dtype, device), state["dims"])
+    model.projector.to(device=device, dtype=dtype)
     if (path / "projector.pt").is_file():
         model.projector.load_state_dict(torch.load(path / "projector.pt", map_location="cpu", weights_only=True))
     else:

@@ -124,8 +124,11 @@ class MaskLlava(nn.Module):
         ``temperature`` 0: greedy; above 0: sampling (seed torch for repeatable draws).
         Returns the new ids of each prompt (up to, without, the first eos) and, per prompt,
         the smallest gap between its two best logits over its steps (how near to a tie
-        greedy decoding came; sampling: nan)."""
-        from transformers import GenerationConfig
+        greedy decoding came; sampling: nan). The gap is kept as a running minimum while
+        decoding (:class:`MarginTracker`), not from every step's logits (``output_scores``
+        keeps B x steps x vocabulary floats: 4 GB at 32 x 1,024 x 32K). transformers ends
+        the batch when its last sequence has met eos (``steps``: the decoding steps run)."""
+        from transformers import GenerationConfig, LogitsProcessorList
 
         lengths = torch.tensor([len(p) for p in prompts])
         padded = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long)
@@ -140,19 +143,40 @@ class MaskLlava(nn.Module):
                                   repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0,
                                   temperature=temperature if sample else None, top_p=None, top_k=None,
                                   eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                                  output_scores=not sample, return_dict_in_generate=True)
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
-        tokens, margins = [], []
-        for b, seq in enumerate(out.sequences.tolist()):
+                                  return_dict_in_generate=True)
+        tracker = MarginTracker(len(prompts), eos_token_id)
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config,
+                                logits_processor=LogitsProcessorList([] if sample else [tracker]))
+        tokens = []
+        for seq in out.sequences.tolist():
             n = seq.index(eos_token_id) if eos_token_id is not None and eos_token_id in seq else len(seq)
             tokens.append(seq[:n])
-            if sample:
-                margins.append(float("nan"))
-                continue
-            steps = min(n + 1, len(out.scores))  # the eos step decided too
-            top2 = torch.stack([out.scores[t][b].float().topk(2).values for t in range(steps)])
-            margins.append(float((top2[:, 0] - top2[:, 1]).min()) if steps else float("inf"))
-        return Generated(tokens, margins)
+        margins = [float("nan")] * len(prompts) if sample else tracker.margins()
+        return Generated(tokens, margins, int(out.sequences.shape[1]))
+
+
+class MarginTracker:
+    """A logits processor that changes nothing and keeps, per sequence, the smallest gap
+    between its two best logits over the steps up to and including the one that chose its
+    eos: memory flat in the number of steps (one float per sequence)."""
+
+    def __init__(self, batch: int, eos_token_id: int | None) -> None:
+        self.eos = eos_token_id
+        self.gap = torch.full((batch,), float("inf"))
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.start is None:  # with inputs_embeds, input_ids hold the new tokens only; count from here
+            self.start = input_ids.shape[1]
+        top2 = scores.float().topk(2, dim=-1).values
+        gap = (top2[:, 0] - top2[:, 1]).cpu()
+        new = input_ids[:, self.start:]
+        live = torch.ones_like(gap, dtype=torch.bool) if self.eos is None else ~(new == self.eos).any(1).cpu()
+        self.gap = torch.where(live, torch.minimum(self.gap, gap), self.gap)
+        return scores
+
+    def margins(self) -> list[float]:
+        return [float(g) for g in self.gap]
 
 
 @dataclass
@@ -161,6 +185,7 @@ class Generated:
 
     tokens: list[list[int]]
     margins: list[float]
+    steps: int = 0  # decoding steps the batch ran (its longest answer, eos included, or the limit)
 
 
 def left_padded(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
