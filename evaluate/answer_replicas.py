@@ -49,6 +49,7 @@ class Done:
     index: int
     texts: dict[str, list[str]] = field(default_factory=dict)
     visual_tokens: dict[str, list[int]] = field(default_factory=dict)
+    prompt_tokens: dict[str, list[int]] = field(default_factory=dict)
     margin: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     steps: dict[str, int] = field(default_factory=dict)
@@ -84,6 +85,7 @@ class Replica:
                 torch.cuda.synchronize()
             done.seconds[key] = time.perf_counter() - start
             done.texts[key], done.visual_tokens[key] = out.texts, out.visual_tokens
+            done.prompt_tokens[key] = out.prompt_tokens
             done.margin[key] = min(out.margins, default=float("inf"))
             done.steps[key], done.answer_steps[key] = out.steps, out.answer_steps
         return done

@@ -42,11 +42,15 @@ class AnswerSummary:
 
 
 def answer_line(q: Question, text: str, spec: Any, visual_tokens: int, model_id: str,
-                unanswered: str | None = None, where: tuple[str, str] | None = None) -> dict[str, Any]:
+                unanswered: str | None = None, where: tuple[str, str] | None = None,
+                prompt_tokens: int | None = None) -> dict[str, Any]:
     """One line of LLaVA's answer format for ``q`` (the MMBench fields after ``prompt``, as
     model_vqa_mmbench.py orders them); ``unanswered``: why the model was not asked (the
-    line's ``metadata.unanswered``, its text empty); ``where``: the (device, dtype) that answered."""
+    line's ``metadata.unanswered``, its text empty); ``where``: the (device, dtype) that answered;
+    ``prompt_tokens``: the tokens the LM prefilled, text and visual (``score sweep``'s TFLOP)."""
     meta: dict[str, Any] = {"tokens": str(spec), "visual_tokens": visual_tokens, "line": q.line}
+    if prompt_tokens is not None:
+        meta["prompt_tokens"] = prompt_tokens
     if q.category is not None:
         meta["category"] = q.category
     if unanswered is not None:
@@ -174,8 +178,8 @@ class AnswerRun:
         for spec, texts in result.texts.items():
             lines = self._asked(result.index)
             self._append(spec, result.index, [
-                answer_line(self.by_line[x], text, spec, seen, self.model_id, where=self.where)
-                for x, text, seen in zip(lines, texts, result.visual_tokens[spec])])
+                answer_line(self.by_line[x], text, spec, seen, self.model_id, where=self.where, prompt_tokens=prefilled)
+                for x, text, seen, prefilled in zip(lines, texts, result.visual_tokens[spec], result.prompt_tokens[spec])])
             s = self.summary
             s.answered[spec] += len(lines)
             s.batches[spec] += 1

@@ -121,6 +121,7 @@ class Answers:
     texts: list[str]
     visual_tokens: list[int]
     margins: list[float]
+    prompt_tokens: list[int] = field(default_factory=list)  # what the LM prefilled: text and visual
     steps: int = 0  # decoding steps the batch ran (its longest answer)
     answer_steps: int = 0  # the steps each answer needed (its tokens and its eos), summed: steps x B - this is waste
 
@@ -134,8 +135,10 @@ def generate_answers(gm: GenerationModel, requests: Sequence[Request], spec: Tok
     prompts = [prompt_ids(gm.stage, gm.tokenizer, r.question, has_image=r.record is not None) for r in requests]
     out = gm.model.generate_batch(prompts, visual, max_new_tokens, gm.tokenizer.eos_token_id,
                                   gm.tokenizer.pad_token_id, temperature)
+    seen = [0 if v is None else len(v) for v in visual]
+    prefilled = [sum(t != templates.IMAGE_TOKEN_INDEX for t in p) + n for p, n in zip(prompts, seen)]
     return Answers([gm.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out.tokens],
-                   [0 if v is None else len(v) for v in visual], list(out.margins), out.steps,
+                   seen, list(out.margins), prefilled, out.steps,
                    sum(min(len(ids) + 1, out.steps) for ids in out.tokens))
 
 

@@ -53,8 +53,11 @@ def test_the_run_record_holds_the_sweeps_contract_and_the_lines_name_device_and_
         assert record["questions"] == 13 and record["seconds"] > 0 and record["questions_per_s"] > 0
         assert (record["device"], record["dtype"], record["workers"], record["batch_size"]) == ("cpu", "float32", 1, 3)
         lines = [json.loads(x) for x in (out / f"{spec}.jsonl").read_text().splitlines()]
-        assert {(a["metadata"].get("device"), a["metadata"].get("dtype")) for a in lines
-                if "unanswered" not in a["metadata"]} == {("cpu", "float32")}
+        answered = [a["metadata"] for a in lines if "unanswered" not in a["metadata"]]
+        assert {(m.get("device"), m.get("dtype")) for m in answered} == {("cpu", "float32")}
+        # the prefill the sweep's TFLOP counts: the text prompt's ids (at least BOS and the
+        # question's) beside the visual tokens
+        assert all(m["prompt_tokens"] > m["visual_tokens"] + 2 for m in answered)
         plan = json.loads((out / f"{spec}.plan.json").read_text())
         assert sorted(x for b in plan["batches"] for x in b) == list(range(15))
         assert all(len(b) == 3 for b in plan["batches"])
