@@ -79,11 +79,15 @@ def read_answers(path: Path) -> dict[str, dict[str, Any]]:
 
 def _write_in_order(path: Path, questions: list[Question], done: dict[str, dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for q in questions:
-            if (answer := done.get(answer_key(q))) is not None:
-                fh.write(json.dumps(answer) + "\n")
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for q in questions:
+                if (answer := done.get(answer_key(q))) is not None:
+                    fh.write(json.dumps(answer) + "\n")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: the answers file stays as it was, no temp file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,19 @@ def tiny_trainer(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "job": job, "data": data, "llm": llm}
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_trainer: dict[str, Path]) -> Path:
+    """A stage-2 run of one step on the tiny cache (its checkpoint answers and generates at
+    ``cls,patch:9,obj:5``); tests read it and never change it."""
+    from masktok.trainer.runtime import TrainConfig
+    from masktok.trainer.train import train
+
+    out = tiny_trainer["root"] / "one-step-run"
+    train(TrainConfig(stage=2, cache=tiny_trainer["job"], data=tiny_trainer["data"], llm=tiny_trainer["llm"], out=out,
+                      max_steps=1, batch_size=2, tokens="cls,patch:9,obj:5"))
+    return out
+
+
 # --- an S3 server for job directories on object storage -------------------------------------
 
 
