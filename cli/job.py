@@ -65,7 +65,10 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
         return
     for line in summary.lines():
         click.echo(line)
-    if summary.outcome == "unchanged":
+    if summary.outcome == "repaired":
+        click.echo(f"rewrote {jobdir / 'manifest.parquet'}: it was damaged; the same inputs gave the same manifest, "
+                   "so the job's results are kept")
+    elif summary.outcome == "unchanged":
         click.echo(f"{jobdir} already holds this exact job: nothing rewritten.")
     else:
         replaced = " (the previous job and its results were replaced)" if summary.outcome == "replanned" else ""
