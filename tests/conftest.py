@@ -127,6 +127,18 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
         yield endpoint
 
 
+@pytest.fixture(scope="session")
+def caches(s3_endpoint, tiny_trainer) -> tuple[Path, object]:
+    """(the trainer's tiny cache, the same cache written the same way into a bucket): made
+    once for the session, every object being an HTTP request to the test server."""
+    from masktok.schemas.jobdir import JobDir
+    from masktok.tiny.cache import write_tiny_cache
+    from s3_server import new_bucket
+
+    return tiny_trainer["job"], write_tiny_cache(JobDir(f"{new_bucket('caches')}/cache").root, n=12, shard_size=4,
+                                                 failed=(5,))
+
+
 @pytest.fixture
 def bucket(s3_endpoint, request) -> str:
     """A new, empty bucket for this test."""
