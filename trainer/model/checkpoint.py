@@ -114,9 +114,9 @@ def save(out: Path, step: int, state: dict[str, Any], model: nn.Module, optimize
             shutil.rmtree(tmp, ignore_errors=True)
             latest_tmp.unlink(missing_ok=True)
         raise
-        if keep:
-            for old in sorted(out.glob("checkpoint-*"))[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+    if rank == 0 and keep:
+        for old in sorted(out.glob("checkpoint-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     _barrier(world)
     return final
 
