@@ -9,7 +9,9 @@ import click
 
 from ..evaluate.benchmarks import REGISTRY
 from ..inference.device import DTYPE_CHOICES
-from ..schemas.errors import Command
+from ..schemas.errors import Command, StorageError
+from ..schemas.refusals import refused_writes
+from ..schemas.storage import is_url
 from ..schemas.jobdir import JobDirPath
 
 _DIR = click.Path(file_okay=False, path_type=Path)
@@ -25,7 +27,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
                    "(llava_test_CQM-A.json) or MMBench's .tsv.")
 @click.option("--tokens", "specs", multiple=True,
               help="A token spec to answer at (repeat for a budget sweep). Default: the checkpoint's.")
-@click.option("--out", type=_DIR, required=True, help="Folder of the answer files, one <spec>.jsonl per --tokens.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder of the answer files, one <spec>.jsonl per --tokens.")
 @click.option("--batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0: greedy.")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=None,
@@ -63,9 +65,15 @@ def answer(specs: tuple[str, ...], quiet: bool, **opts: Any) -> None:
     from ..evaluate.answer import answer as run
 
     disable_progress_bar()
+    if is_url(opts["out"]):
+        raise StorageError(f"--out {opts['out']}: answers are written to a local folder (appended as they come, "
+                           "resumed from the file); write them locally, then copy them to the store")
+    opts["out"] = Path(opts["out"])
     specs = specs or (read_state(resolve(opts["checkpoint"]))["tokens"],)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    summary = run(specs=list(specs), echo=echo, progress=not quiet and sys.stderr.isatty(), **opts)
+    with refused_writes(f"the answers in {opts['out']}",
+                        "every finished batch written before is kept: a rerun answers only the batches left"):
+        summary = run(specs=list(specs), echo=echo, progress=not quiet and sys.stderr.isatty(), **opts)
     empty = sum(len(ids) for ids in summary.skipped.values())
     for spec, path in summary.files.items():
         click.echo(f"{path}  ({summary.answered[spec]} answered, {summary.kept[spec]} kept, {empty} empty: no image)")

@@ -14,6 +14,7 @@ import click
 from ..jobs import BUNDLED, spec_document
 from ..pipeline.plan import plan_job
 from ..schemas.errors import Command
+from ..schemas.refusals import refused_writes
 from ..schemas.jobdir import JobDir, JobDirPath
 from ..schemas.spec import CORPUS_KINDS, apply_overrides, set_value, spec_from_dict
 
@@ -58,12 +59,16 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
             set_value(doc, key, str(value) if isinstance(value, Path) else value)
     doc = apply_overrides(doc, list(overrides))
     job_spec = spec_from_dict(doc, origin=origin)
-    summary = plan_job(jobdir, job_spec, force=force, progress=not quiet and sys.stderr.isatty())
+    with refused_writes("the plan", "no job.toml was written (plan writes it last), so no half-planned job can run"):
+        summary = plan_job(jobdir, job_spec, force=force, progress=not quiet and sys.stderr.isatty())
     if quiet:
         return
     for line in summary.lines():
         click.echo(line)
-    if summary.outcome == "unchanged":
+    if summary.outcome == "repaired":
+        click.echo(f"rewrote {jobdir / 'manifest.parquet'}: it was damaged; the same inputs gave the same manifest, "
+                   "so the job's results are kept")
+    elif summary.outcome == "unchanged":
         click.echo(f"{jobdir} already holds this exact job: nothing rewritten.")
     else:
         replaced = " (the previous job and its results were replaced)" if summary.outcome == "replanned" else ""
@@ -85,8 +90,9 @@ def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry
     moment: the next run redoes exactly the uncommitted shards."""
     from ..pipeline.run import run_job
 
-    summary = run_job(JobDir(jobdir), ray_address=ray_address, overrides=overrides, retry_failed=retry_failed,
-                      progress=not quiet, echo=click.echo)
+    with refused_writes(f"the job {jobdir}", "every committed shard is safe: the next run does exactly the shards left"):
+        summary = run_job(JobDir(jobdir), ray_address=ray_address, overrides=overrides, retry_failed=retry_failed,
+                          progress=not quiet, echo=click.echo)
     click.echo(summary.line())
     if summary.retry_advice:
         click.echo(summary.retry_advice)
@@ -121,7 +127,8 @@ def verify(jobdir: Path, repair: bool, committed_only: bool) -> None:
     from ..pipeline.status import pending_shards, verify_job
 
     jd = JobDir(jobdir)
-    bad = verify_job(jd, repair=repair)
+    with refused_writes("the repair", "only the commits of bad shards are removed; the data is untouched"):
+        bad = verify_job(jd, repair=repair)
     pending, total = pending_shards(jd)
     for shard, problems in bad.items():
         click.echo(f"shard {shard}: {'; '.join(problems)}")
@@ -146,4 +153,5 @@ def demo(directory: Path) -> None:
     quirks of real corpora, the bundled demo spec and tiny randomly initialised models."""
     from ..tiny.demo import run_demo
 
-    run_demo(directory, echo=click.echo, progress=sys.stderr.isatty())
+    with refused_writes(f"the demo in {directory}", "the steps done so far are kept: run it again to go on"):
+        run_demo(directory, echo=click.echo, progress=sys.stderr.isatty())

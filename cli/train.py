@@ -13,6 +13,7 @@ import click
 
 from ..inference.device import DTYPE_CHOICES
 from ..schemas.errors import Command
+from ..schemas.refusals import refused_writes
 from ..schemas.jobdir import JobDirPath
 
 _DIR = click.Path(file_okay=False, path_type=Path)
@@ -87,7 +88,10 @@ def train(quiet: bool, **opts: Any) -> None:
 
     cfg = TrainConfig(**opts)
     echo = (lambda s: None) if quiet else (lambda s: click.echo(s, err=True))
-    summary = run(cfg, echo)
+    with refused_writes(f"the training run under {cfg.out}",
+                        "the checkpoints already saved are whole (a half-written one is removed): --resume "
+                        "continues from the newest"):
+        summary = run(cfg, echo)
     if summary.get("checkpoint"):
         click.echo(f"step {summary['step']}  loss {summary['loss']:.4f}  checkpoint {summary['checkpoint']}")
 
@@ -126,7 +130,8 @@ def export(checkpoint: Path, out: Path, dtype: str) -> None:
     from ..trainer.model.consolidate import export as run
 
     disable_progress_bar()
-    click.echo(run(checkpoint, out, dtype))
+    with refused_writes(f"the export {out}", f"{checkpoint} is untouched and no half-written export stays"):
+        click.echo(run(checkpoint, out, dtype))
 
 
 @click.command("ask", cls=Command)

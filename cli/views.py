@@ -9,7 +9,9 @@ import click
 
 from ..pipeline.views.inspect import inspect_image
 from ..pipeline.views.report import build_report
+from ..pipeline.durable import write_atomic
 from ..schemas.errors import Command
+from ..schemas.refusals import refused_writes
 from ..schemas.jobdir import JobDirPath
 
 
@@ -32,8 +34,8 @@ def inspect(jobdir: Path, image: str | None, index: int | None, output: Path, ma
     if image is not None and index is not None:
         raise click.ClickException("give IMAGE_ID or --index, not both")
     png, _, line = inspect_image(jobdir, image, index, maps=maps, top=top)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(png)
+    with refused_writes("the picture", "the job is only read; no half-written picture stays"):
+        write_atomic(output, png)
     click.echo(line)
     click.echo(f"wrote {output}")
 
@@ -50,6 +52,6 @@ def report(jobdir: Path, output: Path | None, images: int) -> None:
     inspected images. Open it in any browser; it needs no server and no network."""
     text = build_report(jobdir, images=images)
     output = output or jobdir / "report.html"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
+    with refused_writes("the report", "the job is only read; no half-written report stays"):
+        write_atomic(output, text.encode("utf-8"))
     click.echo(f"wrote {output}")

@@ -94,14 +94,22 @@ def append_lines(fh: IO[str], lines: list[dict[str, Any]]) -> None:
     os.fsync(fh.fileno())
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` through a temporary beside it: a failed write (a full disk)
+    leaves the file as it was and no temporary."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_in_order(path: Path, questions: list[Question], done: dict[str, dict[str, Any]]) -> None:
     """Rewrite ``path`` atomically: one line per question of ``done``, in question order."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for q in questions:
-            if (answer := done.get(answer_key(q))) is not None:
-                fh.write(json.dumps(answer) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(json.dumps(answer) + "\n" for q in questions
+                               if (answer := done.get(answer_key(q))) is not None))
 
 
 def read_run(path: Path) -> dict[str, Any]:
@@ -113,6 +121,4 @@ def read_run(path: Path) -> dict[str, Any]:
 
 
 def write_run(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(record, indent=1) + "\n")

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..schemas.errors import DataError
+from .answer_files import write_atomic
 from .questions import Question
 
 PLAN_VERSION = 1
@@ -101,7 +101,5 @@ def settle_plan(path: Path, wanted: AnswerPlan) -> AnswerPlan:
             raise DataError(f"{path.parent / (wanted.spec + '.jsonl')} was answered with other settings: "
                             f"{', '.join(diff)}; rerun with those or give another --out")
         return have
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(wanted.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, wanted.to_json())
     return wanted

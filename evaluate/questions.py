@@ -29,6 +29,7 @@ from typing import Any
 
 from ..schemas.errors import DataError
 from ..schemas.eval_files import file_format
+from ..schemas.image_ids import lexical_reject
 from .scoring import read_json_lines
 
 #: LLaVA-1.5's generation length for the JSON Lines that model_vqa_loader.py reads (VQAv2, GQA,
@@ -100,11 +101,19 @@ def jsonl_questions(path: Path) -> list[Question]:
             text = q["text"]
             if not isinstance(text, str) or not isinstance(q["image"], str):
                 raise TypeError("'text' and 'image' must be strings")
+            refuse_image(q["image"], f"{path}, line {number}")
             questions.append(Question(len(questions), q["question_id"], q["image"], text, text, q.get("category")))
         except (KeyError, TypeError) as exc:
             raise DataError(f"{path}, line {number}: not a question ({type(exc).__name__}: {exc}); "
                             'expected {"question_id", "image", "text"}') from None
     return questions
+
+
+def refuse_image(image: str, where: str) -> None:
+    """DataError for an image path that ``masktok plan`` refuses (one that leaves the image
+    root, an absolute path...): no cache holds it, and a question must not name files."""
+    if (why := lexical_reject(image)) is not None:
+        raise DataError(f"{where}: image {image!r} is refused ({why}), as `masktok plan` refuses it")
 
 
 def line_key(line: int, question_id: Any) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 from ..schemas.errors import DataError
 from ..schemas.eval_files import file_format
 from .benchmarks import Benchmark, Input, QuestionFormat
-from .questions import Question
+from .questions import Question, refuse_image
 from .scoring import BenchScore, format_rows, id_key, read_answer_file, require_pairs
 
 SINGLE_PREDICTION_SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -62,6 +62,8 @@ def _item(entry: Any, index: int, path: Path) -> ScienceItem:
     image = entry.get("image")
     if "image" in entry and not isinstance(image, str):
         raise DataError(f"{where}: image must be a file name")
+    if image is not None:
+        refuse_image(image, where)
     return ScienceItem(id_key(entry["id"]), turns[0]["value"].replace(IMAGE_TOKEN, "").strip(), answer, image)
 
 

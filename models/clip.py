@@ -13,6 +13,7 @@ import open_clip
 import torch
 
 from ..schemas.errors import ModelLoadError
+from ..schemas.refusals import save_torch
 from .clip_config import PAPER_CLIP_NAME, TINY_CLIP_CONFIG, TINY_CLIP_NAME
 
 #: open_clip model name of the tiny preset (config: configs/masktok-tiny-clip.json).
@@ -53,7 +54,7 @@ def save_clip(model: torch.nn.Module, path: Path) -> Path:
     loads for a local ``pretrained=`` file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    save_torch(model.state_dict(), path)
     return path
 
 

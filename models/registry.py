@@ -110,6 +110,14 @@ def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
 
+def _remove(path: Path) -> None:
+    """Remove a temp checkpoint, a file (SAM, CLIP) or a folder (the detector)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def materialize_tiny(folder: Path, names: tuple[str, ...] = tuple(MODEL_REGISTRY), seed: int = 0) -> dict[str, Path]:
     """Build the tiny presets of ``names`` and save them under ``folder``; skip those present.
 
@@ -127,9 +135,13 @@ def materialize_tiny(folder: Path, names: tuple[str, ...] = tuple(MODEL_REGISTRY
         if target.exists():
             continue
         tmp = _temp_name(target)
-        shutil.rmtree(tmp, ignore_errors=True)
-        entry.save(entry.build_tiny(seed), tmp)
-        tmp.rename(target)
+        _remove(tmp)
+        try:
+            entry.save(entry.build_tiny(seed), tmp)
+            tmp.rename(target)
+        except BaseException:  # a full disk: no half-written preset stays behind
+            _remove(tmp)
+            raise
     return paths
 
 

@@ -19,6 +19,7 @@ from segment_anything.modeling import (
 )
 
 from ..schemas.errors import ModelLoadError
+from ..schemas.refusals import save_torch
 from .sam_config import _TINY_IMG_SIZE, SAM_ENCODER_WIDTHS, SAM_MODEL_TYPES
 
 _TINY_PATCH = 16
@@ -144,5 +145,5 @@ def save_sam(sam: Sam, path: Path) -> Path:
     """Save like the official checkpoints: ``torch.save(sam.state_dict(), path)``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(sam.state_dict(), path)
+    save_torch(sam.state_dict(), path)
     return path

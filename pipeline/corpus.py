@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
 from ..schemas.errors import CorpusError
+from ..schemas.image_ids import lexical_reject  # noqa: F401 (the rule plan applies, defined once)
 from ..stages.decode import IMAGE_SUFFIXES
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -147,22 +148,6 @@ def iter_json_array(path: Path, chunk_chars: int = 1 << 24, on_read: Callable[[i
                 s.pos += 1
         if s.skip_ws() != "":
             raise s.fail(s.pos, "extra data after the array")
-
-
-def lexical_reject(image_id: str) -> str | None:
-    """Why a corpus path may not be used, judged from the string alone (None: fine)."""
-    if not image_id or image_id.strip() != image_id:
-        return "empty or padded with spaces"
-    if "\x00" in image_id:
-        return "contains a NUL byte"
-    p = PurePosixPath(image_id)
-    if p.is_absolute() or re.match(r"^[A-Za-z]:[\\/]", image_id):
-        return "absolute path"
-    if ".." in p.parts or ".." in image_id.split("\\"):
-        return "'..' leaves the image root"
-    if p.parts in ((), (".",)):
-        return "names the image root itself"
-    return None
 
 
 def _not_an_object(record: Any) -> str:

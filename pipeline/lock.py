@@ -197,7 +197,10 @@ class ObjectLock:
     def _put(self, **condition: Any) -> None:
         """PUT this driver's lock object under ``condition`` (s3fs: mode="create", IfMatch)."""
         body = json.dumps({**self._owner, "renewed": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        out = self.path.fs.pipe_file(self.path.path, body.encode(), **condition)
+        try:
+            out = self.path.fs.pipe_file(self.path.path, body.encode(), **condition)
+        except PermissionError as exc:  # a refused PUT (s3fs names no object): name it
+            raise PermissionError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
         self._etag = out.get("ETag") if isinstance(out, dict) else None
 
     @property

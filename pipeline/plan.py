@@ -16,13 +16,14 @@ import stat
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from ..schemas.eval_files import carries_pictures
 from ..schemas import manifest as manifest_schema
-from ..schemas.errors import PlanError, SpecError
+from ..schemas.errors import ManifestError, PlanError, SpecError
 from ..schemas.jobdir import JobDir
 from ..schemas.spec import CORPUS_KINDS, JobSpec, expand_env, fingerprint, fingerprint_diff, read_toml, spec_to_toml
 from ..schemas.storage import check_bucket, remove_tree
@@ -56,7 +57,7 @@ class PlanSummary:
     planned_images: int = 0
     shards: int = 0
     shard_size: int = 0
-    outcome: str = "planned"  # planned | unchanged | replanned
+    outcome: str = "planned"  # planned | unchanged | replanned | repaired (a damaged manifest written again)
 
     def lines(self) -> list[str]:
         def row(label: str, value: str, examples: list[str] = ()) -> str:
@@ -249,13 +250,27 @@ def _write_job(jd: JobDir, spec: JobSpec, table, digest: str, summary: PlanSumma
         _replace_job(jd, spec, table, digest, summary, force)
 
 
+def _readable(manifest: Any) -> bool:
+    try:
+        manifest_schema.read_manifest(manifest, columns=["index"])
+        return True
+    except ManifestError:
+        return False
+
+
 def _replace_job(jd: JobDir, spec: JobSpec, table, digest: str, summary: PlanSummary, force: bool) -> None:
     fp = fingerprint(spec)
     if jd.job_toml.exists():
         old = read_toml(jd.job_toml)
         old_meta = old.get("meta", {})
         if old_meta.get("fingerprint") == fp and old_meta.get("manifest_digest") == digest and jd.manifest.exists():
-            summary.outcome = "unchanged"
+            if _readable(jd.manifest):
+                summary.outcome = "unchanged"
+                return
+            # the same job whose manifest was damaged: these inputs give the same rows (the
+            # digest), so it is written again and the shards committed for it stay valid
+            write_atomic(jd.manifest, manifest_schema.encode_manifest(table))
+            summary.outcome = "repaired"
             return
         if not force:
             try:

@@ -31,7 +31,6 @@ Ray actors.
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -45,6 +44,7 @@ from typing import Any
 from ..schemas.commits import Commit
 from ..schemas.errors import RunError
 from ..schemas.jobdir import JobDir
+from ..schemas.refusals import what_to_do
 from ..schemas.spec import JobSpec
 from ..schemas.storage import open_zarr
 from ..stages.write import TokenDims
@@ -66,10 +66,7 @@ def writer_of(shard: int, writers: int) -> int:
 def describe_write_error(shard: int, exc: OSError) -> str:
     """One line for a write that failed: the shard, the path, what to do."""
     where = f" {exc.filename}" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        advice = "free space (or raise the quota) and run again"
-    else:
-        advice = "fix the job directory's storage and run again"
+    advice = what_to_do(exc)
     reason = exc.strerror or str(exc)
     return (f"shard {shard}: could not write{where}: {reason}; {advice}: every committed shard is safe, "
             f"the next run does exactly the shards left")

@@ -65,8 +65,12 @@ def read_manifest(path: Path, columns: list[str] | None = None) -> pa.Table:
     if not path.exists():
         raise ManifestError(f"no manifest at {path}: plan the job first (masktok plan)")
     data = path.read_bytes()  # a Path or a UPath (a job directory on object storage)
-    parquet = pq.ParquetFile(pa.BufferReader(data))
-    version = (parquet.schema_arrow.metadata or {}).get(b"masktok.manifest_version", b"?").decode()
-    if version != str(VERSION):
-        raise ManifestError(f"{path}: manifest version {version}, this masktok reads version {VERSION}")
-    return parquet.read(columns=columns, use_threads=False)
+    try:
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        version = (parquet.schema_arrow.metadata or {}).get(b"masktok.manifest_version", b"?").decode()
+        if version != str(VERSION):
+            raise ManifestError(f"{path}: manifest version {version}, this masktok reads version {VERSION}")
+        return parquet.read(columns=columns, use_threads=False)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # truncated, corrupt: not a manifest
+        raise ManifestError(f"{path} cannot be read ({type(exc).__name__}: {exc}): it is damaged; `masktok plan` "
+                            "with the job's inputs writes it again (the shards committed for it are kept)") from None

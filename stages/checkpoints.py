@@ -15,6 +15,7 @@ from pathlib import Path
 from ..models import TINY, materialize_tiny, quiet_model_libraries
 from ..models.clip_config import clip_config
 from ..schemas.errors import CheckpointError, SpecError
+from ..schemas.refusals import refused_writes
 from ..schemas.record import FINE_GRID
 from ..schemas.spec import JobSpec
 from .masks import TILE_GRIDS
@@ -31,7 +32,9 @@ def resolve_checkpoints(spec: JobSpec, tiny_home: Path, groups: list[Group] | No
     tiny_models = tuple(m for m, path in wanted.items() if path == TINY)
     if tiny_models:  # building them: no progress bars or "no pretrained weights" notices
         quiet_model_libraries()
-    tiny = materialize_tiny(tiny_home, tiny_models) if tiny_models else {}  # real weights: no models/ folder
+    with refused_writes(f"the tiny models under {tiny_home}",
+                        "no half-written model stays and no shard has run yet"):
+        tiny = materialize_tiny(tiny_home, tiny_models) if tiny_models else {}  # real weights: no models/ folder
     wanted = {m: str(tiny.get(m, path)) for m, path in wanted.items()}
     for model, path in wanted.items():
         if not Path(path).exists():

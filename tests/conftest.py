@@ -125,6 +125,19 @@ def answer_model(tiny_trainer) -> dict[str, Path]:
     return {**tiny_trainer, "run": out, "questions": questions}
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_trainer: dict[str, Path]) -> Path:
+    """A stage-2 run of one step on the tiny cache (its checkpoint answers and generates at
+    ``cls,patch:9,obj:5``); tests read it and never change it."""
+    from masktok.trainer.runtime import TrainConfig
+    from masktok.trainer.train import train
+
+    out = tiny_trainer["root"] / "one-step-run"
+    train(TrainConfig(stage=2, cache=tiny_trainer["job"], data=tiny_trainer["data"], llm=tiny_trainer["llm"], out=out,
+                      max_steps=1, batch_size=2, tokens="cls,patch:9,obj:5"))
+    return out
+
+
 # --- an S3 server for job directories on object storage -------------------------------------
 
 
@@ -136,6 +149,18 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory):
 
     with s3_server(tmp_path_factory.mktemp("s3") / "moto.log") as endpoint:
         yield endpoint
+
+
+@pytest.fixture(scope="session")
+def caches(s3_endpoint, tiny_trainer) -> tuple[Path, object]:
+    """(the trainer's tiny cache, the same cache written the same way into a bucket): made
+    once for the session, every object being an HTTP request to the test server."""
+    from masktok.schemas.jobdir import JobDir
+    from masktok.tiny.cache import write_tiny_cache
+    from s3_server import new_bucket
+
+    return tiny_trainer["job"], write_tiny_cache(JobDir(f"{new_bucket('caches')}/cache").root, n=12, shard_size=4,
+                                                 failed=(5,))
 
 
 @pytest.fixture

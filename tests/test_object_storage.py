@@ -68,16 +68,6 @@ def test_a_refused_put_is_an_oserror_naming_the_object_and_one_line_for_the_run(
     assert "\n" not in line and "every committed shard is safe" in line
 
 
-@pytest.fixture(scope="module")
-def caches(s3_endpoint, tiny_trainer):
-    """The trainer's tiny cache written again, the same way, into a bucket (once: every
-    object is an HTTP request to the test server)."""
-    from s3_server import new_bucket
-
-    return tiny_trainer["job"], write_tiny_cache(JobDir(f"{new_bucket('caches')}/cache").root, n=12, shard_size=4,
-                                                 failed=(5,))
-
-
 def test_readers_and_verify_give_the_same_records_from_the_bucket_as_from_a_folder(caches):
     local, remote = caches
     a, b = ZarrImages(local), ZarrImages(remote)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +111,20 @@ def load_record(jd: JobDir, index: int, tokens: bool = False) -> ImageRecord:
                        arrays=arrays, failure=failure if int(arrays["status"]) == Status.FAILED else None)
 
 
+@contextmanager
+def shard_tar(jd: JobDir, shard: int) -> Iterator[tarfile.TarFile]:
+    """The shard's WebDataset tar, open for reading (local or on object storage). A tar that
+    cannot be read (truncated, corrupt, a member that is no JSON) is one line naming it and
+    the repair, whatever the caller was reading."""
+    path = jd.wds_path(shard)
+    try:
+        with path.open("rb") as fh, tarfile.open(fileobj=fh) as tar:
+            yield tar
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        raise InspectError(f"{path} cannot be read ({type(exc).__name__}: {exc}): it is damaged; `masktok verify "
+                           f"{jd.root} --repair` uncommits its shard and the next run writes it again") from None
+
+
 def stored_masks(jd: JobDir, record: ImageRecord) -> list[dict] | None:
     """The COCO RLEs of ``record`` from its WebDataset sample, or None when not stored."""
     from ...schemas.record import sample_key
@@ -117,7 +133,7 @@ def stored_masks(jd: JobDir, record: ImageRecord) -> list[dict] | None:
     if not path.exists():
         return None
     name = f"{sample_key(record.index)}.masks.json"
-    with path.open("rb") as fh, tarfile.open(fileobj=fh) as tar:  # local or on object storage
+    with shard_tar(jd, record.shard) as tar:
         try:
             member = tar.getmember(name)
         except KeyError:

@@ -15,7 +15,6 @@ report prints it.
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 from ...schemas.jobdir import JobDir
 from ...schemas.record import Status
 from ...schemas.storage import open_zarr
-from .jobview import committed_rows
+from .jobview import committed_rows, shard_tar
 
 BINS = np.linspace(0.0, 1.0, 41)
 MAX_AREA_SHARDS = 16
@@ -107,7 +106,7 @@ def _shard_masks(jd: JobDir, shard: int) -> dict[int, list[dict]]:
     path, out = jd.wds_path(shard), {}
     if not path.exists():
         return out
-    with path.open("rb") as fh, tarfile.open(fileobj=fh) as tar:  # local or on object storage
+    with shard_tar(jd, shard) as tar:
         for member in tar:
             if member.name.endswith(".masks.json"):
                 out[int(member.name.split(".", 1)[0])] = json.loads(tar.extractfile(member).read())

@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import random
+import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -282,8 +283,15 @@ class WdsImages(IterableDataset):
             me, _ = consumer(rank, world)
             stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
                                       rng=random.Random(f"{self.seed}/{self.epoch}/{me}")))
-        for sample in wds.DataPipeline(*stages):  # members as raw bytes, keyed by extension ("json", "boxes.npy", ...)
-            yield _sample_record(sample)
+        try:
+            for sample in wds.DataPipeline(*stages):  # members as raw bytes, keyed by extension ("json", "boxes.npy", ...)
+                yield _sample_record(sample)
+        except (tarfile.TarError, EOFError) as exc:  # webdataset adds the shard's URL to the arguments
+            url = next((a for a in exc.args[1:] if isinstance(a, str)), "a WebDataset shard")
+            reason = str(exc.args[0] if exc.args else exc).split(" @ ")[0]  # not the stream's repr
+            raise CacheError(f"{url} cannot be read ({type(exc).__name__}: {reason}): it is "
+                             "damaged; `masktok verify` names it, `--repair` uncommits it and `masktok run` writes it "
+                             "again (or train with --reader zarr)") from None
 
 
 def as_tensors(rec: dict[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ...schemas.errors import CheckpointError
+from ...schemas.refusals import save_torch
 
 LATEST = "latest"
 SHARDED = "dcp"
@@ -90,26 +91,32 @@ def save(out: Path, step: int, state: dict[str, Any], model: nn.Module, optimize
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier(world)
-    model_sd, optim_sd = get_state_dict(model, optimizer, options=_options())
-    with _one_process() as single:
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / SHARDED, no_dist=single)
-    full = get_model_state_dict(model, options=_options(full=True)) if consolidate else None
-    if rank == 0:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if write_llm_files is not None:
-            write_llm_files(tmp / "llm")
-        if consolidate is not None:
-            consolidate(tmp, full)
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "consolidated": consolidate is not None},
-                                                   indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        latest_tmp = out / f".{LATEST}.tmp"
-        latest_tmp.write_text(final.name + "\n")
-        os.replace(latest_tmp, out / LATEST)
-        if keep:
-            for old in sorted(out.glob("checkpoint-*"))[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+    latest_tmp = out / f".{LATEST}.tmp"
+    try:
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=_options())
+        with _one_process() as single:
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / SHARDED, no_dist=single)
+        full = get_model_state_dict(model, options=_options(full=True)) if consolidate else None
+        if rank == 0:
+            save_torch(scheduler.state_dict(), tmp / "scheduler.pt")
+            if write_llm_files is not None:
+                write_llm_files(tmp / "llm")
+            if consolidate is not None:
+                consolidate(tmp, full)
+            (tmp / "state.json").write_text(json.dumps({**state, "step": step, "consolidated": consolidate is not None},
+                                                       indent=1))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            latest_tmp.write_text(final.name + "\n")
+            os.replace(latest_tmp, out / LATEST)
+    except BaseException:  # a full disk: no half-written checkpoint stays (the previous ones do)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            latest_tmp.unlink(missing_ok=True)
+        raise
+    if rank == 0 and keep:
+        for old in sorted(out.glob("checkpoint-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     _barrier(world)
     return final
 

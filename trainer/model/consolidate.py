@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...schemas.errors import CheckpointError
+from ...schemas.refusals import save_torch
 from ..data.llama_text import save_tokenizer
 from ..runtime import build_model, load_llm, load_tokenizer
 from . import checkpoint as ckpt
@@ -47,7 +48,7 @@ def write_consolidated(folder: Path, full: dict[str, torch.Tensor], llm: nn.Modu
     """``folder/projector.pt``, and ``folder/llm/`` with weights when ``full`` holds the LM's.
     ``llm`` gives the class, config and tied-weight layout (its own tensors are not read)."""
     projector, llm_sd = split_state(full)
-    torch.save(projector, Path(folder) / "projector.pt")
+    save_torch(projector, Path(folder) / "projector.pt")
     if llm_sd:
         if dtype is not None:
             llm_sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in llm_sd.items()}
@@ -104,10 +105,14 @@ def export(checkpoint: Path, out: Path, dtype: str = "float32") -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     full = {k: v for k, v in model.state_dict().items() if state["stage"] == 2 or k.startswith("projector.")}
-    write_consolidated(tmp, full, model.llm, tokenizer, DTYPES[dtype])
-    (tmp / "state.json").write_text(json.dumps({**state, "consolidated": True, "exported_from": str(path.resolve()),
-                                                "llm_dtype": dtype}, indent=1))
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    try:
+        write_consolidated(tmp, full, model.llm, tokenizer, DTYPES[dtype])
+        (tmp / "state.json").write_text(json.dumps({**state, "consolidated": True,
+                                                    "exported_from": str(path.resolve()), "llm_dtype": dtype}, indent=1))
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:  # a full disk: no half-written export stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
