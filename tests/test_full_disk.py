@@ -175,12 +175,12 @@ def test_answer_on_a_full_disk_is_one_line_and_a_rerun_completes(small_disk, tin
     res = invoke(*args)
     assert res.exit_code == 1
     assert_one_line(res.output, f"the answers in {small_disk / 'answers'}", "No space left on device",
-                    "a rerun answers only the questions left", "free space")
+                    "a rerun answers only the batches left", "free space")
     assert temp_files(small_disk) == []
     ballast.unlink()
     again = invoke(*args)
     assert again.exit_code == 0, again.output
-    (written,) = (small_disk / "answers").iterdir()
+    (written,) = (small_disk / "answers").glob("*.jsonl")
     assert [json.loads(line)["question_id"] for line in written.read_text().splitlines()] == [0, 1, 2, 3]
 
 
