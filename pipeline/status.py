@@ -6,6 +6,7 @@ Also the one way a rate and seconds per image are written for people (:func:`for
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -71,6 +72,7 @@ def job_status(jd: JobDir) -> dict[str, Any]:
     pending = total - ok - failed
     running = lock_holder(jd.run_lock)
     per_image, timed = stage_seconds_per_image(commits.values())
+    pools = last_pools(jd)
     return {
         "images_total": total, "images_done": ok, "images_failed": failed, "images_pending": pending,
         "shards_total": shards_total, "shards_committed": len(commits), "shards_pending": shards_total - len(commits),
@@ -79,7 +81,17 @@ def job_status(jd: JobDir) -> dict[str, Any]:
         "running": running,
         STAGE_SECONDS: {name: _significant(s) for name, s in per_image.items()},
         "stage_seconds_images": timed,
+        # the running or last run's cluster and pools ({group: {"actors", "gpus", "cpus"}}), if any ran
+        "cluster": pools.get("cluster"), "pools": pools.get("pools"), "pools_line": pools.get("line"),
     }
+
+
+def last_pools(jd: JobDir) -> dict[str, Any]:
+    """What ``pools.json`` holds (pipeline/pools.py), or {} before any run (or if unreadable)."""
+    try:
+        return json.loads(jd.pools.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def status_lines(s: dict[str, Any]) -> list[str]:
@@ -94,6 +106,8 @@ def status_lines(s: dict[str, Any]) -> list[str]:
     if slowest:
         lines.append(f"stages  slowest: {slowest}, {format_seconds(s[STAGE_SECONDS][slowest])} s/image "
                      f"({stage_breakdown(s[STAGE_SECONDS])}; per actor, over {s['stage_seconds_images']:,} images)")
+    if s.get("pools_line"):
+        lines.append(f"pools   {s['pools_line']} ({'this' if s['running'] else 'the last'} run)")
     if s["running"] is not None:
         lines.append(f"run     running: pid {s['running'].get('pid')} on {s['running'].get('host')} "
                      f"since {s['running'].get('since')}")
