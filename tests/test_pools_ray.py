@@ -1,0 +1,92 @@
+"""Auto-sized pools on a `ray start` cluster with declared GPUs (no GPU needed: the stages
+run on the CPU, as pick_device does): every GPU gets work, status shows the pools, the
+tokens equal a run with one actor per stage; a pool that cannot fit is refused in one line.
+Every run is a subprocess with a timeout (Ray waits forever when it cannot place work)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from ray_cluster import head_node
+from s3_server import free_port
+from small_job import MASKTOK, RUN_TIMEOUT, plan_job, run_masktok
+
+from masktok.schemas.jobdir import JobDir
+from masktok.schemas.storage import open_zarr
+
+pytestmark = pytest.mark.xdist_group("ray")
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+#: The model stages ask 0.25 / 0.25 / 0.5 GPU and half a CPU; decode and filter half a CPU;
+#: the writer none: 4 GPUs' worth of model actors (12 x 0.5 CPU) and one of each CPU group
+#: fill the 7 CPUs the head declares, so no further actor starts on 2 cores.
+GPU_JOB = ["--set", "detect.resources.gpus=0.25", "--set", "segment.resources.gpus=0.25",
+           "--set", "invert.resources.gpus=0.5", "--set", "decode.resources.cpus=0.5",
+           "--set", "write.resources.cpus=0", *[arg for section in ("decode", "detect", "segment", "filter", "invert")
+                                                for arg in ("--set", f'{section}.resources.actors="auto"')]]
+HEAD_CPUS, HEAD_GPUS = 7, 4
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    """A `ray start --head` node declaring 4 GPUs and 7 CPUs (stopped by its process group)."""
+    with head_node(free_port(), env=ENV, num_cpus=HEAD_CPUS, num_gpus=HEAD_GPUS) as address:
+        yield address
+
+
+def arrays(jd) -> dict[str, np.ndarray]:
+    z = open_zarr(jd.tokens, mode="r")
+    return {name: z[name][:] for name in z.array_keys()}
+
+
+def assert_same_tokens(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    """Equal arrays; floats within rounding (other batches, other float sums), as the
+    resume test of test_run.py."""
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if a[name].dtype.kind == "f":
+            tol = 2e-3 if a[name].dtype == np.float16 else 1e-5
+            np.testing.assert_allclose(a[name], b[name], rtol=tol, atol=tol, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_auto_pools_use_every_declared_gpu_and_give_the_tokens_of_one_actor_each(
+        tmp_path, job_corpus, finished_job, gpu_cluster):
+    jd = plan_job(tmp_path / "auto", job_corpus, *GPU_JOB)
+    # stderr is a pipe, not a TTY: one line per commit instead of a bar
+    run = subprocess.run([MASKTOK, "run", str(jd.root), "--ray-address", gpu_cluster], capture_output=True,
+                         text=True, timeout=RUN_TIMEOUT, env=ENV)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert ("cluster: 1 node, 4 GPUs, 7 CPUs; pools (estimated costs): decode 1, detect 4 x 0.25 GPU, "
+            "segment 4 x 0.25 GPU, filter 1, invert 4 x 0.5 GPU, writers 1; CPU-bound: decode 1 of the 4") in run.stdout
+    lines = [line for line in run.stderr.splitlines() if line.startswith("shard ")]
+    assert sorted(line.split(":")[0] for line in lines) == ["shard 0", "shard 1", "shard 2"], run.stderr[-3000:]
+    assert all(re.fullmatch(r"shard \d: 3 images( \(1 failed: decode 1\))?, [\d.]+ (images/s|s/image), "
+                            r"ETA [\d.]+ (s|min|h), slowest \w+ [\d.]+ s/image", line) for line in lines), lines
+    assert "\r" not in run.stderr, "no bar redraws off a terminal"
+    status = json.loads(run_masktok("status", jd.root, "--json").stdout)
+    assert status["cluster"] == {"nodes": 1, "gpus": 4.0, "cpus": 7.0}
+    assert {name: pool["gpus"] for name, pool in status["pools"].items() if pool["gpus"]} == {
+        "detect": 1.0, "segment": 1.0, "invert": 2.0}
+    assert status["pools"]["invert"] == {"actors": 4, "gpus": 2.0, "cpus": 2.0}
+    assert_same_tokens(arrays(finished_job), arrays(jd))  # the demo spec: 1 actor per stage, local Ray
+
+
+def test_a_pool_that_cannot_fit_the_cluster_is_refused_in_one_line(tmp_path, finished_job, gpu_cluster):
+    jd = JobDir(tmp_path / "big")  # the finished job less its commits: its shards are to run again
+    shutil.copytree(finished_job.root, jd.root)
+    shutil.rmtree(jd.commits)
+    result = run_masktok("run", jd.root, "--ray-address", gpu_cluster, "-q", "--set", "invert.resources.memory_gb=100000",
+                         check=False, env=ENV, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("Error: the invert pool does not fit the Ray cluster "
+                                                       "(7 CPUs, 4 GPUs, "), result.stderr
+    assert not list(jd.commits.glob("shard-*.json"))
