@@ -10,10 +10,12 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
-from ray_cluster import head_node
+import psutil
+from ray_cluster import _pgid, head_node, worker_node
 from s3_server import free_port
 from small_job import MASKTOK, RUN_TIMEOUT, plan_job, run_masktok
 
@@ -90,3 +92,56 @@ def test_a_pool_that_cannot_fit_the_cluster_is_refused_in_one_line(tmp_path, fin
     assert lines == [lines[0]] and lines[0].startswith("Error: the invert pool does not fit the Ray cluster "
                                                        "(7 CPUs, 4 GPUs, "), result.stderr
     assert not list(jd.commits.glob("shard-*.json"))
+
+
+def test_a_lost_worker_node_costs_only_its_images_in_flight(tmp_path, finished_job, gpu_cluster):
+    """A second node (`ray start --address`, 2 CPUs of its own) joins before the run: the
+    pools are sized over both nodes and the head is full, so the extra CPU actors start on
+    it. Its processes (raylet and workers) are killed by their process group as soon as one
+    of its stage actors is up, while the run has work left: the run ends 0 with the tokens of
+    the one-actor run."""
+    jd = JobDir(tmp_path / "lost")
+    shutil.copytree(finished_job.root, jd.root)
+    shutil.rmtree(jd.commits)
+    with worker_node(gpu_cluster, env=ENV, num_cpus=2) as node:
+        proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "--ray-address", gpu_cluster, "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+        killed, done_at_kill = None, -1
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            processes = node_processes(node)
+            if any("StageGroup" in _name(p) for p in processes):
+                done_at_kill = len(list(jd.commits.glob("shard-*.json")))
+                killed = [p.pid for p in processes if "StageGroup" in _name(p)]
+                for p in processes:  # the node is lost: its raylet and workers, by their ids
+                    p.kill()
+            time.sleep(0.2)
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, out[-3000:]
+    assert "cluster: 2 nodes, 4 GPUs, 9 CPUs" in out, out[-3000:]
+    assert killed, "no stage actor started on the second node"
+    assert done_at_kill < 3, "the node should be lost while work remains"
+    assert_same_tokens(arrays(finished_job), arrays(jd))
+    assert run_masktok("verify", jd.root).returncode == 0
+
+
+def node_processes(pgid: int) -> list[psutil.Process]:
+    """A `ray start` node's processes: its process group (the raylet, its agents) and their
+    children (each Ray worker leads a process group of its own, under the raylet)."""
+    members = [p for p in psutil.process_iter() if _pgid(p.pid) == pgid]
+    children = [c for p in members for c in _children(p)]
+    return members + [c for c in children if c not in members]
+
+
+def _children(p: psutil.Process) -> list[psutil.Process]:
+    try:
+        return p.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.NoSuchProcess:
+        return ""
