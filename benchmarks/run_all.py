@@ -25,6 +25,7 @@ BENCHMARKS = {
     "transport": ["bench_transport.py"],
     "gpu": ["bench_gpu.py"],
     "exit": ["bench_exit.py"],
+    "cluster": ["bench_cluster.py"],  # declared GPUs: pools, the driver's CPU per image, the Ray tax with auto pools
 }
 
 
