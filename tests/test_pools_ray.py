@@ -63,9 +63,17 @@ def test_auto_pools_use_every_declared_gpu_and_give_the_tokens_of_one_actor_each
         tmp_path, job_corpus, finished_job, gpu_cluster):
     jd = plan_job(tmp_path / "auto", job_corpus, *GPU_JOB)
     # stderr is a pipe, not a TTY: one line per commit instead of a bar
-    run = subprocess.run([MASKTOK, "run", str(jd.root), "--ray-address", gpu_cluster], capture_output=True,
-                         text=True, timeout=RUN_TIMEOUT, env=ENV)
+    proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "--ray-address", gpu_cluster], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    actors: set[int] = set()  # the stage actors Ray started for the run (they live until its end)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while proc.poll() is None and time.monotonic() < deadline:
+        actors |= stage_actors(gpu_cluster)
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=60)
+    run = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert len(actors) >= 4 + 4 + 4 + 1 + 1, "Ray Data did not start the pools as sized"
     assert ("cluster: 1 node, 4 GPUs, 7 CPUs; pools (estimated costs): decode 1, detect 4 x 0.25 GPU, "
             "segment 4 x 0.25 GPU, filter 1, invert 4 x 0.5 GPU, writers 1; CPU-bound: decode 1 of the 4") in run.stdout
     lines = [line for line in run.stderr.splitlines() if line.startswith("shard ")]
@@ -145,3 +153,13 @@ def _name(p: psutil.Process) -> str:
         return p.name()
     except psutil.NoSuchProcess:
         return ""
+
+
+def stage_actors(address: str) -> set[int]:
+    """The pids of the stage actors (Ray Data workers of StageGroup) of the cluster at
+    ``address``: children of its raylets, which name the GCS address on their command line."""
+    port = address.rsplit(":", 1)[1]
+    raylets = {p.pid for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"
+               and any(arg.startswith("--gcs-address=") and arg.endswith(f":{port}") for arg in p.info["cmdline"] or [])}
+    return {p.pid for p in psutil.process_iter(["name", "ppid"]) if p.info["ppid"] in raylets
+            and "StageGroup" in (p.info["name"] or "")}
