@@ -65,6 +65,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--invert-actors", type=int, default=2)
+    ap.add_argument("--auto", action="store_true",
+                    help='every stage group\'s actors = "auto" (sized from the local Ray) instead of --invert-actors')
     ap.add_argument("--work", type=Path, default=HERE.parent / "bench-out" / "run")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -90,8 +92,11 @@ def main() -> None:
     t = time.perf_counter()
     # Two invert actors: Ray gives an actor of <= 1 CPU one torch thread, so one actor
     # would leave the second core idle; the loop's torch uses both cores.
-    run = subprocess.run([masktok, "run", jobs["ray"].root, "-q", "--set", f"invert.resources.actors={args.invert_actors}"],
-                         check=True, capture_output=True, text=True)
+    sizes = ([arg for group in ("decode", "detect", "segment", "filter", "invert")
+              for arg in ("--set", f'{group}.resources.actors="auto"')] if args.auto
+             else ["--set", f"invert.resources.actors={args.invert_actors}"])
+    run = subprocess.run([masktok, "run", jobs["ray"].root, "-q", *sizes], check=True, capture_output=True, text=True)
+    pools = re.search(r"^cluster: .*$", run.stdout, re.M)
     ray_s = time.perf_counter() - t
     inside_s = float(re.search(r"in ([0-9.]+) s,", run.stdout).group(1))  # from graph start to last commit
     loop_s = in_process(jobs["loop"], batch_size=4)
@@ -109,7 +114,8 @@ def main() -> None:
         "ray_images_per_s": round(n / ray_s, 3), "loop_images_per_s": round(n / loop_s, 3),
         "ray_over_loop": round(loop_s / ray_s, 3), "ray_wall_s": round(ray_s, 1), "loop_wall_s": round(loop_s, 1),
         "ray_after_start_s": inside_s, "ray_over_loop_after_start": round(loop_s / inside_s, 3),
-        "invert_actors": args.invert_actors,
+        "invert_actors": "auto" if args.auto else args.invert_actors,
+        "pools_line": pools.group(0) if pools else None,
         "rerun_committed_s": round(rerun_s, 2),
         "zarr_bytes_per_image": round(du(jobs["ray"].tokens) / n), "wds_bytes_per_image": round(du(jobs["ray"].wds) / n),
         "raw_array_bytes_per_image": round(raw),

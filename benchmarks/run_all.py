@@ -26,6 +26,7 @@ BENCHMARKS = {
     "gpu": ["bench_gpu.py"],
     "exit": ["bench_exit.py"],
     "answer": ["bench_answer.py"],
+    "cluster": ["bench_cluster.py"],  # declared GPUs: pools, the driver's CPU per image, the Ray tax with auto pools
 }
 
 

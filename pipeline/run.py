@@ -10,6 +10,7 @@ a commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..schemas.manifest import read_manifest
-from ..schemas.spec import JobSpec, apply_overrides, fingerprint, fingerprint_diff, read_toml, spec_from_dict
+from ..schemas.spec import AUTO, JobSpec, Resources, apply_overrides, fingerprint, fingerprint_diff, read_toml, spec_from_dict
 from ..schemas.versions import RECORD_SCHEMA_VERSION
 from ..schemas.commits import read_commits, stage_seconds_per_image, valid_commits
 from ..schemas.errors import ModelLoadError, RunError
@@ -32,6 +33,8 @@ from ..schemas.jobdir import JobDir
 from ..stages.topology import Group, topology
 from .durable import sweep_temp_files, write_atomic
 from .lock import run_lock
+from .pools import WRITERS, PoolPlan, cluster_nodes, group_costs, plan_pools
+from .progress import CommitLines
 from .room import retry_advice
 from .status import format_rate, format_seconds, slowest_stage, stage_breakdown
 
@@ -102,11 +105,17 @@ def write_failures(jd: JobDir, commits: dict[int, dict[str, Any]]) -> int:
 
 def local_ray_cpus(groups: list[Group], spec: JobSpec) -> int:
     """The logical CPUs a local Ray for this run declares: enough for every actor (the stage
-    groups and the shard writers) plus the read tasks, and never fewer than the machine has.
-    Ray Data waits forever, without an error, on a reservation the node cannot grant."""
-    wanted = sum(g.resources.actors * g.resources.cpus for g in groups)
-    wanted += spec.write.resources.actors * spec.write.resources.cpus + 1
+    groups and the shard writers, an auto pool counting its first actor) plus the read
+    tasks, and never fewer than the machine has. Ray Data waits forever, without an error, on
+    a reservation the node cannot grant."""
+    wanted = sum(first_actors(g.resources) * g.resources.cpus for g in groups)
+    wanted += first_actors(spec.write.resources) * spec.write.resources.cpus + 1
     return max(os.cpu_count() or 1, int(wanted + 0.999))
+
+
+def first_actors(res: Resources) -> int:
+    """The actors a pool starts with before the cluster is known: 1 for ``auto``."""
+    return 1 if res.actors == AUTO else res.actors
 
 
 def _start_ray(address: str | None, cpus: int) -> bool:
@@ -203,14 +212,19 @@ def _absorb_restart_notice() -> None:
     ray.kill(probe)
 
 
-def check_gpus_fit(groups: list[Group], cluster_gpus: float) -> None:
-    """Ray Data waits forever, silently, for GPUs the cluster does not have: refuse instead."""
-    asked = {g.name: g.resources.actors * g.resources.gpus for g in groups if g.resources.gpus}
-    if sum(asked.values()) > cluster_gpus + 1e-9:
-        detail = ", ".join(f"{name} {n:g}" for name, n in asked.items())
-        raise RunError(f"the spec asks for {sum(asked.values()):g} GPUs ({detail}) and the Ray cluster has "
-                       f"{cluster_gpus:g}: lower them for this run, e.g. --set invert.resources.gpus=0 (CPU), "
-                       f"or fractions such as 0.25 to share one GPU")
+def size_pools(jd: JobDir, spec: JobSpec, groups: list[Group], kept: dict[int, dict[str, Any]]) -> PoolPlan:
+    """Every pool's actors on the cluster Ray is connected to (pipeline/pools.py), from the
+    stage seconds the job's commits recorded (or the estimate); kept in ``pools.json``."""
+    import ray
+
+    per_image, timed = stage_seconds_per_image(kept.values())
+    costs, measured = group_costs([(g.name, [s.name for s in g.stages]) for g in groups], per_image)
+    # a local job directory is the driver's: its writers run beside it (writers.py)
+    here = None if jd.remote else ray.get_runtime_context().get_node_id()
+    plan = plan_pools([(g.name, g.resources) for g in groups], spec.write.resources, cluster_nodes(), costs,
+                      writers_node=here, costs_from=f"measured over {timed} images" if measured else "estimated")
+    write_atomic(jd.pools, json.dumps({**plan.as_json(), "line": plan.line()}, indent=1).encode())
+    return plan
 
 
 def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str, ...] = (),
@@ -277,7 +291,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     from .graph import build_dataset
     from .writers import Books, WriterPool, coordinate
 
-    groups = topology(spec)  # once for the run: checkpoints, Ray's size, the GPU check, the graph
+    groups = topology(spec)  # once for the run: checkpoints, Ray's size, the pools, the graph
     checkpoints = resolve_checkpoints(spec, jd.models, groups)
     dims = token_dims(spec)
     open_store(jd.tokens, rows=rows, shard_size=size, dims=dims, filter_settings=spec.filter.model_dump(),
@@ -292,15 +306,22 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     started = _start_ray(address, local_ray_cpus(groups, spec))
     t0 = time.perf_counter()
     try:
-        check_gpus_fit(groups, ray.cluster_resources().get("GPU", 0.0))
-        pool = WriterPool(jd, spec, meta, rows, dims, run)  # run: the lock's id, the writers' fence
-        ds = build_dataset(spec, groups, items, spec.corpus.image_root, checkpoints, writers=tuple(pool.names))
-        with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
-            def show(books: Books) -> None:
-                bar.update(books.images - bar.n)
-                bar.set_postfix(shards=f"{already + len(books.committed)}/{shards}", failed=books.failed)
+        pools = size_pools(jd, spec, groups, kept)
+        echo(pools.line())
+        # run: the lock's id, the writers' fence
+        pool = WriterPool(jd, spec, meta, rows, dims, run, actors=pools.pool(WRITERS).actors)
+        ds = build_dataset(spec, groups, items, spec.corpus.image_root, checkpoints, writers=tuple(pool.names),
+                           pools=pools)
+        if progress and not sys.stderr.isatty():  # nohup, a batch scheduler: a line per commit, no redraws
+            books = coordinate(ds, pool, todo, CommitLines(len(items), lambda line: print(line, file=sys.stderr,
+                                                                                          flush=True)))
+        else:
+            with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
+                def show(books: Books) -> None:
+                    bar.update(books.images - bar.n)
+                    bar.set_postfix(shards=f"{already + len(books.committed)}/{shards}", failed=books.failed)
 
-            books = coordinate(ds, pool, todo, show)
+                books = coordinate(ds, pool, todo, show)
     except Exception as exc:
         cause = _model_load_error(exc)
         if cause is None:

@@ -6,6 +6,7 @@ Also the one way a rate and seconds per image are written for people (:func:`for
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -77,6 +78,7 @@ def job_status(jd: JobDir) -> dict[str, Any]:
     per_image, timed = stage_seconds_per_image(commits.values())
     failures = [f for c in commits.values() for f in c["failures"]]
     by_kind = count_by_kind(failures)
+    pools = last_pools(jd)
     return {
         "images_total": total, "images_done": ok, "images_failed": failed, "images_failed_by_kind": by_kind,
         "retry": _retry(jd, failures) if by_kind[RESOURCE] else None, "images_pending": pending,
@@ -86,6 +88,8 @@ def job_status(jd: JobDir) -> dict[str, Any]:
         "running": running,
         STAGE_SECONDS: {name: _significant(s) for name, s in per_image.items()},
         "stage_seconds_images": timed,
+        # the running or last run's cluster and pools ({group: {"actors", "gpus", "cpus"}}), if any ran
+        "cluster": pools.get("cluster"), "pools": pools.get("pools"), "pools_line": pools.get("line"),
     }
 
 
@@ -102,6 +106,14 @@ def failed_count(s: dict[str, Any]) -> str:
     return f"{s['images_failed']:,} failed" + (f" ({resource:,} for lack of resources)" if resource else "")
 
 
+def last_pools(jd: JobDir) -> dict[str, Any]:
+    """What ``pools.json`` holds (pipeline/pools.py), or {} before any run (or if unreadable)."""
+    try:
+        return json.loads(jd.pools.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
 def status_lines(s: dict[str, Any]) -> list[str]:
     """`masktok status` for people, from :func:`job_status`."""
     lines = [f"images  {s['images_done']:,} done, {failed_count(s)}, {s['images_pending']:,} pending "
@@ -116,6 +128,8 @@ def status_lines(s: dict[str, Any]) -> list[str]:
     if slowest:
         lines.append(f"stages  slowest: {slowest}, {format_seconds(s[STAGE_SECONDS][slowest])} s/image "
                      f"({stage_breakdown(s[STAGE_SECONDS])}; per actor, over {s['stage_seconds_images']:,} images)")
+    if s.get("pools_line"):
+        lines.append(f"pools   {s['pools_line']} ({'this' if s['running'] else 'the last'} run)")
     if s["running"] is not None:
         lines.append(f"run     running: pid {s['running'].get('pid')} on {s['running'].get('host')} "
                      f"since {s['running'].get('since')}")

@@ -45,7 +45,7 @@ from ..schemas.commits import Commit
 from ..schemas.errors import RunError
 from ..schemas.jobdir import JobDir
 from ..schemas.refusals import what_to_do
-from ..schemas.spec import JobSpec
+from ..schemas.spec import AUTO, JobSpec
 from ..schemas.storage import open_zarr
 from ..stages.write import TokenDims
 
@@ -182,19 +182,22 @@ class WriterPool:
     """The driver's side: starts the writer actors, collects their reports."""
 
     def __init__(self, jd: JobDir, spec: JobSpec, meta: dict[str, Any], rows: int, dims: TokenDims,
-                 run: str | None = None):
+                 run: str | None = None, actors: int | None = None):
+        """``run``: the lock's id (the writers' fence); ``actors``: how many writers (pools.py
+        sizes them); default the spec's integer (1 for auto)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         res = spec.write.resources
+        count = actors or (1 if res.actors == AUTO else res.actors)
         here = ray.get_runtime_context().get_node_id()
         # a job directory on a local disk is the driver's: its writers run beside it; one on
         # object storage is everyone's: they run wherever Ray places them
         place = "the cluster" if jd.remote else "the driver's node"
         cpus = sum(n["Resources"].get("CPU", 0.0) for n in ray.nodes()
                    if n.get("Alive", True) and (jd.remote or n["NodeID"] == here))
-        if res.actors * res.cpus > cpus:  # Ray would wait for them forever
-            raise RunError(f"the shard writers ask for {res.actors * res.cpus:g} CPUs on {place}, which "
+        if count * res.cpus > cpus:  # Ray would wait for them forever
+            raise RunError(f"the shard writers ask for {count * res.cpus:g} CPUs on {place}, which "
                            f"has {cpus:g}: lower write.resources.actors or write.resources.cpus for this run "
                            "(--set write.resources.cpus=0.5)")
         actor = ray.remote(ShardWriter)
@@ -203,7 +206,7 @@ class WriterPool:
             num_cpus=res.cpus, max_concurrency=WRITER_THREADS, max_restarts=-1, max_task_retries=-1, **pinned,
             **({"memory": int(res.memory_gb * 1e9)} if res.memory_gb else {}))
         tag = uuid.uuid4().hex[:8]
-        self.names = [f"masktok-writer-{tag}-{i}" for i in range(res.actors)]
+        self.names = [f"masktok-writer-{tag}-{i}" for i in range(count)]
         # small constructor arguments only (inlined in the creation task): a restart never
         # depends on an object that may be gone
         self.actors = [actor.options(name=name, **options).remote(

@@ -70,6 +70,11 @@ class JobDir:
         return self.root / "run.lock"
 
     @property
+    def pools(self) -> Path:
+        """The cluster and the actor pools of the running or last run (pipeline/pools.py)."""
+        return self.root / "pools.json"
+
+    @property
     def eval_images(self) -> Path:
         """The pictures a question file carries inside it (MMBench's TSV), decoded by plan."""
         return self.root / "images"
@@ -90,7 +95,7 @@ class JobDir:
 
     def results(self) -> list[Path]:
         """Everything a run writes; a re-plan with --force removes these."""
-        return [self.tokens, self.wds, self.commits, self.failures]
+        return [self.tokens, self.wds, self.commits, self.failures, self.pools]
 
 
 class JobDirPath(click.Path):

@@ -26,10 +26,10 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 from .versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION, SPEC_VERSION
@@ -39,6 +39,8 @@ CorpusKind = Literal["llava-pretrain", "llava-instruct", "llava-eval", "folder"]
 CORPUS_KINDS: tuple[str, ...] = get_args(CorpusKind)
 TINY = "tiny"
 _NOT_IN_FINGERPRINT = {"job", "resources", "meta"}
+#: ``actors = "auto"``: the pool is sized from the cluster at the start of a run (pipeline/pools.py).
+AUTO = "auto"
 #: Speed settings inside a section: (section, key) left out of the fingerprint at any value.
 _SPEED_ONLY = {("invert", "kernel")}
 
@@ -64,12 +66,23 @@ class _Section(BaseModel):
 class Resources(_Section):
     """How one stage is scheduled on Ray. Never changes results."""
 
-    actors: int = Field(1, ge=1, description="concurrent actors of this stage")
+    # "auto": sized from the Ray cluster at the start of each run (pipeline/pools.py); an
+    # integer: exactly that many actors, a fixed pool
+    actors: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        AUTO, description="concurrent actors of this stage: an integer, or auto (sized from the cluster)")
     cpus: float = Field(1.0, ge=0, description="CPUs reserved per actor (fractions allowed)")
     gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions pack stages on one GPU)")
     batch_size: int = Field(4, ge=1, description="images per batch handed to the stage")
     memory_gb: float | None = Field(None, gt=0, description="host memory per actor declared to Ray (GB), "
                                     "so a node gets no more actors than its memory holds; none: not declared")
+
+    @field_validator("actors", mode="before")
+    @classmethod
+    def _integer_or_auto(cls, value: Any) -> Any:
+        """One readable error for both forms (the union's own errors name its branches)."""
+        if value == AUTO or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f'expected an integer >= 1 or "{AUTO}"')
 
 
 class JobInfo(_Section):
@@ -207,7 +220,8 @@ def _describe(err: dict[str, Any]) -> str:
         hint = f" (did you mean '{near[0]}'?)" if near else ""
         return f"unknown key '{key}'{hint}"
     value = err.get("input")
-    return f"'{key}': {err['msg'].lower()}, got {type(value).__name__} {value!r}"
+    msg = err["msg"].removeprefix("Value error, ")  # a validator's own message, as written
+    return f"'{key}': {msg[:1].lower() + msg[1:]}, got {type(value).__name__} {value!r}"
 
 
 def spec_from_dict(data: dict[str, Any], origin: str = "job spec") -> JobSpec:

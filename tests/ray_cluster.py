@@ -24,16 +24,34 @@ READY = "will now block forever"  # what `ray start --block` prints once the nod
 
 
 @contextmanager
-def head_node(port: int, env: dict[str, str], num_cpus: int = 4, timeout: float = 120) -> Iterator[str]:
-    """Start a one-node cluster on 127.0.0.1:``port``; yield its address; stop it (and only it)."""
+def head_node(port: int, env: dict[str, str], num_cpus: int = 4, timeout: float = 120,
+              num_gpus: int = 0) -> Iterator[str]:
+    """Start a one-node cluster on 127.0.0.1:``port`` (``num_gpus`` declared: no GPU needed);
+    yield its address; stop it (and only it)."""
+    with _node(["--head", f"--port={port}", "--include-dashboard=false"], env, num_cpus, num_gpus, timeout):
+        yield f"127.0.0.1:{port}"
+
+
+@contextmanager
+def worker_node(address: str, env: dict[str, str], num_cpus: int = 1, num_gpus: int = 0,
+                timeout: float = 120) -> Iterator[int]:
+    """Join a second node to the cluster at ``address`` (``ray start --address``, its own
+    declared resources); yield its process group (its raylet and workers: kill them to lose
+    the node); stop it (and only it) at the end if it is still there."""
+    with _node([f"--address={address}"], env, num_cpus, num_gpus, timeout) as pgid:
+        yield pgid
+
+
+@contextmanager
+def _node(args: list[str], env: dict[str, str], num_cpus: int, num_gpus: int, timeout: float) -> Iterator[int]:
     ray = str(Path(sys.executable).parent / "ray")
-    proc = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                             f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats"],
+    proc = subprocess.Popen([ray, "start", *args, "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+                             f"--num-gpus={num_gpus}", "--disable-usage-stats"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     try:
         _wait_ready(proc, timeout)
-        yield f"127.0.0.1:{port}"
+        yield proc.pid
     finally:
         stop_group(proc.pid)
         proc.wait(timeout=60)

@@ -1,0 +1,165 @@
+"""Auto-sized pools on a `ray start` cluster with declared GPUs (no GPU needed: the stages
+run on the CPU, as pick_device does): every GPU gets work, status shows the pools, the
+tokens equal a run with one actor per stage; a pool that cannot fit is refused in one line.
+Every run is a subprocess with a timeout (Ray waits forever when it cannot place work)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import psutil
+from ray_cluster import _pgid, head_node, worker_node
+from s3_server import free_port
+from small_job import MASKTOK, RUN_TIMEOUT, plan_job, run_masktok
+
+from masktok.schemas.jobdir import JobDir
+from masktok.schemas.storage import open_zarr
+
+pytestmark = pytest.mark.xdist_group("ray")
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+#: The model stages ask 0.25 / 0.25 / 0.5 GPU and half a CPU; decode and filter half a CPU;
+#: the writer none: 4 GPUs' worth of model actors (12 x 0.5 CPU) and one of each CPU group
+#: fill the 7 CPUs the head declares, so no further actor starts on 2 cores.
+GPU_JOB = ["--set", "detect.resources.gpus=0.25", "--set", "segment.resources.gpus=0.25",
+           "--set", "invert.resources.gpus=0.5", "--set", "decode.resources.cpus=0.5",
+           "--set", "write.resources.cpus=0", *[arg for section in ("decode", "detect", "segment", "filter", "invert")
+                                                for arg in ("--set", f'{section}.resources.actors="auto"')]]
+HEAD_CPUS, HEAD_GPUS = 7, 4
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    """A `ray start --head` node declaring 4 GPUs and 7 CPUs (stopped by its process group)."""
+    with head_node(free_port(), env=ENV, num_cpus=HEAD_CPUS, num_gpus=HEAD_GPUS) as address:
+        yield address
+
+
+def arrays(jd) -> dict[str, np.ndarray]:
+    z = open_zarr(jd.tokens, mode="r")
+    return {name: z[name][:] for name in z.array_keys()}
+
+
+def assert_same_tokens(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    """Equal arrays; floats within rounding (other batches, other float sums), as the
+    resume test of test_run.py."""
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if a[name].dtype.kind == "f":
+            tol = 2e-3 if a[name].dtype == np.float16 else 1e-5
+            np.testing.assert_allclose(a[name], b[name], rtol=tol, atol=tol, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_auto_pools_use_every_declared_gpu_and_give_the_tokens_of_one_actor_each(
+        tmp_path, job_corpus, finished_job, gpu_cluster):
+    jd = plan_job(tmp_path / "auto", job_corpus, *GPU_JOB)
+    # stderr is a pipe, not a TTY: one line per commit instead of a bar
+    proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "--ray-address", gpu_cluster], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    actors: set[int] = set()  # the stage actors Ray started for the run (they live until its end)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while proc.poll() is None and time.monotonic() < deadline:
+        actors |= stage_actors(gpu_cluster)
+        time.sleep(0.2)
+    stdout, stderr = proc.communicate(timeout=60)
+    run = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert len(actors) >= 4 + 4 + 4 + 1 + 1, "Ray Data did not start the pools as sized"
+    assert ("cluster: 1 node, 4 GPUs, 7 CPUs; pools (estimated costs): decode 1, detect 4 x 0.25 GPU, "
+            "segment 4 x 0.25 GPU, filter 1, invert 4 x 0.5 GPU, writers 1; CPU-bound: decode 1 of the 4") in run.stdout
+    lines = [line for line in run.stderr.splitlines() if line.startswith("shard ")]
+    assert sorted(line.split(":")[0] for line in lines) == ["shard 0", "shard 1", "shard 2"], run.stderr[-3000:]
+    assert all(re.fullmatch(r"shard \d: 3 images( \(1 failed: decode 1\))?, [\d.]+ (images/s|s/image), "
+                            r"ETA [\d.]+ (s|min|h), slowest \w+ [\d.]+ s/image", line) for line in lines), lines
+    assert "\r" not in run.stderr, "no bar redraws off a terminal"
+    status = json.loads(run_masktok("status", jd.root, "--json").stdout)
+    assert status["cluster"] == {"nodes": 1, "gpus": 4.0, "cpus": 7.0}
+    assert {name: pool["gpus"] for name, pool in status["pools"].items() if pool["gpus"]} == {
+        "detect": 1.0, "segment": 1.0, "invert": 2.0}
+    assert status["pools"]["invert"] == {"actors": 4, "gpus": 2.0, "cpus": 2.0}
+    assert_same_tokens(arrays(finished_job), arrays(jd))  # the demo spec: 1 actor per stage, local Ray
+
+
+def test_a_pool_that_cannot_fit_the_cluster_is_refused_in_one_line(tmp_path, finished_job, gpu_cluster):
+    jd = JobDir(tmp_path / "big")  # the finished job less its commits: its shards are to run again
+    shutil.copytree(finished_job.root, jd.root)
+    shutil.rmtree(jd.commits)
+    result = run_masktok("run", jd.root, "--ray-address", gpu_cluster, "-q", "--set", "invert.resources.memory_gb=100000",
+                         check=False, env=ENV, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("Error: the invert pool does not fit the Ray cluster "
+                                                       "(7 CPUs, 4 GPUs, "), result.stderr
+    assert not list(jd.commits.glob("shard-*.json"))
+
+
+def test_a_lost_worker_node_costs_only_its_images_in_flight(tmp_path, finished_job, gpu_cluster):
+    """A second node (`ray start --address`, 2 CPUs of its own) joins before the run: the
+    pools are sized over both nodes and the head is full, so the extra CPU actors start on
+    it. Its processes (raylet and workers) are killed by their process group as soon as one
+    of its stage actors is up, while the run has work left: the run ends 0 with the tokens of
+    the one-actor run."""
+    jd = JobDir(tmp_path / "lost")
+    shutil.copytree(finished_job.root, jd.root)
+    shutil.rmtree(jd.commits)
+    with worker_node(gpu_cluster, env=ENV, num_cpus=2) as node:
+        proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "--ray-address", gpu_cluster, "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+        killed, done_at_kill = None, -1
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            processes = node_processes(node)
+            if any("StageGroup" in _name(p) for p in processes):
+                done_at_kill = len(list(jd.commits.glob("shard-*.json")))
+                killed = [p.pid for p in processes if "StageGroup" in _name(p)]
+                for p in processes:  # the node is lost: its raylet and workers, by their ids
+                    p.kill()
+            time.sleep(0.2)
+        out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, out[-3000:]
+    assert "cluster: 2 nodes, 4 GPUs, 9 CPUs" in out, out[-3000:]
+    assert killed, "no stage actor started on the second node"
+    assert done_at_kill < 3, "the node should be lost while work remains"
+    assert_same_tokens(arrays(finished_job), arrays(jd))
+    assert run_masktok("verify", jd.root).returncode == 0
+
+
+def node_processes(pgid: int) -> list[psutil.Process]:
+    """A `ray start` node's processes: its process group (the raylet, its agents) and their
+    children (each Ray worker leads a process group of its own, under the raylet)."""
+    members = [p for p in psutil.process_iter() if _pgid(p.pid) == pgid]
+    children = [c for p in members for c in _children(p)]
+    return members + [c for c in children if c not in members]
+
+
+def _children(p: psutil.Process) -> list[psutil.Process]:
+    try:
+        return p.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def stage_actors(address: str) -> set[int]:
+    """The pids of the stage actors (Ray Data workers of StageGroup) of the cluster at
+    ``address``: children of its raylets, which name the GCS address on their command line."""
+    port = address.rsplit(":", 1)[1]
+    raylets = {p.pid for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"
+               and any(arg.startswith("--gcs-address=") and arg.endswith(f":{port}") for arg in p.info["cmdline"] or [])}
+    return {p.pid for p in psutil.process_iter(["name", "ppid"]) if p.info["ppid"] in raylets
+            and "StageGroup" in (p.info["name"] or "")}
