@@ -91,9 +91,14 @@ def test_run_checks_that_the_cluster_has_the_gpus_the_spec_asks_for(files, monke
 
     import masktok.pipeline.run as run_module
 
+    from masktok.pipeline.pools import Node
+
     monkeypatch.setattr(run_module, "_start_ray", lambda address, cpus: False)  # joined, not started
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    # the cluster as Ray reports it, without a Ray (any other call to Ray would start one)
+    monkeypatch.setattr(run_module, "cluster_nodes", lambda: [Node("head", 4.0, 0.0, 16.0)])
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: type("Context", (), {"get_node_id": lambda self: "head"})())
     monkeypatch.setenv("XDG_CACHE_HOME", str(files["root"] / "cache"))
     result = CliRunner().invoke(main, ["run", f"{files['root']}/job", "--set", "segment.resources.gpus=0.5", "-q"])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "asks for 0.5 GPUs (segment 0.5) and the Ray cluster has 0" in result.output, result.output
+    assert not ray.is_initialized(), "the check ran before any Ray was started"
