@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from ..inference.device import DTYPE_CHOICES
+from ..schemas.dtypes import WEIGHT_DTYPES
 from ..schemas.errors import Command
 from ..schemas.refusals import refused_writes
 from ..schemas.jobdir import JobDirPath
@@ -119,7 +120,7 @@ def generate(**opts: Any) -> None:
 @click.command("export", cls=Command)
 @click.option("--checkpoint", type=_DIR, required=True, help="A checkpoint-*/ folder, or a run folder (its latest).")
 @click.option("--out", type=_DIR, required=True, help="A new folder: projector.pt, state.json and (stage 2) llm/.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(WEIGHT_DTYPES), default="float32", show_default=True,
               help="The LM weights' dtype in llm/.")
 def export(checkpoint: Path, out: Path, dtype: str) -> None:
     """Consolidate a (sharded) checkpoint, whatever world size wrote it: llm/ loads with

@@ -9,7 +9,7 @@ import click
 
 from ..pipeline.views.inspect import inspect_image
 from ..pipeline.views.report import build_report
-from ..pipeline.durable import write_atomic
+from ..schemas.durable import write_atomic
 from ..schemas.errors import Command
 from ..schemas.refusals import refused_writes
 from ..schemas.jobdir import JobDirPath

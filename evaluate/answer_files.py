@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from ..schemas.durable import write_atomic
 from ..schemas.errors import LockedError
 from .questions import Question, answer_key, line_key
 
@@ -94,22 +95,10 @@ def append_lines(fh: IO[str], lines: list[dict[str, Any]]) -> None:
     os.fsync(fh.fileno())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` through a temporary beside it: a failed write (a full disk)
-    leaves the file as it was and no temporary."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_in_order(path: Path, questions: list[Question], done: dict[str, dict[str, Any]]) -> None:
     """Rewrite ``path`` atomically: one line per question of ``done``, in question order."""
     write_atomic(path, "".join(json.dumps(answer) + "\n" for q in questions
-                               if (answer := done.get(answer_key(q))) is not None))
+                               if (answer := done.get(answer_key(q))) is not None).encode())
 
 
 def read_run(path: Path) -> dict[str, Any]:
@@ -121,4 +110,4 @@ def read_run(path: Path) -> dict[str, Any]:
 
 
 def write_run(path: Path, record: dict[str, Any]) -> None:
-    write_atomic(path, json.dumps(record, indent=1) + "\n")
+    write_atomic(path, (json.dumps(record, indent=1) + "\n").encode())

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..schemas.durable import write_atomic
 from ..schemas.errors import DataError
-from .answer_files import write_atomic
 from .questions import Question
 
 PLAN_VERSION = 1
@@ -101,5 +101,5 @@ def settle_plan(path: Path, wanted: AnswerPlan) -> AnswerPlan:
             raise DataError(f"{path.parent / (wanted.spec + '.jsonl')} was answered with other settings: "
                             f"{', '.join(diff)}; rerun with those or give another --out")
         return have
-    write_atomic(path, wanted.to_json())
+    write_atomic(path, wanted.to_json().encode())
     return wanted

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -170,19 +170,33 @@ def prefetched(batches: list[int], rows: Callable[[int], list[int]], read_row: C
                build: Callable[[int, dict[int, Any]], Work], depth: int = 4, threads: int = 16) -> Iterator[Work]:
     """``build(i, {row: record})`` for each planned batch ``i``, its cache rows (``rows(i)``)
     read ``depth`` batches ahead, one row per task on ``threads`` threads: a cache on object
-    storage is read many rows at a time, never one row after the other."""
+    storage is read many rows at a time, never one row after the other.
+
+    Each row is read once for the whole run and kept until the last batch that asks for it is
+    built: the plan groups questions by prompt length, so the questions of one image (MME asks
+    two of each) often land in different batches."""
+    needed = {i: sorted(set(rows(i))) for i in batches}
+    users_left = Counter(row for i in batches for row in needed[i])
     with ThreadPoolExecutor(threads) as pool:
-        ahead: deque[tuple[int, dict[int, Future[Any]]]] = deque()
+        asked: dict[int, Future[Any]] = {}
+        ahead: deque[int] = deque()
         todo = iter(batches)
 
         def submit(i: int) -> None:
-            ahead.append((i, {row: pool.submit(read_row, row) for row in sorted(set(rows(i)))}))
+            for row in needed[i]:
+                if row not in asked:
+                    asked[row] = pool.submit(read_row, row)
+            ahead.append(i)
 
         for i in itertools.islice(todo, depth):
             submit(i)
         while ahead:
-            i, futures = ahead.popleft()
-            records = {row: f.result() for row, f in futures.items()}
+            i = ahead.popleft()
+            records = {row: asked[row].result() for row in needed[i]}
+            for row in needed[i]:
+                users_left[row] -= 1
+                if not users_left[row]:
+                    del asked[row]
             if (nxt := next(todo, None)) is not None:
                 submit(nxt)
             yield build(i, records)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..schemas.dtypes import WEIGHT_DTYPES
 from ..schemas.errors import DataError
 
-#: The weight dtypes generation accepts, by their command-line name.
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
-DTYPE_CHOICES = ("auto", *DTYPE_NAMES)
+#: What ``--dtype`` of ``answer`` and ``generate`` accepts.
+DTYPE_CHOICES = ("auto", *WEIGHT_DTYPES)
 
 
 def resolve_device(device: str = "auto") -> Any:
@@ -35,7 +35,7 @@ def resolve_dtype(dtype: str, device: Any) -> Any:
 
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPE_NAMES:
+    if dtype not in WEIGHT_DTYPES:
         raise DataError(f"unknown dtype {dtype!r}: one of {', '.join(DTYPE_CHOICES)}")
     return getattr(torch, dtype)
 

@@ -33,7 +33,7 @@ from ..schemas.versions import COMMIT_VERSION
 from ..schemas.storage import is_remote
 from ..stages.write import (TokenDims, checksum, encode_wds_shard, failures_of, shard_rows, store_patch_grid,
                             store_version, write_zarr_rows)
-from .durable import fsync_dir, write_atomic
+from ..schemas.durable import fsync_dir, write_atomic
 
 
 def _fsync_chunks(group_path: Path, shard: int, names: list[str]) -> None:

@@ -245,7 +245,7 @@ def scan_embedded_images(path: Path, images_dir: Path) -> CorpusScan:
     """MMBench's TSV: each distinct picture written once to ``images_dir/<content id>``
     (atomically; an existing file of that name already holds those bytes), its rows referenced."""
     from ..schemas.eval_files import iter_mmbench_images
-    from .durable import write_atomic
+    from ..schemas.durable import write_atomic
 
     scan = CorpusScan()
     for position, (_, image_id, data) in enumerate(iter_mmbench_images(path)):

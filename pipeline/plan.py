@@ -29,7 +29,7 @@ from ..schemas.spec import CORPUS_KINDS, JobSpec, expand_env, fingerprint, finge
 from ..schemas.storage import check_bucket, remove_tree
 from ..schemas.versions import MANIFEST_SCHEMA_VERSION, RECORD_SCHEMA_VERSION
 from .corpus import EXAMPLES_KEPT, CorpusScan, scan_folder, scan_llava, scan_llava_eval
-from .durable import write_atomic
+from ..schemas.durable import write_atomic
 from .lock import run_lock
 
 JOB_TOML_HEADER = (

@@ -31,7 +31,7 @@ from ..schemas.errors import ModelLoadError, RunError
 from ..schemas.failures import kind_of
 from ..schemas.jobdir import JobDir
 from ..stages.topology import Group, topology
-from .durable import sweep_temp_files, write_atomic
+from ..schemas.durable import sweep_temp_files, write_atomic
 from .lock import run_lock
 from .pools import WRITERS, PoolPlan, cluster_nodes, group_costs, plan_pools
 from .progress import CommitLines

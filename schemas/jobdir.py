@@ -33,7 +33,7 @@ class JobDir:
 
     @property
     def remote(self) -> bool:
-        """On object storage (no rename, no flock, no fsync: see pipeline/durable.py)."""
+        """On object storage (no rename, no flock, no fsync: see schemas/durable.py)."""
         return is_remote(self.root)
 
     @property

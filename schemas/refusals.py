@@ -3,7 +3,7 @@ permission, an object store's refusal) as one line: what was being written, what
 what to do (issue 34; docs/reliability.md).
 
 Every command that writes wraps its writing in :func:`refused_writes`; the writes below it
-stay plain (or go through pipeline/durable.py, which removes its temp file first). The
+stay plain (or go through schemas/durable.py, which removes its temp file first). The
 libraries a command writes with do not all raise an OSError: ``torch.save`` raises a
 RuntimeError whose context is the OSError (when it writes to a Python file object:
 models.registry.save_torch), safetensors a ``SafetensorError`` whose message ends with Rust's
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from .errors import StorageError
 
 #: errno -> what to do. A refusal is one of these, a PermissionError, or any OSError
-#: naming an object-store URL (pipeline/durable.put_object: whatever the store refused).
+#: naming an object-store URL (schemas/durable.put_object: whatever the store refused).
 WHAT_TO_DO = {
     errno.ENOSPC: "free space (or raise the quota) and run again",
     errno.EDQUOT: "free space (or raise the quota) and run again",

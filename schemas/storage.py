@@ -4,7 +4,7 @@ A local JOBDIR is a :class:`pathlib.Path`; ``s3://``, ``gs://`` (any fsspec prot
 library is installed) is a ``upath.UPath``, which speaks the same path API through fsspec,
 so the code that names and reads the job's files (schemas/jobdir.py, schemas/commits.py,
 the views, the trainer) is the same for both. What differs is here and in two other
-places: how a file is written (pipeline/durable.py: one PUT, no rename), and how two
+places: how a file is written (schemas/durable.py: one PUT, no rename), and how two
 drivers are kept apart (pipeline/lock.py: an object created with a conditional write).
 
 Credentials and endpoints come from the environment, as for any client of that storage

@@ -212,16 +212,27 @@ def test_the_margin_of_a_finished_sequence_ignores_the_steps_after_its_eos() -> 
 
 def test_cache_rows_are_read_batches_ahead_each_once() -> None:
     """Before the first batch is handed out, the rows of the next ones are already asked for
-    (on threads: an object-storage cache is never read one row after the other)."""
+    (on threads: an object-storage cache is never read one row after the other), and a row
+    that several batches ask for (MME's two questions of one image) is read once, even when
+    those batches are further apart than the read-ahead."""
+    import time
+
     from masktok.evaluate.answer_replicas import prefetched
 
-    asked, read = [], []
-    works = prefetched([7, 8, 9, 10, 11, 12], lambda i: asked.append(i) or [i * 10, i * 10 + 1, i * 10],
-                       lambda row: read.append(row) or f"record {row}", lambda i, records: (i, records), depth=3)
+    rows = {7: [70, 71, 70], 8: [80, 71], 9: [90], 10: [100], 11: [110], 12: [120, 70]}
+    read = []
+    works = prefetched(list(rows), rows.__getitem__, lambda row: read.append(row) or f"record {row}",
+                       lambda i, records: (i, records), depth=3)
     first = next(works)
-    assert first == (7, {70: "record 70", 71: "record 71"}) and asked == [7, 8, 9, 10]
-    assert [w[0] for w in works] == [8, 9, 10, 11, 12]
-    assert sorted(read) == sorted(r for i in range(7, 13) for r in (i * 10, i * 10 + 1))  # each row once
+    assert first == (7, {70: "record 70", 71: "record 71"})
+    deadline = time.monotonic() + 30
+    while len(read) < 5 and time.monotonic() < deadline:  # the reads of batches 8-10 finish on their threads
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert sorted(read) == [70, 71, 80, 90, 100]  # 11 and 12 not yet: 3 batches ahead of the one handed out
+    assert list(works) == [(8, {71: "record 71", 80: "record 80"}), (9, {90: "record 90"}), (10, {100: "record 100"}),
+                           (11, {110: "record 110"}), (12, {70: "record 70", 120: "record 120"})]
+    assert sorted(read) == [70, 71, 80, 90, 100, 110, 120]  # each row once
 
 
 def test_auto_is_cuda_and_bfloat16_with_a_gpu_and_cpu_and_float32_without(monkeypatch) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,19 @@ def cli_read_or_one_line(args: list[object], tried: Counter) -> None:
     tried[f"exit {res.exit_code}"] += 1
 
 
-def report(name: str, tried: Counter) -> None:
+def fuzz_file(name: str, path: Path, *checks: Callable[[Counter], None]) -> None:
+    """Write each drawn input to ``path`` and run every check on it (each counts what it saw
+    in ``tried``); at least AT_LEAST inputs must have been tried."""
+    tried: Counter = Counter()
+
+    @CHEAP
+    @given(data=file_bytes())
+    def check(data: bytes) -> None:
+        path.write_bytes(data)
+        for one in checks:
+            one(tried)
+
+    check()
     print(f"\n{name}: {sum(tried.values())} inputs tried ({dict(tried)})")
     assert sum(tried.values()) >= AT_LEAST
 
@@ -94,49 +107,24 @@ def report(name: str, tried: Counter) -> None:
 def test_plan_reads_or_refuses_in_one_line_any_corpus_file(kind, suffix, tmp_path):
     source, images = tmp_path / f"corpus{suffix}", tmp_path / "images"
     images.mkdir()
-    tried: Counter = Counter()
-
-    @CHEAP
-    @given(data=file_bytes())
-    def check(data: bytes) -> None:
-        source.write_bytes(data)
-        cli_read_or_one_line(["plan", tmp_path / "job", "--corpus", kind, "--source", source, "--image-root", images,
-                              "--spec", "demo", "--set", "corpus.check_files=false", "--force", "-q"], tried)
-
-    check()
-    report(f"plan --corpus {kind}", tried)
+    fuzz_file(f"plan --corpus {kind}", source, lambda tried: cli_read_or_one_line(
+        ["plan", tmp_path / "job", "--corpus", kind, "--source", source, "--image-root", images,
+         "--spec", "demo", "--set", "corpus.check_files=false", "--force", "-q"], tried))
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".tsv"])
 def test_question_files_are_read_or_refused_in_one_line(suffix, tmp_path):
     path = tmp_path / f"questions{suffix}"
-    tried: Counter = Counter()
-
-    @CHEAP
-    @given(data=file_bytes())
-    def check(data: bytes) -> None:
-        path.write_bytes(data)
-        read_or_one_line(lambda: read_question_file(path), tried)
-
-    check()
-    report(f"question files ({suffix})", tried)
+    fuzz_file(f"question files ({suffix})", path, lambda tried: read_or_one_line(lambda: read_question_file(path), tried))
 
 
 def test_answer_files_are_read_or_refused_in_one_line_by_the_reader_and_score(tmp_path):
     answers, labels = tmp_path / "answers.jsonl", tmp_path / "coco_pope_random.json"
     labels.write_text("".join(json.dumps({"question_id": i, "label": "yes" if i % 2 else "no"}) + "\n"
                               for i in range(4)))
-    tried: Counter = Counter()
-
-    @CHEAP
-    @given(data=file_bytes())
-    def check(data: bytes) -> None:
-        answers.write_bytes(data)
-        read_or_one_line(lambda: read_answer_file(answers), tried)
-        cli_read_or_one_line(["score", "pope", "--answers", answers, "--labels", labels], tried)
-
-    check()
-    report("answer files", tried)
+    fuzz_file("answer files", answers,
+              lambda tried: read_or_one_line(lambda: read_answer_file(answers), tried),
+              lambda tried: cli_read_or_one_line(["score", "pope", "--answers", answers, "--labels", labels], tried))
 
 
 @pytest.mark.parametrize("image", ["../outside.jpg", "/etc/passwd", "img/../../x.jpg", "C:\\x.jpg"])

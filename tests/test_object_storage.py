@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from masktok.cli import main
-from masktok.pipeline.durable import write_atomic
+from masktok.schemas.durable import write_atomic
 from masktok.pipeline.lock import ObjectLock, lock_holder, run_lock
 from masktok.pipeline.status import verify_job
 from masktok.tiny.cache import write_tiny_cache

@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 from masktok.pipeline.commit import verify_shard
-from masktok.pipeline.durable import sweep_temp_files, write_atomic
+from masktok.schemas.durable import sweep_temp_files, write_atomic
 from masktok.tiny.cache import tiny_items
 from masktok.pipeline.writers import Books, ShardWriter, WriterPool, WriterStopped, coordinate, writer_of
 from masktok.schemas.commits import read_commits

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...schemas.dtypes import WEIGHT_DTYPES
 from ...schemas.errors import CheckpointError
 from ...schemas.refusals import save_torch
 from ..data.llama_text import save_tokenizer
@@ -24,7 +25,7 @@ from ..runtime import build_model, load_llm, load_tokenizer
 from . import checkpoint as ckpt
 from .mask_llava import MaskLlava
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in WEIGHT_DTYPES}
 
 
 def split_state(full: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..schemas.storage import is_remote
+from .storage import is_remote
 
 #: Temp names of :func:`write_atomic`: ``.<name>.tmp-<pid>`` beside the file.
 TEMP_GLOB = ".*.tmp-*"
