@@ -83,8 +83,12 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
               help="Change speed settings for this run only, e.g. --set invert.resources.gpus=0.5 "
                    "(settings that change results are refused).")
 @click.option("--retry-failed", is_flag=True, help="Also redo the shards that hold failed images.")
+@click.option("--stages", is_flag=True,
+              help="In a terminal: a bar per stage group (Ray Data's: rows done, actors, queued blocks, CPUs "
+                   "and GPUs held) instead of the one bar, to see which pool to scale.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry_failed: bool, quiet: bool) -> None:
+def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry_failed: bool, stages: bool,
+        quiet: bool) -> None:
     """Process every shard of JOBDIR that has no commit yet: decode + prepare -> detect -> segment ->
     background + filter -> invert -> Zarr + WebDataset, on Ray. Safe to kill at any
     moment: the next run redoes exactly the uncommitted shards."""
@@ -92,7 +96,7 @@ def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry
 
     with refused_writes(f"the job {jobdir}", "every committed shard is safe: the next run does exactly the shards left"):
         summary = run_job(JobDir(jobdir), ray_address=ray_address, overrides=overrides, retry_failed=retry_failed,
-                          progress=not quiet, echo=click.echo)
+                          progress=not quiet, stages=stages, echo=click.echo)
     click.echo(summary.line())
     if summary.retry_advice:
         click.echo(summary.retry_advice)

@@ -61,6 +61,13 @@ class StageGroup:
         return to_columns(items, self.columns)
 
 
+def named_stage_group(name: str) -> type[StageGroup]:
+    """StageGroup under the group's name: Ray Data names each operator, its progress bar
+    (`masktok run --stages`) and its actors' processes after the class,
+    ``MapBatches(StageGroup[detect])`` instead of five alike ``MapBatches(StageGroup)``."""
+    return type(f"StageGroup[{name}]", (StageGroup,), {"__module__": __name__})
+
+
 def deliver(items: list[Item], writers: list[Any], shard_size: int) -> dict[str, np.ndarray]:
     """Hand each item to its shard's writer and wait until every writer holds them. The
     batch returned to Ray Data is empty: the writers tell the driver what they hold."""
@@ -111,7 +118,7 @@ def build_dataset(spec: JobSpec, groups: list[Group], items: list[Item], image_r
     for i, group in enumerate(groups):
         res = group.resources
         ds = ds.map_batches(
-            StageGroup, fn_constructor_args=(spec, groups, i, image_root, checkpoints, tuple(writers)),
+            named_stage_group(group.name), fn_constructor_args=(spec, groups, i, image_root, checkpoints, tuple(writers)),
             batch_size=res.batch_size,
             batch_format="numpy",
             compute=pool_strategy(pools.pool(group.name) if pools else None, res), num_cpus=res.cpus,

@@ -154,6 +154,20 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
+def _show_stage_bars() -> None:
+    """Ray Data's own progress, one bar per stage group, for a user deciding what to scale:
+    the group's rows done, its tasks, actors (running, pending, restarting), queued blocks
+    and the CPUs/GPUs it holds, e.g.
+    ``- MapBatches(StageGroup)->...: Tasks: 4; Actors: 4; Queued blocks: 12; Resources: 2.0 CPU, 1.0 GPU``.
+    The last group hands its images to the writers, so its bar counts no output rows: the
+    commits say what is written (``masktok status``)."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = True
+    ctx.enable_operator_progress_bars = True
+
+
 def _quiet_published_errors() -> None:
     """Keep the errors the cluster publishes for the job off the terminal.
 
@@ -228,13 +242,17 @@ def size_pools(jd: JobDir, spec: JobSpec, groups: list[Group], kept: dict[int, d
 
 
 def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str, ...] = (),
-            retry_failed: bool = False, progress: bool = True, echo: Callable[[str], None] = print) -> RunSummary:
+            retry_failed: bool = False, progress: bool = True, stages: bool = False,
+            echo: Callable[[str], None] = print) -> RunSummary:
+    """Run every uncommitted shard of ``jd``. ``progress``: masktok's bar in a terminal, a
+    line per commit off it; ``stages`` (in a terminal): Ray Data's bar of every stage group
+    instead of masktok's (:func:`_show_stage_bars`)."""
     spec, meta = load_job(jd, overrides)
     with run_lock(jd.run_lock) as lock:
         if lock.took_over:
             echo(f"took over the lock of a dead run (pid {lock.took_over.get('pid')})")
         sweep_temp_files(jd.wds, jd.commits)  # left by a writer killed mid-write
-        return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, echo, lock.run)
+        return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, stages, echo, lock.run)
 
 
 def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int,
@@ -276,7 +294,7 @@ def _model_load_error(exc: BaseException) -> str | None:
 
 
 def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | None, retry_failed: bool,
-                progress: bool, echo: Callable[[str], None], run: str | None = None) -> RunSummary:
+                progress: bool, stages: bool, echo: Callable[[str], None], run: str | None = None) -> RunSummary:
     manifest = read_manifest(jd.manifest, columns=["index", "image_id", "path", "shard"]).to_pydict()
     rows, size = len(manifest["index"]), spec.shards.size
     shards = -(-rows // size)
@@ -310,9 +328,14 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
         echo(pools.line())
         # run: the lock's id, the writers' fence
         pool = WriterPool(jd, spec, meta, rows, dims, run, actors=pools.pool(WRITERS).actors)
+        bars = stages and progress and sys.stderr.isatty()
+        if bars:  # before the dataset is made: it keeps the context of its making
+            _show_stage_bars()
         ds = build_dataset(spec, groups, items, spec.corpus.image_root, checkpoints, writers=tuple(pool.names),
                            pools=pools)
-        if progress and not sys.stderr.isatty():  # nohup, a batch scheduler: a line per commit, no redraws
+        if bars:
+            books = coordinate(ds, pool, todo, lambda books: None)
+        elif progress and not sys.stderr.isatty():  # nohup, a batch scheduler: a line per commit, no redraws
             books = coordinate(ds, pool, todo, CommitLines(len(items), lambda line: print(line, file=sys.stderr,
                                                                                           flush=True)))
         else:

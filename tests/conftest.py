@@ -72,12 +72,21 @@ def job_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def finished_job(tmp_path_factory: pytest.TempPathFactory, job_corpus: tuple[Path, Path]):
     """The small corpus planned and run once, uninterrupted, for the whole session: tests
-    read it and never change it (copy it first to change anything)."""
-    from small_job import plan_job, run_masktok
+    read it and never change it (copy it first to change anything). It runs in a terminal
+    with ``--stages``; what it wrote there is kept beside it (``finished_run_output``)."""
+    from small_job import plan_job, run_in_terminal
 
     jd = plan_job(tmp_path_factory.mktemp("jobs") / "finished", job_corpus)
-    run_masktok("run", jd.root, "-q")
+    code, output = run_in_terminal("run", jd.root, "--stages")
+    assert code == 0, output[-3000:]
+    (jd.root.parent / "run-output.txt").write_text(output)
     return jd
+
+
+@pytest.fixture(scope="session")
+def finished_run_output(finished_job) -> str:
+    """What ``masktok run --stages`` of ``finished_job`` wrote to its terminal."""
+    return (finished_job.root.parent / "run-output.txt").read_text()
 
 
 # --- a tiny cache and a tiny Llama for the trainer ------------------------------------------

@@ -80,9 +80,11 @@ def _wait_ready(proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"ray start {what}:\n{''.join(output)[-3000:]}")
 
 
-def stop_group(pgid: int, timeout: float = 60) -> None:
+def stop_group(pgid: int, timeout: float = 3) -> None:
     """SIGTERM every process of the group (Ray's own graceful stop signal), SIGKILL what is
-    left after ``timeout``, and wait until none is alive."""
+    left after ``timeout``, and wait until none is alive. The grace is short: a test cluster
+    keeps nothing worth a graceful stop, and Ray's GCS and raylet take ~30 s to stop on SIGTERM
+    (half a minute of the suite for each cluster)."""
     members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == pgid]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:

@@ -35,6 +35,44 @@ def run_masktok(*args: object, timeout: int = RUN_TIMEOUT, check: bool = True,
     return result
 
 
+def run_in_terminal(*args: object, timeout: int = RUN_TIMEOUT, env: dict[str, str] | None = None,
+                    columns: int = 200) -> tuple[int, str]:
+    """The installed ``masktok`` with a terminal (a pseudo-terminal ``columns`` wide) as its
+    stdin, stdout and stderr, as a user runs it: (exit status, everything it wrote)."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    import threading
+
+    ours, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
+    proc = subprocess.Popen([MASKTOK, *map(str, args)], stdin=side, stdout=side, stderr=side, env=env)
+    os.close(side)
+    chunks: list[bytes] = []
+
+    def read() -> None:  # until the last holder of the terminal closes it (EIO on Linux)
+        while True:
+            try:
+                data = os.read(ours, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+    reader.join(timeout=10)
+    os.close(ours)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
 def write_job_corpus(root: Path) -> tuple[Path, Path]:
     """The demo images under ``root`` and a LLaVA-Instruct-style JSON naming JOB_IMAGES."""
     write_demo_corpus(root)

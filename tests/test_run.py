@@ -107,6 +107,19 @@ def test_every_stage_that_ran_is_timed_in_the_commits_and_status(finished):
     assert f"stages  slowest: {slowest}, " in masktok("status", finished.root).stdout
 
 
+def test_stages_shows_a_bar_per_stage_group_with_its_actors_in_a_terminal(finished, finished_run_output):
+    """`masktok run --stages` in a terminal (the session's finished job): Ray Data's bar of
+    each stage group, named after it, with its tasks, actors and rows, instead of masktok's one
+    bar; the summary still ends the run."""
+    text = finished_run_output
+    spec, _ = load_job(finished)
+    assert set(re.findall(r"MapBatches\(StageGroup\[(\w+)\]\): Tasks: \d+; Actors: \d+", text)) == {
+        group.name for group in topology(spec)}, text[-3000:]
+    assert re.search(r"[\d.]+/9(\.00)? \[", text), "rows done out of the 9 images"
+    assert "masktok run:" not in text, "the one bar is replaced by the stage bars"
+    assert "committed 3 shards (9 images, 1 failed)" in text
+
+
 def test_a_committed_job_reruns_as_a_no_op(finished):
     def snapshot():  # every byte of the job (run.lock names the last run's holder)
         return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in finished.root.rglob("*")
