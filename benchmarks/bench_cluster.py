@@ -116,8 +116,8 @@ class _SimPool:
 
 def driver_cpu_per_image(items: int, blocks: str = "image") -> dict:
     """``blocks``: "image", one image per block as pipeline/graph.py runs today; "batch", Ray
-    Data's default block size, so each call's output batch stays one block (what lifting the
-    driver's ceiling would change)."""
+    Data's default block size, so each task's output stays one block (about items / 256
+    items: what lifting the driver's ceiling would change)."""
     import psutil
     import ray
     import ray.data
@@ -155,7 +155,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=2000, help="simulated items for the driver's CPU")
     ap.add_argument("--blocks", choices=["image", "batch"], default="image",
-                    help="blocks of the driver measurement: one image each (as runs are today) or one output batch")
+                    help="blocks of the driver measurement: one image each (as runs are today) or Ray Data's default size")
     ap.add_argument("--images", type=int, default=200, help="images of the bench_run comparison (0: skip it)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
