@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..models import quiet_model_libraries
-from ..schemas.spec import AUTO, JobSpec, Resources
+from ..schemas.spec import JobSpec
 from ..stages.chain import run_chain
 from ..stages.topology import Group, build_group
 from .pools import Pool, PoolPlan
@@ -89,24 +89,23 @@ def columns_after(groups: list[Group], index: int) -> tuple[str, ...]:
     return tuple(name for name in ARRAY_COLUMNS if ARRAY_COLUMNS[name].last_reader in later)
 
 
-def pool_strategy(pool: Pool | None, res: Resources):
+def pool_strategy(pool: Pool):
     """Ray Data's ActorPoolStrategy of one group: fixed for an integer ``actors``, autoscaling
     from the sized start (``min_size``) with no upper bound for ``auto``."""
     import ray.data
 
-    if res.actors != AUTO:
-        return ray.data.ActorPoolStrategy(size=res.actors)
-    return ray.data.ActorPoolStrategy(min_size=pool.actors if pool else 1, max_size=None)
+    if not pool.auto:
+        return ray.data.ActorPoolStrategy(size=pool.actors)
+    return ray.data.ActorPoolStrategy(min_size=pool.actors, max_size=None)
 
 
 def build_dataset(spec: JobSpec, groups: list[Group], items: list[Item], image_root: str,
-                  checkpoints: dict[str, str], writers: tuple[str, ...] = (), pools: PoolPlan | None = None):
+                  checkpoints: dict[str, str], *, pools: PoolPlan, writers: tuple[str, ...] = ()):
     """The lazy Ray Dataset that turns planned items into finished ones, one actor pool per
     group of ``groups`` (the spec's topology): handed to the shard writers named ``writers``
     (it then has no rows), or its rows. ``pools`` (pools.py) sizes each pool: an auto pool
     starts at its size and may grow (Ray Data's autoscaling pool, within the resources it
-    sees: a node that joins gets actors); a fixed one keeps its size. Without ``pools``, the
-    spec's integers (an auto pool: one actor, growing)."""
+    sees: a node that joins gets actors); a fixed one keeps its size."""
     import ray.data
 
     # One image per block. Ray Data merges a task's output into blocks of up to
@@ -121,7 +120,7 @@ def build_dataset(spec: JobSpec, groups: list[Group], items: list[Item], image_r
             named_stage_group(group.name), fn_constructor_args=(spec, groups, i, image_root, checkpoints, tuple(writers)),
             batch_size=res.batch_size,
             batch_format="numpy",
-            compute=pool_strategy(pools.pool(group.name) if pools else None, res), num_cpus=res.cpus,
+            compute=pool_strategy(pools.pool(group.name)), num_cpus=res.cpus,
             num_gpus=res.gpus,
             **({"memory": int(res.memory_gb * 1e9)} if res.memory_gb else {}),
             # the last group hands its items to the writers and returns no rows

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..schemas.errors import RunError
-from ..schemas.spec import AUTO, Resources
+from ..schemas.spec import Resources
 
 EPS = 1e-9
 WRITERS = "writers"
@@ -73,6 +73,11 @@ class Pool:
     gpus: float
     memory_gb: float | None
     auto: bool
+
+    @classmethod
+    def starting(cls, name: str, res: Resources, gpus: float | None = None) -> Pool:
+        """The pool of ``res`` at its first actors (``gpus``: its own ask if not given)."""
+        return cls(name, res.first_actors, res.cpus, res.gpus if gpus is None else gpus, res.memory_gb, res.auto)
 
     def describe(self) -> str:
         """``detect 8 x 0.25 GPU`` / ``filter 48``."""
@@ -179,10 +184,8 @@ def plan_pools(groups: list[tuple[str, Resources]], writers: Resources, nodes: l
     order; ``costs``: seconds per image per actor by group name; ``writers_node``: the node
     the writers must run on (None: any). Raises :class:`PoolsDoNotFit`."""
     place = Placement(nodes)
-    pools = [Pool(name, 1 if res.actors == AUTO else res.actors, res.cpus, res.gpus, res.memory_gb,
-                  res.actors == AUTO) for name, res in groups]
-    writer = Pool(WRITERS, 1 if writers.actors == AUTO else writers.actors, writers.cpus, 0.0, writers.memory_gb,
-                  writers.actors == AUTO)
+    pools = [Pool.starting(name, res) for name, res in groups]
+    writer = Pool.starting(WRITERS, writers, gpus=0.0)
     _check_gpus_exist(pools, nodes)
     for _ in range(writer.actors):
         if not place.place(writer, writers_node):

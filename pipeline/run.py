@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..schemas.manifest import read_manifest
-from ..schemas.spec import AUTO, JobSpec, Resources, apply_overrides, fingerprint, fingerprint_diff, read_toml, spec_from_dict
+from ..schemas.spec import JobSpec, apply_overrides, fingerprint, fingerprint_diff, read_toml, spec_from_dict
 from ..schemas.versions import RECORD_SCHEMA_VERSION
 from ..schemas.commits import read_commits, stage_seconds_per_image, valid_commits
 from ..schemas.errors import ModelLoadError, RunError
@@ -108,14 +108,9 @@ def local_ray_cpus(groups: list[Group], spec: JobSpec) -> int:
     groups and the shard writers, an auto pool counting its first actor) plus the read
     tasks, and never fewer than the machine has. Ray Data waits forever, without an error, on
     a reservation the node cannot grant."""
-    wanted = sum(first_actors(g.resources) * g.resources.cpus for g in groups)
-    wanted += first_actors(spec.write.resources) * spec.write.resources.cpus + 1
+    wanted = sum(g.resources.first_actors * g.resources.cpus for g in groups)
+    wanted += spec.write.resources.first_actors * spec.write.resources.cpus + 1
     return max(os.cpu_count() or 1, int(wanted + 0.999))
-
-
-def first_actors(res: Resources) -> int:
-    """The actors a pool starts with before the cluster is known: 1 for ``auto``."""
-    return 1 if res.actors == AUTO else res.actors
 
 
 def _start_ray(address: str | None, cpus: int) -> bool:
@@ -158,7 +153,7 @@ def _show_stage_bars() -> None:
     """Ray Data's own progress, one bar per stage group, for a user deciding what to scale:
     the group's rows done, its tasks, actors (running, pending, restarting), queued blocks
     and the CPUs/GPUs it holds, e.g.
-    ``- MapBatches(StageGroup)->...: Tasks: 4; Actors: 4; Queued blocks: 12; Resources: 2.0 CPU, 1.0 GPU``.
+    ``- MapBatches(StageGroup[invert]): Tasks: 4; Actors: 4; Queued blocks: 12 (...); Resources: 2.0 CPU, 2.0 GPU ...``.
     The last group hands its images to the writers, so its bar counts no output rows: the
     commits say what is written (``masktok status``)."""
     from ray.data import DataContext

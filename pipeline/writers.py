@@ -45,7 +45,7 @@ from ..schemas.commits import Commit
 from ..schemas.errors import RunError
 from ..schemas.jobdir import JobDir
 from ..schemas.refusals import what_to_do
-from ..schemas.spec import AUTO, JobSpec
+from ..schemas.spec import JobSpec
 from ..schemas.storage import open_zarr
 from ..stages.write import TokenDims
 
@@ -189,7 +189,7 @@ class WriterPool:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         res = spec.write.resources
-        count = actors or (1 if res.actors == AUTO else res.actors)
+        count = actors or res.first_actors
         here = ray.get_runtime_context().get_node_id()
         # a job directory on a local disk is the driver's: its writers run beside it; one on
         # object storage is everyone's: they run wherever Ray places them

@@ -84,6 +84,16 @@ class Resources(_Section):
             return value
         raise ValueError(f'expected an integer >= 1 or "{AUTO}"')
 
+    @property
+    def auto(self) -> bool:
+        """Sized from the cluster at each run (pipeline/pools.py)."""
+        return self.actors == AUTO
+
+    @property
+    def first_actors(self) -> int:
+        """The actors the pool starts with before the cluster is known: its integer, 1 for auto."""
+        return 1 if self.auto else self.actors
+
 
 class JobInfo(_Section):
     name: str = "masktok-job"
