@@ -123,7 +123,7 @@ def driver_cpu_per_image(items: int, blocks: str = "image") -> dict:
     import ray.data
 
     from masktok.pipeline.run import _quiet_ray_data
-    from masktok.pipeline.writers import coordinate
+    from masktok.pipeline.writers import Books, coordinate
 
     ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
@@ -139,7 +139,7 @@ def driver_cpu_per_image(items: int, blocks: str = "image") -> dict:
                                 compute=ray.data.ActorPoolStrategy(size=1), udf_modifying_row_count=last)
         me = psutil.Process()
         cpu0, t0 = sum(me.cpu_times()[:2]), time.perf_counter()
-        books = coordinate(ds, _SimPool(writer), [])
+        books = coordinate(ds, _SimPool(writer), Books(set()))
         cpu, wall = sum(me.cpu_times()[:2]) - cpu0, time.perf_counter() - t0
     finally:
         ray.shutdown()

@@ -91,7 +91,7 @@ def through_writers(ray, root: Path | str, writers: int, shard_size: int, shards
     """The run's sink path with ``writers`` writer actors."""
     import ray.data
 
-    from masktok.pipeline.writers import WriterPool, coordinate
+    from masktok.pipeline.writers import Books, WriterPool, coordinate
     from masktok.schemas.jobdir import JobDir
     from masktok.schemas.spec import JobSpec
     from masktok.stages.write import TokenDims, open_store
@@ -108,7 +108,7 @@ def through_writers(ray, root: Path | str, writers: int, shard_size: int, shards
         Source, fn_constructor_args=(tuple(pool.names), shard_size), batch_size=8, num_cpus=0.25,
         compute=ray.data.ActorPoolStrategy(size=1))
     wall, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
-    books = coordinate(ds, pool, range(shards))
+    books = coordinate(ds, pool, Books(set(range(shards))))
     wall, cpu, own = time.perf_counter() - wall, time.process_time() - cpu, time.thread_time() - own
     books.raise_problems()
     writer_cpu = sum(ray.get([a.cpu_seconds.remote() for a in pool.actors])) - sum(writer_cpu)

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..jobs import BUNDLED, spec_document
+from ..pipeline.passes import STALL_TIMEOUT_S
 from ..pipeline.plan import plan_job
 from ..schemas.errors import Command
 from ..schemas.refusals import refused_writes
@@ -86,9 +87,13 @@ def plan(jobdir: Path, kind: str | None, source: Path | None, image_root: Path |
 @click.option("--stages", is_flag=True,
               help="In a terminal: a bar per stage group (Ray Data's: rows done, actors, queued blocks, CPUs "
                    "and GPUs held) instead of the one bar, to see which pool to scale.")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), default=STALL_TIMEOUT_S, show_default=True,
+              metavar="SECONDS",
+              help="End a stream in which no image moved through any stage for this long. If a node left the "
+                   "cluster, a new pass over the nodes left does the images no writer holds; else the run stops.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry_failed: bool, stages: bool,
-        quiet: bool) -> None:
+        stall_timeout: float, quiet: bool) -> None:
     """Process every shard of JOBDIR that has no commit yet: decode + prepare -> detect -> segment ->
     background + filter -> invert -> Zarr + WebDataset, on Ray. Safe to kill at any
     moment: the next run redoes exactly the uncommitted shards."""
@@ -96,7 +101,7 @@ def run(jobdir: Path, ray_address: str | None, overrides: tuple[str, ...], retry
 
     with refused_writes(f"the job {jobdir}", "every committed shard is safe: the next run does exactly the shards left"):
         summary = run_job(JobDir(jobdir), ray_address=ray_address, overrides=overrides, retry_failed=retry_failed,
-                          progress=not quiet, stages=stages, echo=click.echo)
+                          progress=not quiet, stages=stages, echo=click.echo, stall_timeout=stall_timeout)
     click.echo(summary.line())
     if summary.retry_advice:
         click.echo(summary.retry_advice)

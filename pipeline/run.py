@@ -33,6 +33,7 @@ from ..schemas.jobdir import JobDir
 from ..stages.topology import Group, topology
 from ..schemas.durable import sweep_temp_files, write_atomic
 from .lock import run_lock
+from .passes import STALL_TIMEOUT_S, stream_passes
 from .pools import WRITERS, PoolPlan, cluster_nodes, group_costs, plan_pools
 from .progress import CommitLines
 from .room import retry_advice
@@ -238,16 +239,19 @@ def size_pools(jd: JobDir, spec: JobSpec, groups: list[Group], kept: dict[int, d
 
 def run_job(jd: JobDir, *, ray_address: str | None = None, overrides: tuple[str, ...] = (),
             retry_failed: bool = False, progress: bool = True, stages: bool = False,
-            echo: Callable[[str], None] = print) -> RunSummary:
+            echo: Callable[[str], None] = print, stall_timeout: float = STALL_TIMEOUT_S) -> RunSummary:
     """Run every uncommitted shard of ``jd``. ``progress``: masktok's bar in a terminal, a
     line per commit off it; ``stages`` (in a terminal): Ray Data's bar of every stage group
-    instead of masktok's (:func:`_show_stage_bars`)."""
+    instead of masktok's (:func:`_show_stage_bars`); ``stall_timeout``: seconds without any
+    block moving before a stream ends, then a new pass if a node was lost (passes.py)."""
+
     spec, meta = load_job(jd, overrides)
     with run_lock(jd.run_lock) as lock:
         if lock.took_over:
             echo(f"took over the lock of a dead run (pid {lock.took_over.get('pid')})")
         sweep_temp_files(jd.wds, jd.commits)  # left by a writer killed mid-write
-        return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, stages, echo, lock.run)
+        return _run_locked(jd, spec, meta, ray_address, retry_failed, progress, stages, echo, lock.run,
+                           stall_timeout)
 
 
 def _pending_shards(jd: JobDir, meta: dict[str, Any], shards: int,
@@ -289,7 +293,8 @@ def _model_load_error(exc: BaseException) -> str | None:
 
 
 def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | None, retry_failed: bool,
-                progress: bool, stages: bool, echo: Callable[[str], None], run: str | None = None) -> RunSummary:
+                progress: bool, stages: bool, echo: Callable[[str], None], run: str | None,
+                stall_timeout: float) -> RunSummary:
     manifest = read_manifest(jd.manifest, columns=["index", "image_id", "path", "shard"]).to_pydict()
     rows, size = len(manifest["index"]), spec.shards.size
     shards = -(-rows // size)
@@ -302,7 +307,7 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
     from ..stages.write import open_store
     from ..stages.checkpoints import resolve_checkpoints, token_dims
     from .graph import build_dataset
-    from .writers import Books, WriterPool, coordinate
+    from .writers import Books, WriterPool
 
     groups = topology(spec)  # once for the run: checkpoints, Ray's size, the pools, the graph
     checkpoints = resolve_checkpoints(spec, jd.models, groups)
@@ -326,20 +331,25 @@ def _run_locked(jd: JobDir, spec: JobSpec, meta: dict[str, Any], address: str | 
         bars = stages and progress and sys.stderr.isatty()
         if bars:  # before the dataset is made: it keeps the context of its making
             _show_stage_bars()
-        ds = build_dataset(spec, groups, items, spec.corpus.image_root, checkpoints, writers=tuple(pool.names),
-                           pools=pools)
+
+        def stream(show: Callable[[Books], None]) -> Books:
+            return stream_passes(
+                items, todo, size, pools,
+                lambda left, plan: build_dataset(spec, groups, left, spec.corpus.image_root, checkpoints,
+                                                 writers=tuple(pool.names), pools=plan),
+                lambda: size_pools(jd, spec, groups, kept), pool, show, echo, stall_timeout)
+
         if bars:
-            books = coordinate(ds, pool, todo, lambda books: None)
+            books = stream(lambda books: None)
         elif progress and not sys.stderr.isatty():  # nohup, a batch scheduler: a line per commit, no redraws
-            books = coordinate(ds, pool, todo, CommitLines(len(items), lambda line: print(line, file=sys.stderr,
-                                                                                          flush=True)))
+            books = stream(CommitLines(len(items), lambda line: print(line, file=sys.stderr, flush=True)))
         else:
             with tqdm(total=len(items), unit="img", desc="masktok run", disable=not progress, smoothing=0.1) as bar:
                 def show(books: Books) -> None:
                     bar.update(books.images - bar.n)
                     bar.set_postfix(shards=f"{already + len(books.committed)}/{shards}", failed=books.failed)
 
-                books = coordinate(ds, pool, todo, show)
+                books = stream(show)
     except Exception as exc:
         cause = _model_load_error(exc)
         if cause is None:

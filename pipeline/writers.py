@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +165,11 @@ class ShardWriter:
             out["incomplete"] = {shard: len(items) for shard, items in self.held.items() if items}
         return out
 
+    def holding(self) -> tuple[list[int], list[int]]:
+        """(the images held of shards not yet complete, the shards complete: queued or written)."""
+        with self.lock:
+            return [i for items in self.held.values() for i in items], sorted(self.queued)
+
     def stop(self) -> None:
         """Take no more images (the driver stops the run): the stream then ends with an error."""
         with self.lock:
@@ -244,6 +249,13 @@ class WriterPool:
 
         ray.get([actor.stop.remote() for actor in self.actors])
 
+    def holding(self) -> tuple[set[int], set[int]]:
+        """What every writer holds: (images of shards not yet complete, complete shards)."""
+        import ray
+
+        parts = ray.get([actor.holding.remote() for actor in self.actors])
+        return {i for images, _ in parts for i in images}, {s for _, shards in parts for s in shards}
+
     def pids(self) -> list[int]:
         import ray
 
@@ -295,14 +307,14 @@ REPORT_EVERY = 0.5
 STOP_TIMEOUT = 120
 
 
-def coordinate(ds: Any, pool: WriterPool, todo: Iterable[int],
+def coordinate(ds: Any, pool: WriterPool, books: Books,
                show: Callable[[Books], None] = lambda books: None) -> Books:
     """The driver's loop: the Ray Dataset ``ds`` runs to its end in a thread (it feeds the
-    writers; its rows, if any, are not wanted); meanwhile the writers' reports are booked and
-    shown (``show``) twice a second. After a failed write it stops waiting for the stream.
-    Returns the books once the writers have finished (``Books.raise_problems`` says what
-    went wrong)."""
-    books = Books(set(todo))
+    writers; its rows, if any, are not wanted); meanwhile the writers' reports are booked in
+    ``books`` and shown (``show``) twice a second. After a failed write it stops waiting for
+    the stream. Returns the books once the writers have finished (``Books.raise_problems``
+    says what went wrong); a stream that failed otherwise raises, the writers unfinished
+    (passes.py may stream again to them)."""
     failure: list[BaseException] = []
 
     def stream() -> None:
@@ -325,6 +337,11 @@ def coordinate(ds: Any, pool: WriterPool, todo: Iterable[int],
         thread.join(STOP_TIMEOUT)
     elif failure:
         raise failure[0]
+    return finish(pool, books, show)
+
+
+def finish(pool: WriterPool, books: Books, show: Callable[[Books], None] = lambda books: None) -> Books:
+    """Book the writers' last reports, once they have every image they will get."""
     for report in pool.finish():
         books.take(report)
     show(books)

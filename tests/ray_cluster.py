@@ -75,8 +75,8 @@ def _wait_ready(proc: subprocess.Popen, timeout: float) -> None:
     threading.Thread(target=read, daemon=True).start()
     if ready.wait(timeout) and proc.poll() is None and any(READY in line for line in output):
         return
-    stop_group(proc.pid)
     what = f"exited {proc.returncode}" if proc.poll() is not None else f"did not come up in {timeout} s"
+    stop_group(proc.pid)  # after the verdict: a stopped node exits too
     raise RuntimeError(f"ray start {what}:\n{''.join(output)[-3000:]}")
 
 

@@ -180,7 +180,7 @@ def write_through_ray(jd: JobDir, writers: int, shards: list[int]) -> Books:
     ds = ray.data.from_items([{"item": blob} for blob in to_columns(items, ())["item"]], override_num_blocks=8)
     ds = ds.map_batches(Deliver, fn_constructor_args=(tuple(pool.names),), batch_size=3, num_cpus=0.5,
                         compute=ray.data.ActorPoolStrategy(size=1))
-    return coordinate(ds, pool, shards)
+    return coordinate(ds, pool, Books(set(shards)))
 
 
 @pytest.fixture(scope="module")
