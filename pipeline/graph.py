@@ -105,7 +105,7 @@ def build_dataset(spec: JobSpec, groups: list[Group], items: list[Item], image_r
     group of ``groups`` (the spec's topology): handed to the shard writers named ``writers``
     (it then has no rows), or its rows. ``pools`` (pools.py) sizes each pool: an auto pool
     starts at its size and may grow (Ray Data's autoscaling pool, within the resources it
-    sees: a node that joins gets actors); a fixed one keeps its size."""
+    sees); a fixed one keeps its size."""
     import ray.data
 
     # One image per block. Ray Data merges a task's output into blocks of up to
