@@ -81,6 +81,7 @@ def stream_passes(items: list[Item], todo: list[int], shard_size: int, pools: Po
     docstring); ``resize``: the pools over the nodes alive now. Returns the run's books."""
     import ray.data
     from ray.data.exceptions import ExecutionTimeoutError
+    from ray.exceptions import GetTimeoutError
 
     from .writers import Books, coordinate, finish
 
@@ -102,13 +103,13 @@ def stream_passes(items: list[Item], todo: list[int], shard_size: int, pools: Po
         except Exception as exc:
             lost = nodes - alive_nodes()
             if not lost:
-                if isinstance(exc, ExecutionTimeoutError):
+                if isinstance(exc, (ExecutionTimeoutError, GetTimeoutError)):  # stalled, or pools not started
                     raise RunError(f"no image moved through any stage for {stall_timeout:g} s and no node was lost: "
                                    "a stage waits for resources that never come (see `ray status`); every committed "
                                    "shard is safe, the next run does exactly the shards left") from None
                 raise
+        _wait_released(pools)  # first: a writer restarted on another node may need their room
         left = images_left(items, shard_size, books, writers)
-        _wait_released(pools)
         pools = resize()
         echo(f"{len(lost)} node{'s' if len(lost) != 1 else ''} left the cluster during pass {number}: pass "
              f"{number + 1} streams the {len(left)} images no writer holds, over the nodes left; {pools.line()}")

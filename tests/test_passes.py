@@ -115,6 +115,15 @@ def test_a_stall_with_no_node_lost_stops_the_run_in_one_line(monkeypatch):
     assert "\n" not in str(info.value)
 
 
+def test_a_new_pass_whose_pools_never_start_stops_the_run_in_one_line(monkeypatch):
+    from ray.exceptions import GetTimeoutError
+
+    stalled = ExecutionTimeoutError("Dataset execution made no progress")
+    with pytest.raises(RunError, match="^no image moved through any stage for 5 s and no node was lost: "):
+        run_passes(monkeypatch, [{"a", "b"}, {"a"}, {"a"}, {"a"}],
+                   [(5, stalled), (0, GetTimeoutError("Timed out while starting actors."))])
+
+
 def test_a_failed_stream_with_no_node_lost_is_raised_as_it_is(monkeypatch):
     with pytest.raises(ValueError, match="a stage's own error"):
         run_passes(monkeypatch, [{"a"}, {"a"}], [(2, ValueError("a stage's own error"))])
