@@ -25,10 +25,9 @@ images/s (half of what ``make bench BENCH=sink`` measured, for headroom).
 
 An auto pool starts at the size found here and may grow (Ray Data's autoscaling
 ``ActorPoolStrategy(min_size=, max_size=None)``: its actor autoscaler adds actors to a pool
-whose queue is long, within the resources it sees). Whether a node that joins mid-run gets
-actors is that autoscaler's decision, not shown here (docs/scale.md); the next run, or the
-next pass (passes.py), sizes the pools over it. The writers are plain actors: their count is
-fixed for the run.
+whose queue is long, within the resources it sees: a node that joins mid-run gets actors
+of those pools, docs/scale.md); the next run, or the next pass (passes.py), sizes the pools
+over every node. The writers are plain actors: their count is fixed for the run.
 """
 
 from __future__ import annotations
