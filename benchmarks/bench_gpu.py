@@ -129,7 +129,7 @@ class _Bench:
     """The models, the inputs and the fp32 reference of one benchmark run."""
 
     def __init__(self, models: str, device: torch.device, images: int, iterations: int, batch: int,
-                 work: Path, model_dir: Path | None) -> None:
+                 work: Path, model_dir: Path | None, top_k: int = 100) -> None:
         from masktok.models import load_inputs, load_model, materialize_tiny
         from masktok.models.clip_config import PAPER_CLIP_NAME, TINY_CLIP_NAME
         from masktok.schemas.spec import DecodeSpec
@@ -148,6 +148,7 @@ class _Bench:
         self.prepare = PrepareImageStage(clip_inputs, load_inputs("detector", paths["detector"]),
                                          load_inputs("sam", paths["sam"], variant=sam_variant))
         self.device, self.iterations, self.batch, self.images = device, iterations, batch, images
+        self.top_k = top_k
         self.items = _scenes(work / "images", images)
         self.reference: dict[str, list[dict]] = {}
         self.inputs: dict[str, list[dict]] = {}  # fp32's input of each stage, all images
@@ -163,7 +164,7 @@ class _Bench:
         own = "fp32" if mode == EMULATED_TF32 else mode
         other = "fp32" if mode in INVERT_ONLY else own
         stages = {
-            "detect": DetectStage(*self.detector, top_k=100, precision=other),
+            "detect": DetectStage(*self.detector, top_k=self.top_k, precision=other),
             "segment": SegmentStage(self.sam, precision=other),
             "background+filter": lambda b: self.prepare_masks(FilterStage(FilterSpec())(BackgroundStage()(b))),
             "invert": InvertStage(self.clip, InvertSpec(iterations=self.iterations, precision=own)),
@@ -220,11 +221,11 @@ def _with_images(inputs: list[dict], images: dict[int, dict]) -> list[dict]:
 
 def run(models: str, device: torch.device, images: int, iterations: int, batch: int, precisions: list[str],
         work: Path, model_dir: Path | None, noise_floor: bool = True, alone_masks: int = 4,
-        flops: bool = True) -> dict[str, Any]:
+        flops: bool = True, top_k: int = 100) -> dict[str, Any]:
     began = time.perf_counter()
-    bench = _Bench(models, device, images, iterations, batch, work, model_dir)
+    bench = _Bench(models, device, images, iterations, batch, work, model_dir, top_k)
     result: dict[str, Any] = {"models": models, "device": str(device), "images": images, "batch": batch,
-                              "invert_iterations": iterations, "packing": "one process, all stages on one device",
+                              "detect_top_k": top_k, "invert_iterations": iterations, "packing": "one process, all stages on one device",
                               "seconds_per_image": {}, "images_per_s_end_to_end": {}, "images_per_s_model_stages": {},
                               "peak_gpu_memory_gib": {}, "agreement_with_fp32": {}}
     for mode in precisions:
@@ -296,7 +297,7 @@ def _roofline(clip: torch.nn.Module, mode: str, iterations: int, masks: int = 10
 def table(result: dict[str, Any]) -> str:
     """The figures as one Markdown table per precision: s/image, TFLOP/s, agreement, verdict."""
     lines = [f"{result['models']} models on {result['device']}, {result['images']} images, "
-             f"{result['invert_iterations']} invert iterations, {result['wall_seconds']} s",
+             f"{result['detect_top_k']} boxes each, {result['invert_iterations']} invert iterations, {result['wall_seconds']} s",
              "", "| precision | stage | s/image | TFLOP/s | of peak | peak GiB | agreement with fp32 | within noise floor |",
              "|---|---|---|---|---|---|---|---|"]
     floor_verdict = result.get("passes_noise_floor", {})
@@ -330,6 +331,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="cuda" if cuda else "cpu")
     ap.add_argument("--images", type=int, default=None, help="default: 16 on a GPU (--quick: 4), 4 elsewhere")
     ap.add_argument("--batch", type=int, default=4, help="images per stage call")
+    ap.add_argument("--top-k", type=int, default=100,
+                    help="boxes kept by detect (the paper: 100; invert optimises one mask per box and the background)")
     ap.add_argument("--iterations", type=int, default=10 if cuda else 3,
                     help="MaskInversion iterations (the paper: 10)")
     ap.add_argument("--precisions", default=None,
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_dir = args.model_dir or (HERE.parent / "bench-out" / "full-models" if args.models == "full" else None)
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as tmp:
         result = run(args.models, device, images, args.iterations, args.batch, precisions, Path(tmp), model_dir,
-                     noise_floor=args.noise_floor, alone_masks=alone, flops=args.flops)
+                     noise_floor=args.noise_floor, alone_masks=alone, flops=args.flops, top_k=args.top_k)
     print(json.dumps(result, indent=1))
     print(table(result))
     if args.out:

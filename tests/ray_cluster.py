@@ -34,12 +34,25 @@ def head_node(port: int, env: dict[str, str], num_cpus: int = 4, timeout: float 
 
 @contextmanager
 def worker_node(address: str, env: dict[str, str], num_cpus: int = 1, num_gpus: int = 0,
-                timeout: float = 120) -> Iterator[int]:
+                timeout: float = 120, tries: int = 1) -> Iterator[int]:
     """Join a second node to the cluster at ``address`` (``ray start --address``, its own
     declared resources); yield its process group (its raylet and workers: kill them to lose
-    the node); stop it (and only it) at the end if it is still there."""
-    with _node([f"--address={address}"], env, num_cpus, num_gpus, timeout) as pgid:
-        yield pgid
+    the node); stop it (and only it) at the end if it is still there. ``tries``: how many
+    starts before giving up (on 2 busy cores a joining node's dashboard agent can miss the
+    raylet's start deadline, ray-project/ray#65983: the raylet exits and the node never joins)."""
+    for attempt in range(1, tries + 1):
+        node = _node([f"--address={address}"], env, num_cpus, num_gpus, timeout)
+        try:
+            pgid = node.__enter__()
+        except RuntimeError:
+            if attempt == tries:
+                raise
+            continue
+        try:
+            yield pgid
+        finally:
+            node.__exit__(None, None, None)
+        return
 
 
 @contextmanager

@@ -176,7 +176,7 @@ def test_greedy_margins_are_tracked_while_decoding_as_every_steps_logits_give_th
     assert len(got.tokens[0]) == 1 and got.steps == len(ref.scores)
 
 
-@pytest.mark.xdist_group("ray")
+@pytest.mark.xdist_group("beside-ray")  # a local Ray of its own (address "local"): tests/test_demo.py
 def test_two_ray_workers_one_and_in_process_give_the_same_answer_files_and_plans(answer_model, reference,
                                                                                  tmp_path) -> None:
     import ray

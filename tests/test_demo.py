@@ -9,10 +9,12 @@ from masktok.tiny.corpus import SCENES, write_demo_corpus
 from masktok.schemas.manifest import read_manifest
 
 # The demo starts a local Ray of its own for its one run (the longest test of the suite). It is
-# not in the "ray" group: in a group of its own it runs beside the Ray tests' worker, on the
-# worker that has the short tests (`make test` runs two), so the suite ends minutes earlier;
-# the two Rays share 2 cores for that minute and a half, and are slower, never wrong.
-pytestmark = pytest.mark.xdist_group("demo")
+# not in the "ray" group: in the group "beside-ray" (with the other tests whose Ray is theirs
+# alone: tests/test_ray_cluster.py, the answer workers of tests/test_answer_scale.py) it runs
+# beside the Ray tests' worker, on the worker that has the short tests (`make test` runs
+# two), so the suite ends minutes earlier; the Rays share 2 cores meanwhile, and are slower,
+# never wrong.
+pytestmark = pytest.mark.xdist_group("beside-ray")
 
 
 def test_demo_corpus_has_the_quirks_of_real_corpora(tmp_path):

@@ -68,7 +68,7 @@ def test_auto_pools_use_every_declared_gpu_and_give_the_tokens_of_one_actor_each
     actors: set[int] = set()  # the stage actors Ray started for the run (they live until its end)
     deadline = time.monotonic() + RUN_TIMEOUT
     while proc.poll() is None and time.monotonic() < deadline:
-        actors |= stage_actors(gpu_cluster)
+        actors |= set(stage_actors(gpu_cluster))
         time.sleep(1)  # the actors live until the run ends: a second between looks misses none
     stdout, stderr = proc.communicate(timeout=60)
     run = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
@@ -133,6 +133,72 @@ def test_a_lost_worker_node_costs_only_its_images_in_flight(tmp_path, finished_j
     assert run_masktok("verify", jd.root).returncode == 0
 
 
+#: Only invert on GPUs, two per actor, its pool auto-sized (2 actors on the head: the head's
+#: GPUs all taken) and one image per task; every other group one CPU actor.
+JOIN_JOB = ["--set", "invert.resources.gpus=2", "--set", 'invert.resources.actors="auto"',
+            "--set", "invert.resources.batch_size=1"]
+
+
+def test_a_node_that_joins_mid_run_gets_actors(tmp_path, job_corpus, finished_job, gpu_cluster):
+    """The head's 4 GPUs are the 2 invert actors'. The shard writer is paused (SIGSTOP) as
+    soon as it exists: no shard commits, every image ends in invert's queue (9 tasks for 2
+    actors). Once the run is still (on 2 cores a node cannot join while a run starts its
+    actors: its dashboard agent misses the raylet's deadline, ray-project/ray#65983), a node
+    of 2 CPUs and 2 GPUs joins: Ray Data's autoscaling pool grows onto it, the only place with
+    free GPUs. The writer resumes; the run ends 0 with the tokens of the one-actor run."""
+    jd = plan_job(tmp_path / "join", job_corpus, *JOIN_JOB)
+    proc = subprocess.Popen([MASKTOK, "run", str(jd.root), "--ray-address", gpu_cluster, "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    writer, joined = None, []
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while writer is None and proc.poll() is None and time.monotonic() < deadline:
+            writer = next((p for p in psutil.process_iter(["name"]) if "ShardWriter" in (p.info["name"] or "")), None)
+            time.sleep(0.2)
+        assert writer is not None, "the run started no shard writer"
+        writer.suspend()
+        while proc.poll() is None and time.monotonic() < deadline and not still(gpu_cluster, invert=2):
+            pass
+        with worker_node(gpu_cluster, env=ENV, num_cpus=2, num_gpus=2, tries=2) as node:
+            while not joined and proc.poll() is None and time.monotonic() < deadline:
+                joined = [_name(p) for p in node_processes(node) if "StageGroup" in _name(p)]
+                time.sleep(1)
+            writer.resume()
+            out, _ = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if writer is not None and writer.is_running():
+            writer.resume()
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "cluster: 1 node, 4 GPUs, 7 CPUs; pools (estimated costs): decode 1, detect 1, segment 1, filter 1, " \
+           "invert 2 x 2 GPU" in out, out[-3000:]
+    assert joined and all("StageGroup[invert]" in name for name in joined), joined
+    assert_same_tokens(arrays(finished_job), arrays(jd))
+
+
+def still(address: str, invert: int, seconds: float = 2, cpu_seconds: float = 0.2) -> bool:
+    """Whether the run on ``address`` is still: its ``invert`` invert actors are up and its stage
+    actors together used under ``cpu_seconds`` of CPU in the next ``seconds`` (Ray's own
+    threads in each worker tick a little). Earlier in the run, some actor is loading its
+    model or working: pools start together, and work is waiting for them."""
+    actors = stage_actors(address)
+
+    def used() -> float:
+        total = 0.0
+        for pid in actors:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    before = used()
+    time.sleep(seconds)
+    up = sum("StageGroup[invert]" in name for name in actors.values())
+    return up >= invert and used() - before < cpu_seconds
+
+
 def node_processes(pgid: int) -> list[psutil.Process]:
     """A `ray start` node's processes: its process group (the raylet, its agents) and their
     children (each Ray worker leads a process group of its own, under the raylet)."""
@@ -155,11 +221,12 @@ def _name(p: psutil.Process) -> str:
         return ""
 
 
-def stage_actors(address: str) -> set[int]:
-    """The pids of the stage actors (Ray Data workers of StageGroup) of the cluster at
-    ``address``: children of its raylets, which name the GCS address on their command line."""
+def stage_actors(address: str) -> dict[int, str]:
+    """The stage actors (Ray Data workers of StageGroup) of the cluster at ``address``, pid ->
+    process name (``ray::MapWorker(MapBatches(StageGroup[invert]))...``): children of its
+    raylets, which name the GCS address on their command line."""
     port = address.rsplit(":", 1)[1]
     raylets = {p.pid for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"
                and any(arg.startswith("--gcs-address=") and arg.endswith(f":{port}") for arg in p.info["cmdline"] or [])}
-    return {p.pid for p in psutil.process_iter(["name", "ppid"]) if p.info["ppid"] in raylets
+    return {p.pid: p.info["name"] for p in psutil.process_iter(["name", "ppid"]) if p.info["ppid"] in raylets
             and "StageGroup" in (p.info["name"] or "")}
