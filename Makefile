@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 # The import layers first (pyproject.toml [tool.importlinter]: a new loop fails here, in
-# seconds). Then two pytest-xdist workers: the Ray tests (one group, in one worker) spend half
-# their time waiting on process start-up, while the other worker runs everything else.
+# seconds). Then two pytest-xdist workers: the tests of the session's Ray clusters and finished
+# job (group "ray") in one worker, one after the other; the other worker runs everything else,
+# the tests with a Ray of their own (group "beside-ray": the demo, ...) among them.
 test: install
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 --dist loadgroup
