@@ -43,11 +43,14 @@ from typing import Any
 
 import torch
 
+from masktok.schemas.spec import DetectSpec
 from masktok.stages.precision import INVERT_ONLY, INVERT_PRECISIONS, operator_dtype
 from gpu_flops import PEAK_OF_MODE, achieved, ceilings, count_flops, device_peak, invert_roofline, invert_step_bytes
 from gpu_yardstick import PERTURBATIONS, agreement, masks_alone, noise_floor as floor_of, passes, token_agreement
 
 HERE = Path(__file__).resolve().parent
+#: the boxes detect keeps: the spec's default, the paper's 100
+TOP_K = DetectSpec().top_k
 
 
 def build_full_size(folder: Path) -> dict[str, Path]:
@@ -129,7 +132,7 @@ class _Bench:
     """The models, the inputs and the fp32 reference of one benchmark run."""
 
     def __init__(self, models: str, device: torch.device, images: int, iterations: int, batch: int,
-                 work: Path, model_dir: Path | None, top_k: int = 100) -> None:
+                 work: Path, model_dir: Path | None, top_k: int = TOP_K) -> None:
         from masktok.models import load_inputs, load_model, materialize_tiny
         from masktok.models.clip_config import PAPER_CLIP_NAME, TINY_CLIP_NAME
         from masktok.schemas.spec import DecodeSpec
@@ -221,7 +224,7 @@ def _with_images(inputs: list[dict], images: dict[int, dict]) -> list[dict]:
 
 def run(models: str, device: torch.device, images: int, iterations: int, batch: int, precisions: list[str],
         work: Path, model_dir: Path | None, noise_floor: bool = True, alone_masks: int = 4,
-        flops: bool = True, top_k: int = 100) -> dict[str, Any]:
+        flops: bool = True, top_k: int = TOP_K) -> dict[str, Any]:
     began = time.perf_counter()
     bench = _Bench(models, device, images, iterations, batch, work, model_dir, top_k)
     result: dict[str, Any] = {"models": models, "device": str(device), "images": images, "batch": batch,
@@ -331,8 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="cuda" if cuda else "cpu")
     ap.add_argument("--images", type=int, default=None, help="default: 16 on a GPU (--quick: 4), 4 elsewhere")
     ap.add_argument("--batch", type=int, default=4, help="images per stage call")
-    ap.add_argument("--top-k", type=int, default=100,
-                    help="boxes kept by detect (the paper: 100; invert optimises one mask per box and the background)")
+    ap.add_argument("--top-k", type=int, default=TOP_K,
+                    help=f"boxes kept by detect (the paper: {TOP_K}; invert optimises one mask per box and the background)")
     ap.add_argument("--iterations", type=int, default=10 if cuda else 3,
                     help="MaskInversion iterations (the paper: 10)")
     ap.add_argument("--precisions", default=None,

@@ -40,30 +40,27 @@ def worker_node(address: str, env: dict[str, str], num_cpus: int = 1, num_gpus: 
     the node); stop it (and only it) at the end if it is still there. ``tries``: how many
     starts before giving up (on 2 busy cores a joining node's dashboard agent can miss the
     raylet's start deadline, ray-project/ray#65983: the raylet exits and the node never joins)."""
-    for attempt in range(1, tries + 1):
-        node = _node([f"--address={address}"], env, num_cpus, num_gpus, timeout)
-        try:
-            pgid = node.__enter__()
-        except RuntimeError:
-            if attempt == tries:
-                raise
-            continue
-        try:
-            yield pgid
-        finally:
-            node.__exit__(None, None, None)
-        return
+    with _node([f"--address={address}"], env, num_cpus, num_gpus, timeout, tries) as pgid:
+        yield pgid
 
 
 @contextmanager
-def _node(args: list[str], env: dict[str, str], num_cpus: int, num_gpus: int, timeout: float) -> Iterator[int]:
+def _node(args: list[str], env: dict[str, str], num_cpus: int, num_gpus: int, timeout: float,
+          tries: int = 1) -> Iterator[int]:
     ray = str(Path(sys.executable).parent / "ray")
-    proc = subprocess.Popen([ray, "start", *args, "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-                             f"--num-gpus={num_gpus}", "--disable-usage-stats"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    for attempt in range(1, tries + 1):
+        proc = subprocess.Popen([ray, "start", *args, "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+                                 f"--num-gpus={num_gpus}", "--disable-usage-stats"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        try:
+            _wait_ready(proc, timeout)  # stops the node when it does not come up
+            break
+        except RuntimeError:
+            proc.wait(timeout=60)
+            if attempt == tries:
+                raise
     try:
-        _wait_ready(proc, timeout)
         yield proc.pid
     finally:
         stop_group(proc.pid)
