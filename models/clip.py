@@ -15,12 +15,13 @@ import torch
 from ..schemas.errors import ModelLoadError
 from ..schemas.refusals import save_torch
 from .clip_config import PAPER_CLIP_NAME, TINY_CLIP_CONFIG, TINY_CLIP_NAME
+from .torch_files import not_a_torch_file
 
-#: open_clip model name of the tiny preset (config: configs/masktok-tiny-clip.json).
+# Weights open_clip reads without torch.load (safetensors; big_vision's numpy archives).
+_NOT_TORCH_FORMATS = (".safetensors", ".npz", ".npy")
 
 # What torch.load / load_state_dict raise for a bad file; turned into ModelLoadError.
 _LOAD_ERRORS = (RuntimeError, ValueError, KeyError, EOFError, OSError, pickle.UnpicklingError)
-
 
 
 def register_tiny_clip_config() -> None:
@@ -102,6 +103,9 @@ def load_clip(
         raise ModelLoadError(
             f"CLIP checkpoint not found: {path}; expected a local weights file for {model_name}"
         )
+    problem = None if path.suffix in _NOT_TORCH_FORMATS else not_a_torch_file(path)
+    if problem:
+        raise ModelLoadError(f"cannot load CLIP checkpoint {path} as {model_name!r}: {problem}")
     torchscript = _is_torchscript_archive(path)
     if torchscript and not open_clip.get_model_config(model_name).get("quick_gelu", False):
         raise ModelLoadError(

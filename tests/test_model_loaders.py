@@ -162,9 +162,17 @@ def test_sam_errors(tmp_path: Path, tiny_checkpoints) -> None:
     with pytest.raises(ModelLoadError, match=r"does not match model_type 'tiny'.*iou_token"):
         load_sam(tmp_path / "broken.pth", "tiny")
 
-    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelLoadError, match=r"cannot read SAM checkpoint .*junk\.pth"):
+    (tmp_path / "junk.pth").write_bytes(b"<html>404</html>")  # a saved error page
+    with pytest.raises(ModelLoadError, match=r"cannot read SAM checkpoint .*junk\.pth: not a torch checkpoint") as bad:
         load_sam(tmp_path / "junk.pth", "tiny")
+    assert "weights_only" not in str(bad.value)  # torch's advice to load it unsafely is wrong here
+    data = Path(tiny_checkpoints["sam"]).read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])  # a download cut short
+    with pytest.raises(ModelLoadError, match=r"cut\.pth: a zip archive cut short"):
+        load_sam(tmp_path / "cut.pth", "tiny")
+    legacy = tmp_path / "legacy.pth"  # torch.save's format before torch 1.6, a pickle: still read
+    torch.save(torch.load(tiny_checkpoints["sam"], weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert load_sam(legacy, "tiny") is not None
 
 
 # --- CLIP -----------------------------------------------------------------------------------
@@ -264,8 +272,11 @@ def test_clip_errors(tmp_path: Path, tiny_checkpoints) -> None:
     with pytest.raises(ModelLoadError, match=r"cannot load CLIP checkpoint .*visual\.proj"):
         load_clip(TINY_CLIP_NAME, tmp_path / "broken.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelLoadError, match=r"cannot load CLIP checkpoint .*junk\.pt"):
+    with pytest.raises(ModelLoadError, match=r"cannot load CLIP checkpoint .*junk\.pt as .*: not a torch checkpoint"):
         load_clip(TINY_CLIP_NAME, tmp_path / "junk.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=r"empty\.pt as .*: the file is empty"):
+        load_clip(TINY_CLIP_NAME, tmp_path / "empty.pt")
 
 
 # --- the shared presets ---------------------------------------------------------------------

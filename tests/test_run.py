@@ -283,16 +283,19 @@ def test_a_dead_worker_is_replaced_and_the_job_finishes(resumed):
 
 
 def test_a_checkpoint_that_cannot_load_stops_the_run_with_one_line(tmp_path, corpus, ray_cluster):
-    """The SAM actor's load fails: `masktok run` prints that reason as its one line, exit 1;
-    none of Ray's traceback ("(raylet) Task ... failed", Ray Data's "Full stack trace")."""
-    bad = tmp_path / "sam_vit_b.pth"
-    bad.write_bytes(b"not a torch file")
-    jd = plan(tmp_path / "bad", corpus, "--set", f"segment.checkpoint={bad}", "--set", "segment.model_type=vit_b")
+    """The CLIP actor's load fails: `masktok run` prints that reason as its one line, exit 1;
+    none of Ray's traceback ("(raylet) Task ... failed", Ray Data's "Full stack trace"). The
+    masks are tiles, so no detector or SAM actor starts (each costs seconds of CPU to import)
+    and only CLIP's actor loads a model."""
+    bad = tmp_path / "ViT-L-14-336px.pt"
+    bad.write_bytes(b"<html>404</html>")  # what a failed download leaves
+    jd = plan(tmp_path / "bad", corpus, "--set", 'masks.source="tiles"', "--set", f"invert.checkpoint={bad}")
     result = masktok("run", jd.root, "--ray-address", ray_cluster, "-q", check=False,
                      env={**os.environ, **RAY_CLIENT_ENVIRONMENT})
     assert result.returncode == 1, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"Error: a stage could not load its model: cannot read SAM checkpoint {bad}")
+    assert lines == [f"Error: a stage could not load its model: cannot load CLIP checkpoint {bad} as 'masktok-tiny-clip': "
+                     "not a torch checkpoint (torch.save writes a zip archive, or a pickle before torch 1.6)"], lines
     assert "Traceback" not in result.stdout + result.stderr and not list(jd.commits.glob("shard-*.json"))
 
 
