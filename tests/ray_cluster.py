@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,3 +110,42 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except (ProcessLookupError, PermissionError):
         return None
+
+
+def node_processes(pgid: int) -> list[psutil.Process]:
+    """A `ray start` node's processes: its process group (the raylet, its agents) and their
+    children (each Ray worker leads a process group of its own, under the raylet)."""
+    members = [p for p in psutil.process_iter() if _pgid(p.pid) == pgid]
+    children = [c for p in members for c in _children(p)]
+    return members + [c for c in children if c not in members]
+
+
+def _children(p: psutil.Process) -> list[psutil.Process]:
+    try:
+        return p.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def process_name(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.NoSuchProcess:
+        return ""
+
+
+def stage_actors(address: str) -> dict[int, str]:
+    """The stage actors (Ray Data workers of StageGroup) of the cluster at ``address``, pid ->
+    process name (``ray::MapWorker(MapBatches(StageGroup[invert]))...``)."""
+    return ray_workers(address, "StageGroup")
+
+
+def ray_workers(address: str, name_part: str) -> dict[int, str]:
+    """The Ray workers of the cluster at ``address`` whose process name holds ``name_part``,
+    pid -> name: children of its raylets, which name the GCS address on their command line
+    (other Rays of the machine, such as the demo's beside the Ray group, are not matched)."""
+    port = address.rsplit(":", 1)[1]
+    raylets = {p.pid for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"
+               and any(arg.startswith("--gcs-address=") and arg.endswith(f":{port}") for arg in p.info["cmdline"] or [])}
+    return {p.pid: p.info["name"] for p in psutil.process_iter(["name", "ppid"]) if p.info["ppid"] in raylets
+            and name_part in (p.info["name"] or "")}

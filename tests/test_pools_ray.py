@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import psutil
-from ray_cluster import _pgid, head_node, worker_node
+from ray_cluster import head_node, node_processes, process_name, ray_workers, stage_actors, worker_node
 from s3_server import free_port
 from small_job import MASKTOK, RUN_TIMEOUT, plan_job, run_masktok
 
@@ -118,9 +118,9 @@ def test_a_lost_worker_node_costs_only_its_images_in_flight(tmp_path, finished_j
         deadline = time.monotonic() + RUN_TIMEOUT
         while killed is None and proc.poll() is None and time.monotonic() < deadline:
             processes = node_processes(node)
-            if any("StageGroup" in _name(p) for p in processes):
+            if any("StageGroup" in process_name(p) for p in processes):
                 done_at_kill = len(list(jd.commits.glob("shard-*.json")))
-                killed = [p.pid for p in processes if "StageGroup" in _name(p)]
+                killed = [p.pid for p in processes if "StageGroup" in process_name(p)]
                 for p in processes:  # the node is lost: its raylet and workers, by their ids
                     p.kill()
             time.sleep(0.2)
@@ -162,7 +162,7 @@ def test_a_node_that_joins_mid_run_gets_actors(tmp_path, job_corpus, finished_jo
             pass
         with worker_node(gpu_cluster, env=ENV, num_cpus=2, num_gpus=2, tries=2) as node:
             while not joined and proc.poll() is None and time.monotonic() < deadline:
-                joined = [_name(p) for p in node_processes(node) if "StageGroup" in _name(p)]
+                joined = [process_name(p) for p in node_processes(node) if "StageGroup" in process_name(p)]
                 time.sleep(1)
             writer.resume()
             out, _ = proc.communicate(timeout=RUN_TIMEOUT)
@@ -198,42 +198,3 @@ def still(address: str, invert: int, seconds: float = 2, cpu_seconds: float = 0.
     time.sleep(seconds)
     up = sum("StageGroup[invert]" in name for name in actors.values())
     return up >= invert and used() - before < cpu_seconds
-
-
-def node_processes(pgid: int) -> list[psutil.Process]:
-    """A `ray start` node's processes: its process group (the raylet, its agents) and their
-    children (each Ray worker leads a process group of its own, under the raylet)."""
-    members = [p for p in psutil.process_iter() if _pgid(p.pid) == pgid]
-    children = [c for p in members for c in _children(p)]
-    return members + [c for c in children if c not in members]
-
-
-def _children(p: psutil.Process) -> list[psutil.Process]:
-    try:
-        return p.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _name(p: psutil.Process) -> str:
-    try:
-        return p.name()
-    except psutil.NoSuchProcess:
-        return ""
-
-
-def stage_actors(address: str) -> dict[int, str]:
-    """The stage actors (Ray Data workers of StageGroup) of the cluster at ``address``, pid ->
-    process name (``ray::MapWorker(MapBatches(StageGroup[invert]))...``)."""
-    return ray_workers(address, "StageGroup")
-
-
-def ray_workers(address: str, name_part: str) -> dict[int, str]:
-    """The Ray workers of the cluster at ``address`` whose process name holds ``name_part``,
-    pid -> name: children of its raylets, which name the GCS address on their command line
-    (other Rays of the machine, such as the demo's beside the Ray group, are not matched)."""
-    port = address.rsplit(":", 1)[1]
-    raylets = {p.pid for p in psutil.process_iter(["name", "cmdline"]) if p.info["name"] == "raylet"
-               and any(arg.startswith("--gcs-address=") and arg.endswith(f":{port}") for arg in p.info["cmdline"] or [])}
-    return {p.pid: p.info["name"] for p in psutil.process_iter(["name", "ppid"]) if p.info["ppid"] in raylets
-            and name_part in (p.info["name"] or "")}

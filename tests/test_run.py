@@ -11,9 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import psutil
@@ -28,7 +26,7 @@ from masktok.pipeline.run import load_job
 from masktok.schemas.commits import valid_commits
 from masktok.schemas.manifest import read_manifest
 from masktok.schemas.storage import open_zarr
-from ray_cluster import head_node
+from ray_cluster import head_node, stage_actors
 from s3_server import free_port
 from small_job import JOB_IMAGES as IMAGES, MASKTOK, RUN_TIMEOUT, plan_job as plan, run_masktok as masktok
 
@@ -184,13 +182,13 @@ def run_killing_a_stage_worker(jd, address: str, env: dict) -> tuple[str, int | 
     killed, done_at_kill = None, -1
     deadline = time.time() + RUN_TIMEOUT
     while killed is None and time.time() < deadline and proc.poll() is None:
-        # a Ray worker takes its actor's name ("ray::MapWorker(MapBatches(StageGroup))...")
-        # when the actor is created; kill the first one seen, while its stage has work
-        for worker in psutil.process_iter(["name"]):
-            if "StageGroup" in (worker.info["name"] or ""):
-                killed, done_at_kill = worker.pid, len(list(jd.commits.glob("shard-*.json")))
-                os.kill(killed, signal.SIGKILL)
-                break
+        # a Ray worker takes its actor's name ("ray::MapWorker(MapBatches(StageGroup[decode]))...")
+        # when the actor is created; kill the first one of this cluster seen (the demo's Ray
+        # runs beside), while its stage has work
+        for pid in stage_actors(address):
+            killed, done_at_kill = pid, len(list(jd.commits.glob("shard-*.json")))
+            os.kill(killed, signal.SIGKILL)
+            break
         time.sleep(0.2)
     out, _ = proc.communicate(timeout=RUN_TIMEOUT)
     assert proc.returncode == 0, out[-3000:]
