@@ -15,10 +15,10 @@ import torch
 from ..schemas.errors import ModelLoadError
 from ..schemas.refusals import save_torch
 from .clip_config import PAPER_CLIP_NAME, TINY_CLIP_CONFIG, TINY_CLIP_NAME
-from .torch_files import not_a_torch_file
+from .weight_files import weights_file_problem
 
-# Weights open_clip reads without torch.load (safetensors; big_vision's numpy archives).
-_NOT_TORCH_FORMATS = (".safetensors", ".npz", ".npy")
+# Weights open_clip reads with numpy (big_vision's archives): not checked here.
+_NUMPY_FORMATS = (".npz", ".npy")
 
 # What torch.load / load_state_dict raise for a bad file; turned into ModelLoadError.
 _LOAD_ERRORS = (RuntimeError, ValueError, KeyError, EOFError, OSError, pickle.UnpicklingError)
@@ -103,7 +103,7 @@ def load_clip(
         raise ModelLoadError(
             f"CLIP checkpoint not found: {path}; expected a local weights file for {model_name}"
         )
-    problem = None if path.suffix in _NOT_TORCH_FORMATS else not_a_torch_file(path)
+    problem = None if path.suffix in _NUMPY_FORMATS else weights_file_problem(path)
     if problem:
         raise ModelLoadError(f"cannot load CLIP checkpoint {path} as {model_name!r}: {problem}")
     torchscript = _is_torchscript_archive(path)

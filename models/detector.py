@@ -4,9 +4,11 @@ and the demo save and reload through that loader."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     DeformableDetrConfig,
     DeformableDetrForObjectDetection,
@@ -16,10 +18,12 @@ from transformers import (
 
 from ..schemas.errors import ModelLoadError
 from .detector_config import check_detector_folder, load_processor
+from .weight_files import weights_file_problem
 
 #: The pipeline keeps the top 100 boxes, so a detector needs at least this many queries.
 MIN_QUERIES = 100
-
+#: The weights files of a Hugging Face folder, in the order transformers prefers them.
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def build_tiny_detector(
@@ -106,10 +110,14 @@ def load_detector(
     """
     folder = Path(folder)
     check_detector_folder(folder)
+    weights = next((folder / name for name in WEIGHTS_FILES if (folder / name).is_file()), None)
+    problem = weights_file_problem(weights) if weights else None
+    if problem:
+        raise ModelLoadError(f"cannot load Deformable-DETR from {folder}: {weights.name} is {problem}")
     try:
         model = DeformableDetrForObjectDetection.from_pretrained(folder, local_files_only=True)
         processor = load_processor(folder)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, pickle.UnpicklingError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
             f"cannot load Deformable-DETR from {folder}: {first_line}"

@@ -21,7 +21,7 @@ from segment_anything.modeling import (
 from ..schemas.errors import ModelLoadError
 from ..schemas.refusals import save_torch
 from .sam_config import _TINY_IMG_SIZE, SAM_ENCODER_WIDTHS, SAM_MODEL_TYPES
-from .torch_files import not_a_torch_file
+from .weight_files import weights_file_problem
 
 _TINY_PATCH = 16
 _TINY_PROMPT_DIM = 32
@@ -84,7 +84,7 @@ def build_tiny_sam(seed: int = 0) -> Sam:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    problem = not_a_torch_file(path)
+    problem = weights_file_problem(path)
     if problem:
         raise ModelLoadError(f"cannot read SAM checkpoint {path}: {problem}")
     try:

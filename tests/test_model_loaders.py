@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -106,6 +108,26 @@ def test_detector_missing_folder_or_files(tmp_path: Path, tiny_checkpoints) -> N
     )
     with pytest.raises(ModelLoadError, match=r"has no preprocessor_config\.json"):
         load_detector(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("weights, content, reason", [
+    ("model.safetensors", b"<html>404</html>", "model.safetensors is not a safetensors file"),
+    ("model.safetensors", "first half", "model.safetensors is a safetensors file cut short"),
+    ("pytorch_model.bin", b"<html>404</html>", "pytorch_model.bin is not a torch checkpoint"),
+    ("pytorch_model.bin", b"", "pytorch_model.bin is empty"),
+])
+def test_detector_weights_that_are_no_weights_are_named(tmp_path: Path, tiny_checkpoints, weights, content,
+                                                       reason) -> None:
+    """A saved error page or a cut download in place of the weights: a ModelLoadError naming
+    the file and what it is (the libraries raise SafetensorError "header too large" or
+    UnpicklingError with advice to load it unpickled)."""
+    folder = tmp_path / "detector"
+    shutil.copytree(tiny_checkpoints["detector"], folder)
+    real = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").unlink()
+    (folder / weights).write_bytes(real[:len(real) // 2] if content == "first half" else content)
+    with pytest.raises(ModelLoadError, match=re.escape(f"cannot load Deformable-DETR from {folder}: {reason}")):
+        load_detector(folder)
 
 
 def test_detector_folder_of_another_model_type(tmp_path: Path) -> None:
@@ -274,8 +296,11 @@ def test_clip_errors(tmp_path: Path, tiny_checkpoints) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError, match=r"cannot load CLIP checkpoint .*junk\.pt as .*: not a torch checkpoint"):
         load_clip(TINY_CLIP_NAME, tmp_path / "junk.pt")
+    (tmp_path / "junk.safetensors").write_bytes(b"<html>404</html>")
+    with pytest.raises(ModelLoadError, match=r"junk\.safetensors as .*: not a safetensors file"):
+        load_clip(TINY_CLIP_NAME, tmp_path / "junk.safetensors")
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(ModelLoadError, match=r"empty\.pt as .*: the file is empty"):
+    with pytest.raises(ModelLoadError, match=r"empty\.pt as .*: empty$"):
         load_clip(TINY_CLIP_NAME, tmp_path / "empty.pt")
 
 
