@@ -23,9 +23,10 @@ def weights_file_problem(path: Path) -> str | None:
     """Why ``path`` cannot be the weights its suffix names (``.safetensors``, else a
     ``torch.save`` file), or None when it may be."""
     path = Path(path)
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         return "empty"
-    return _not_safetensors(path) if path.suffix == ".safetensors" else _not_torch(path)
+    return _not_safetensors(path, size) if path.suffix == ".safetensors" else _not_torch(path)
 
 
 def _not_torch(path: Path) -> str | None:
@@ -38,10 +39,9 @@ def _not_torch(path: Path) -> str | None:
     return "not a torch checkpoint (torch.save writes a zip archive, or a pickle before torch 1.6)"
 
 
-def _not_safetensors(path: Path) -> str | None:
+def _not_safetensors(path: Path, size: int) -> str | None:
     """A safetensors file is an 8-byte little-endian header length, a JSON header naming each
     tensor's byte range, then the bytes."""
-    size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
         length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0

@@ -140,6 +140,12 @@ def stage_actors(address: str) -> dict[int, str]:
     return ray_workers(address, "StageGroup")
 
 
+def gcs_servers(port: int) -> list[psutil.Process]:
+    """The GCS server of the Ray whose head listens on ``port``."""
+    return [p for p in psutil.process_iter(["name", "cmdline"]) if "gcs_server" in (p.info["name"] or "")
+            and any(arg.startswith("--gcs_server_port=") and arg.endswith(f"={port}") for arg in p.info["cmdline"] or [])]
+
+
 def ray_workers(address: str, name_part: str) -> dict[int, str]:
     """The Ray workers of the cluster at ``address`` whose process name holds ``name_part``,
     pid -> name: children of its raylets, which name the GCS address on their command line

@@ -118,9 +118,9 @@ def test_a_lost_worker_node_costs_only_its_images_in_flight(tmp_path, finished_j
         deadline = time.monotonic() + RUN_TIMEOUT
         while killed is None and proc.poll() is None and time.monotonic() < deadline:
             processes = node_processes(node)
-            if any("StageGroup" in process_name(p) for p in processes):
-                done_at_kill = len(list(jd.commits.glob("shard-*.json")))
-                killed = [p.pid for p in processes if "StageGroup" in process_name(p)]
+            on_node = [p.pid for p in processes if "StageGroup" in process_name(p)]
+            if on_node:
+                killed, done_at_kill = on_node, len(list(jd.commits.glob("shard-*.json")))
                 for p in processes:  # the node is lost: its raylet and workers, by their ids
                     p.kill()
             time.sleep(0.2)

@@ -11,9 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
-from ray_cluster import head_node, stop_group
+from ray_cluster import gcs_servers, head_node, stop_group
 from s3_server import free_port
 
 pytestmark = pytest.mark.xdist_group("beside-ray")
@@ -38,12 +37,6 @@ def test_stopping_the_test_cluster_leaves_another_ray_of_the_machine_running() -
     finally:
         for pgid in {os.getpgid(p.pid) for p in theirs if p.is_running()}:
             stop_group(pgid)
-
-
-def gcs_servers(port: int) -> list[psutil.Process]:
-    """The GCS server of the Ray whose head listens on ``port``."""
-    return [p for p in psutil.process_iter(["name", "cmdline"]) if "gcs_server" in (p.info["name"] or "")
-            and any(arg.startswith("--gcs_server_port=") and arg.endswith(f"={port}") for arg in p.info["cmdline"] or [])]
 
 
 def test_the_ready_line_is_seen_when_it_arrives_in_one_write_with_the_lines_before_it() -> None:
